@@ -1,0 +1,44 @@
+"""Dependencies as named types, so routes read like prose.
+
+The registry comes from Starlette lifespan state (never a module global); a model comes
+as a lease that is held until the route returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from registry.core import ModelRegistry
+from registry.model import LoadedModel
+from registry.settings import Settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return cast(ModelRegistry, request.state.registry)
+
+
+def get_settings(request: Request) -> Settings:
+    return cast(Settings, request.state.settings)
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_default_model(name: str, registry: RegistryDep) -> AsyncIterator[LoadedModel]:
+    with registry.lease(name) as model:
+        yield model
+
+
+async def get_model_version(
+    name: str, version: str, registry: RegistryDep
+) -> AsyncIterator[LoadedModel]:
+    with registry.lease(name, version) as model:
+        yield model
+
+
+DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="function")]
+VersionedModelDep = Annotated[LoadedModel, Depends(get_model_version, scope="function")]

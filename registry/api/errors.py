@@ -1,0 +1,63 @@
+"""The three exception handlers; every error leaves as ``{"error": {code, message, ...}}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from registry.codec import dumps
+from registry.errors import RegistryError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
+) -> Response:
+    body = dumps({"error": {"code": code, "message": message, **details}})
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)  # noqa: S101 (registered for this class only)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+    if exc.status_code >= 500:
+        log.error(
+            "%s %s failed: %s: %s",
+            request.method,
+            request.url.path,
+            exc.code,
+            exc.message,
+            extra={"request_id": request.headers.get("x-request-id")},
+        )
+    return error_response(exc.status_code, exc.code, exc.message, headers, **exc.details)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    problems = [
+        {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
+    ]
+    return error_response(422, "invalid_request", "the request is invalid", problems=problems)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101
+    status = HTTPStatus(exc.status_code)
+    code = status.phrase.lower().replace(" ", "_").replace("-", "_")
+    message = exc.detail if isinstance(exc.detail, str) else status.phrase
+    return error_response(exc.status_code, code, message, exc.headers)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+    RegistryError: _registry_error,
+    RequestValidationError: _validation_error,
+    HTTPException: _http_error,
+}

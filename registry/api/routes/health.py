@@ -1,0 +1,37 @@
+"""Liveness and readiness, for load balancers and Kubernetes probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from registry.api.deps import RegistryDep
+from registry.api.schemas import ErrorEnvelope, Readiness
+from registry.errors import NotReady
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """200 while the process serves HTTP, even while models load."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorEnvelope}})
+async def readyz(registry: RegistryDep) -> Readiness:
+    """200 once start-up loading finished; 503 (with what is pending) before."""
+    table = registry.table
+    if not registry.ready:
+        pending = [
+            f"{entry.spec.name}:{slot.spec.version}"
+            for entry in table.values()
+            for slot in entry.versions.values()
+            if slot.model is None
+        ]
+        failed = [f"{f.model}:{f.version}" for f in registry.failures()]
+        raise NotReady("models are still loading", pending=pending, failed=failed)
+    return Readiness(
+        status="ready",
+        models=len(table),
+        versions=sum(len(entry.versions) for entry in table.values()),
+    )

@@ -1,0 +1,140 @@
+"""Model metadata and prediction routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from registry.api.deps import DefaultModelDep, RegistryDep, SettingsDep, VersionedModelDep
+from registry.api.schemas import (
+    ErrorEnvelope,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    TensorSchema,
+    VersionInfo,
+)
+from registry.codec import decode_inputs, encode_prediction
+from registry.core import ModelEntry, VersionState
+from registry.errors import InferenceTimeout, ModelNotFound
+from registry.model import LoadedModel
+from registry.settings import Settings
+
+router = APIRouter(tags=["models"])
+_Route = Callable[..., Awaitable[Response]]
+
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": PredictResponse, "description": "Outputs of the resolved version"},
+    404: {"model": ErrorEnvelope, "description": "Unknown model or version"},
+    413: {"model": ErrorEnvelope, "description": "Body over REGISTRY_MAX_BODY_BYTES"},
+    422: {"model": ErrorEnvelope, "description": "Inputs of the wrong shape or dtype"},
+    503: {"model": ErrorEnvelope, "description": "Loading, queue full or shutting down"},
+    504: {"model": ErrorEnvelope, "description": "Inference timed out"},
+}
+_PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    }
+}
+
+
+def _predict_route(path: str) -> Callable[[_Route], _Route]:
+    """A POST route that reads its own body, yet documents the JSON it expects."""
+    return router.post(
+        path, response_model=None, responses=_PREDICT_RESPONSES, openapi_extra=_PREDICT_BODY
+    )
+
+
+@router.get("/models")
+async def list_models(registry: RegistryDep) -> ModelList:
+    """Every model with its versions, their state, load time and memory."""
+    return ModelList(models=[_model_info(entry) for entry in registry.table.values()])
+
+
+@router.get("/models/{name}", responses={404: {"model": ErrorEnvelope}})
+async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
+    """One model's input and output schema and its versions."""
+    entry = registry.table.get(name)
+    if entry is None:
+        raise ModelNotFound(f"no model {name!r}", available=sorted(registry.table))
+    return _model_info(entry)
+
+
+@_predict_route("/models/{name}/predict")
+async def predict(request: Request, model: DefaultModelDep, settings: SettingsDep) -> Response:
+    """Predict with the default version."""
+    return await _predict(request, model, settings)
+
+
+@_predict_route("/models/{name}/versions/{version}/predict")
+async def predict_version(
+    request: Request, model: VersionedModelDep, settings: SettingsDep
+) -> Response:
+    """Predict with a version number or an alias; the answer names the concrete version."""
+    return await _predict(request, model, settings)
+
+
+async def _predict(request: Request, model: LoadedModel, settings: Settings) -> Response:
+    instances = decode_inputs(await request.body(), model.spec.input)
+    try:
+        outputs = await asyncio.wait_for(
+            model.predict(instances.array), timeout=settings.request_timeout_s
+        )
+    except TimeoutError:
+        raise InferenceTimeout(
+            f"{model.key} did not answer within {settings.request_timeout_s} s",
+            model=model.name,
+            version=model.version.version,
+        ) from None
+    version = model.version.version
+    body = encode_prediction(
+        model.name, version, outputs, instances.batched, model.spec.output.labels
+    )
+    return Response(
+        body,
+        media_type="application/json",
+        headers={"X-Model-Name": model.name, "X-Model-Version": version},
+    )
+
+
+def _model_info(entry: ModelEntry) -> ModelInfo:
+    spec = entry.spec
+    versions = [_version_info(slot.spec.version, entry) for slot in entry.sorted_versions()]
+    states = {v.state for v in versions}
+    state = next(
+        (s for s in (VersionState.FAILED, VersionState.LOADING) if s in states),
+        VersionState.READY,
+    )
+    return ModelInfo(
+        name=spec.name,
+        description=spec.description,
+        input=TensorSchema(shape=list(spec.input.shape), dtype=spec.input.dtype),
+        labels=list(spec.output.labels) if spec.output.labels else None,
+        device=spec.device,
+        default_version=spec.resolved_default,
+        aliases=dict(spec.aliases),
+        versions=versions,
+        state=state,
+    )
+
+
+def _version_info(version: str, entry: ModelEntry) -> VersionInfo:
+    slot = entry.versions[version]
+    model = slot.model
+    return VersionInfo(
+        version=version,
+        format=slot.spec.format,
+        state=slot.state,
+        error=slot.error,
+        sha256=slot.spec.sha256,
+        load_ms=round(model.load_ms, 3) if model else None,
+        warmup_ms=round(model.warmup_ms, 3) if model else None,
+        memory_bytes=model.memory_bytes if model else None,
+        in_flight=model.leases if model else 0,
+        queue_depth=model.queue_depth if model else 0,
+    )

@@ -1,0 +1,82 @@
+"""The public JSON shapes, for the OpenAPI document and the metadata routes.
+
+The predict route does not validate through these (the body is parsed with orjson and
+NumPy for speed); they still describe it so ``/docs`` shows the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Nested = list[Any] | float | int | bool
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"inputs": [[0.0, 1.0, 2.0]]}, {"inputs": [0.0, 1.0]}]}
+    )
+
+    inputs: Nested = Field(
+        description="One instance of the model's declared shape, or a batch of them "
+        "(declared shape with a leading batch axis)."
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str = Field(description="The concrete version that answered (never an alias).")
+    outputs: Nested = Field(description="One instance's output, or one per batch instance.")
+    labels: list[str] | str | None = Field(
+        default=None, description="Argmax label(s), present where the model declares labels."
+    )
+
+
+class TensorSchema(BaseModel):
+    shape: list[int]
+    dtype: str
+
+
+class VersionInfo(BaseModel):
+    version: str
+    format: str
+    state: str = Field(description="loading | ready | failed")
+    error: str | None = None
+    sha256: str | None = None
+    load_ms: float | None = None
+    warmup_ms: float | None = None
+    memory_bytes: int | None = None
+    in_flight: int = 0
+    queue_depth: int = 0
+
+
+class ModelInfo(BaseModel):
+    name: str
+    description: str
+    input: TensorSchema
+    labels: list[str] | None
+    device: str
+    default_version: str
+    aliases: dict[str, str]
+    versions: list[VersionInfo]
+    state: str = Field(description="ready when every version is ready, else the worst state")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Readiness(BaseModel):
+    status: str
+    models: int
+    versions: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,122 @@
+"""``registry serve`` and ``registry validate``.
+
+``serve`` runs uvicorn on an app built here from flags over the environment, so flags
+win without rewriting the environment, and so the exit status can say why it stopped:
+0 after a signal, 1 when strict start-up failed, 3 when start-up never finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from registry import __version__
+from registry.settings import Settings
+
+EXIT_OK, EXIT_INVALID, EXIT_MODELS_FAILED, EXIT_STARTUP_FAILED = 0, 1, 1, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return validate(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="registry", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"registry {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the manifest over HTTP")
+    serve.add_argument("--manifest", type=Path, help="manifest path (REGISTRY_MANIFEST)")
+    serve.add_argument("--weights-dir", type=Path, help="weights root (REGISTRY_WEIGHTS_DIR)")
+    serve.add_argument("--host", help="bind address (REGISTRY_HOST)")
+    serve.add_argument("--port", type=int, help="bind port (REGISTRY_PORT)")
+
+    validate = commands.add_parser(
+        "validate", help="check a manifest and its weight files; exit 0 when valid"
+    )
+    validate.add_argument("manifest", type=Path)
+    validate.add_argument("--weights-dir", type=Path, help="weights root (REGISTRY_WEIGHTS_DIR)")
+    validate.add_argument(
+        "--load", action="store_true", help="also load and warm up every version"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    flags = {
+        "manifest": args.manifest,
+        "weights_dir": args.weights_dir,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        **extra,
+    }
+    return Settings(**{key: value for key, value in flags.items() if value is not None})
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from registry.app import create_app
+    from registry.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings)
+    exit_code = EXIT_OK
+
+    def on_fatal() -> None:
+        nonlocal exit_code
+        exit_code = EXIT_MODELS_FAILED
+        server.should_exit = True
+
+    config = uvicorn.Config(
+        create_app(settings, on_fatal=on_fatal),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    with _signals_end_cleanly():
+        server.run()
+    return exit_code if server.started else EXIT_STARTUP_FAILED
+
+
+@contextmanager
+def _signals_end_cleanly() -> Iterator[None]:
+    """Let SIGTERM/SIGINT end ``serve`` with status 0 after uvicorn's graceful shutdown.
+
+    NOTE: uvicorn re-raises the signal it caught once it has shut down, which with the
+    default handlers turns a clean drain into death by signal (143) or KeyboardInterrupt.
+    """
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def validate(args: argparse.Namespace) -> int:
+    from registry.validation import validate_manifest
+
+    settings = _settings(args)
+    problems = validate_manifest(settings, load=args.load)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)  # noqa: T201
+    if problems:
+        return EXIT_INVALID
+    print(f"ok: {settings.manifest} is valid")  # noqa: T201
+    return EXIT_OK

@@ -1,0 +1,80 @@
+"""A loaded, warmed-up model version and the one way to run it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from registry.batching import Array, Batcher
+from registry.manifest import ModelSpec, VersionSpec
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One version in memory, on its device, in eval mode, with its own batcher.
+
+    ``leases`` counts requests that hold this version, so a retired version is only
+    released once its last request has finished.
+    """
+
+    spec: ModelSpec
+    version: VersionSpec
+    module: Callable[[torch.Tensor], object]
+    device: torch.device
+    memory_bytes: int
+    load_ms: float
+    warmup_ms: float = 0.0
+    leases: int = 0
+    _batcher: Batcher | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.name}:{self.version.version}"
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.queue_depth if self._batcher else 0
+
+    def predict_batch(self, inputs: Array) -> Array:
+        """Run one forward pass on a batch; blocking, so only on a worker thread."""
+        tensor = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
+        with torch.inference_mode():
+            output = self.module(tensor)
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"{self.key} returned {type(output).__name__}, expected a Tensor")
+        return output.detach().to("cpu").numpy()
+
+    def start(self) -> None:
+        """Attach a batcher; call on the event loop that will serve this version."""
+        self._batcher = Batcher(self.predict_batch, self.spec.batching, key=self.key)
+        self._batcher.start()
+
+    async def predict(self, inputs: Array) -> Array:
+        """Queue a batch of instances behind other requests and await its outputs."""
+        if self._batcher is None:
+            raise RuntimeError(f"{self.key} is not started")
+        return await self._batcher.submit(inputs)
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            batcher, self._batcher = self._batcher, None
+            await batcher.stop()

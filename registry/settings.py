@@ -1,0 +1,75 @@
+"""Process configuration: ``REGISTRY_*`` environment variables or a ``.env`` file.
+
+Never instantiated at import time: ``create_app`` and the command line build one, so each
+test can hand its own ``Settings`` to a fresh application.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator may tune, with safe defaults (loopback, admin off)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REGISTRY_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    manifest: Path = Path("models.yaml")
+    """The manifest to serve."""
+
+    weights_dir: Path | None = None
+    """Root that every weight path resolves under; default: `weights/` beside the manifest."""
+
+    host: str = "127.0.0.1"
+    """Bind address. Loopback by default; containers set 0.0.0.0 explicitly."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """Bind port."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token for `/admin/*`. Unset: the admin API is off."""
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    """Largest request body accepted, enforced while the body streams (413 beyond)."""
+
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest a prediction may wait for its result, queueing included (504 beyond)."""
+
+    torch_threads: int | None = Field(default=None, ge=1)
+    """Torch intra-op threads; default: the number of cores."""
+
+    strict_startup: bool = True
+    """Exit non-zero when any model fails to load, instead of serving a partial set."""
+
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """How long shutdown waits for in-flight requests before closing connections."""
+
+    log_format: Literal["text", "json"] = "text"
+    """Log line format."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe level that is logged."""
+
+    poll_interval_s: float = Field(default=0.0, ge=0)
+    """Seconds between manifest polls for changes; 0 turns polling off."""
+
+    @property
+    def weights_root(self) -> Path:
+        """Where weight paths resolve: the setting, else the manifest's `weights/`."""
+        root = self.weights_dir or self.manifest.parent / "weights"
+        return root.resolve()
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.torch_threads or os.cpu_count() or 1

@@ -1,0 +1,37 @@
+"""What ``registry validate`` checks: the manifest, then every weight file behind it."""
+
+from __future__ import annotations
+
+from registry.errors import RegistryError
+from registry.manifest import load_manifest
+from registry.settings import Settings
+
+
+def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
+    """Problems found, one line each naming model, version and reason; empty when valid.
+
+    Without ``load``, weights are only located and checksummed, which needs no torch
+    deserialisation and runs in CI in seconds.
+    """
+    try:
+        manifest = load_manifest(settings.manifest)
+    except RegistryError as exc:
+        problems = exc.details.get("problems")
+        if isinstance(problems, list):
+            return [f"{p['model'] or '(top level)'}: {p['key']}: {p['reason']}" for p in problems]
+        return [exc.message]
+
+    from registry.loaders import load_version, verify_weights
+
+    root = settings.weights_root
+    found: list[str] = []
+    for model in manifest.models:
+        for version in model.versions:
+            try:
+                if load:
+                    load_version(model, version, root)
+                else:
+                    verify_weights(root, version)
+            except RegistryError as exc:
+                found.append(f"{model.name}:{version.version}: {exc.message}")
+    return found

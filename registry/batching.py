@@ -58,7 +58,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self._key}")
         self._task = asyncio.get_running_loop().create_task(
-            self._consume(), name=f"batcher-{self._key}"
+            self._consume(self._wakeup, self._executor), name=f"batcher-{self._key}"
         )
 
     async def submit(self, inputs: Array) -> Array:
@@ -67,7 +67,8 @@ class Batcher:
             raise ShuttingDown(f"{self._key} is shutting down")
         if len(self._pending) >= self._config.max_queue:
             raise QueueFull(
-                f"{self._key} has {len(self._pending)} requests queued", max_queue=self._config.max_queue
+                f"{self._key} has {len(self._pending)} requests queued",
+                max_queue=self._config.max_queue,
             )
         result: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(inputs, result))
@@ -75,34 +76,36 @@ class Batcher:
         return await result
 
     async def stop(self) -> None:
-        """Fail what is still queued, end the consumer and wait for a running pass."""
+        """Fail what is still queued, let a running pass deliver, then end the consumer."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
         while self._pending:
             pending = self._pending.popleft()
             if not pending.result.done():
                 pending.result.set_exception(ShuttingDown(f"{self._key} is shutting down"))
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._task = self._executor = self._wakeup = None
 
-    async def _consume(self) -> None:
-        assert self._wakeup is not None and self._executor is not None  # noqa: S101
+    async def _consume(self, wakeup: asyncio.Event, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            await wakeup.wait()
+            if self._closed:
+                return
             batch = self._take()
             if self._config.max_delay_ms and self._rows(batch) < self._config.max_batch_size:
                 await asyncio.sleep(self._config.max_delay_ms / 1000)
                 batch += self._take(self._rows(batch))
             if not self._pending:
-                self._wakeup.clear()
+                wakeup.clear()
             if not batch:
                 continue
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, batch)
+                outputs = await loop.run_in_executor(executor, self._run, batch)
             except Exception:
                 log.exception("inference failed", extra={"model": self._key})
                 error = ModelFailed("the model raised during inference", model=self._key)

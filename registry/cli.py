@@ -8,7 +8,6 @@ win without rewriting the environment, and so the exit status can say why it sto
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -46,9 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("manifest", type=Path)
     validate.add_argument("--weights-dir", type=Path, help="weights root (REGISTRY_WEIGHTS_DIR)")
-    validate.add_argument(
-        "--load", action="store_true", help="also load and warm up every version"
-    )
+    validate.add_argument("--load", action="store_true", help="also load and warm up every version")
     return parser
 
 

@@ -176,7 +176,9 @@ class ModelRegistry:
         if model is None:
             if slot.state is VersionState.FAILED:
                 raise ModelUnavailable(
-                    f"{name}:{concrete} failed to load", model=name, version=concrete,
+                    f"{name}:{concrete} failed to load",
+                    model=name,
+                    version=concrete,
                     reason=slot.error,
                 )
             raise ModelLoading(f"{name}:{concrete} is still loading", model=name, version=concrete)

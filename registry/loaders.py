@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
+from torch.export.passes import move_to_device_pass
 
 from registry.errors import (
     ChecksumMismatch,
@@ -79,15 +80,15 @@ def resolve_device(requested: str) -> torch.device:
 def import_architecture(reference: str) -> Callable[..., object]:
     """``package.module:factory`` → the factory; the manifest is trusted operator config."""
     module_name, _, attribute = reference.partition(":")
-    factory = getattr(importlib.import_module(module_name), attribute)
+    factory: object = getattr(importlib.import_module(module_name), attribute)
     if not callable(factory):
         raise TypeError(f"{reference} is not callable")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_safetensors(str(path), device="cpu")  # type: ignore[no-any-return]
+        return load_safetensors(str(path), device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
@@ -100,16 +101,17 @@ def _load_torchscript(path: Path, _: VersionSpec, device: torch.device) -> nn.Mo
     with warnings.catch_warnings():
         # NOTE: TorchScript is deprecated upstream yet still what most users have on disk.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
-        module = torch.jit.load(str(path), map_location=device)
+        module: nn.Module = torch.jit.load(str(path), map_location=device)
     return module.eval()
 
 
 def _load_exported(path: Path, _: VersionSpec, device: torch.device) -> nn.Module:
     program = torch.export.load(path)
     if device.type != "cpu":
-        program = torch.export.passes.move_to_device_pass(program, device)
+        program = move_to_device_pass(program, device)
     # NOTE: an exported graph keeps the mode it was traced in; .eval() is not supported.
-    return program.module()
+    module: nn.Module = program.module()
+    return module
 
 
 def _load_state_dict(path: Path, version: VersionSpec, device: torch.device) -> nn.Module:

@@ -28,9 +28,7 @@ from registry.errors import ManifestError
 ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 VersionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$", to_lower=True)]
-ArchitectureRef = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-]
+ArchitectureRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 Device = Annotated[str, StringConstraints(pattern=r"^(cpu|auto|cuda(:\d+)?)$")]
 
 DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
@@ -186,7 +184,7 @@ def parse_manifest(raw: object, *, source: str = "manifest") -> Manifest:
 
 
 def _describe(raw: object, loc: Sequence[int | str], reason: str) -> dict[str, str | None]:
-    """Turn ``("models", 3, "versions", 0, "path")`` into model ``digits``, key ``versions[0].path``."""
+    """``("models", 3, "versions", 0, "path")`` → model ``digits``, key ``versions[0].path``."""
     model: str | None = None
     if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
         model = _model_name(raw, loc[1])

@@ -62,7 +62,7 @@ def train(
 def predict(module: nn.Module, x: np.ndarray, reshape: tuple[int, ...] = ()) -> np.ndarray:
     tensor = torch.from_numpy(x)
     with torch.inference_mode():
-        output = module(tensor.reshape(len(tensor), *reshape) if reshape else tensor)
+        output: torch.Tensor = module(tensor.reshape(len(tensor), *reshape) if reshape else tensor)
     return output.numpy()
 
 
@@ -95,17 +95,16 @@ def main() -> None:
         DigitsCNN(channels=16), digits, nll, epochs=30, lr=0.003, reshape=image, probabilities=True
     )
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(
-        cnn, (torch.zeros(2, *image),), dynamic_shapes=({0: batch},)
-    )
+    program = torch.export.export(cnn, (torch.zeros(2, *image),), dynamic_shapes=({0: batch},))
     (WEIGHTS / "digits-cnn/1").mkdir(parents=True, exist_ok=True)
     torch.export.save(program, WEIGHTS / "digits-cnn/1/model.pt2")
     scores["digits-cnn:1"] = {"accuracy": accuracy(cnn, digits, image)}
 
     diabetes = diabetes_split()
     regressor = DiabetesRegressor(hidden=32)
-    regressor.target_mean.fill_(float(diabetes.y_train.mean()))
-    regressor.target_std.fill_(float(diabetes.y_train.std()))
+    target_mean, target_std = float(diabetes.y_train.mean()), float(diabetes.y_train.std())
+    regressor.target_mean.fill_(target_mean)
+    regressor.target_std.fill_(target_std)
     scaled = Split(
         diabetes.x_train,
         diabetes.x_test,
@@ -114,8 +113,7 @@ def main() -> None:
     )
 
     def scaled_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        mean, std = regressor.target_mean, regressor.target_std
-        return nn.functional.mse_loss((output.squeeze(1) - mean) / std, target)
+        return nn.functional.mse_loss((output.squeeze(1) - target_mean) / target_std, target)
 
     train(regressor, scaled, scaled_mse, epochs=40, lr=0.001)
     (WEIGHTS / "diabetes/1").mkdir(parents=True, exist_ok=True)
@@ -124,7 +122,9 @@ def main() -> None:
     scores["diabetes:1"] = {
         "mae": float(np.abs(residual).mean()),
         "rmse": float(np.sqrt((residual**2).mean())),
-        "r2": float(1 - (residual**2).sum() / ((diabetes.y_test - diabetes.y_test.mean()) ** 2).sum()),
+        "r2": float(
+            1 - (residual**2).sum() / ((diabetes.y_test - diabetes.y_test.mean()) ** 2).sum()
+        ),
     }
 
     for path in WEIGHTS.rglob("*"):

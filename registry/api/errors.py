@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -25,8 +25,7 @@ def error_response(
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def _registry_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RegistryError)  # noqa: S101 (registered for this class only)
+async def _registry_error(request: Request, exc: RegistryError) -> Response:
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
     if exc.status_code >= 500:
         log.error(
@@ -40,23 +39,23 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.code, exc.message, headers, **exc.details)
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)  # noqa: S101
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
     problems = [
         {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
     ]
     return error_response(422, "invalid_request", "the request is invalid", problems=problems)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)  # noqa: S101
+async def _http_error(_: Request, exc: HTTPException) -> Response:
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
     return error_response(exc.status_code, code, message, exc.headers)
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
+ExceptionHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
+
+EXCEPTION_HANDLERS: dict[int | type[Exception], ExceptionHandler] = {
     RegistryError: _registry_error,
     RequestValidationError: _validation_error,
     HTTPException: _http_error,

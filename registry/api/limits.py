@@ -7,6 +7,8 @@ make the server hold more than ``max_body_bytes`` of one request in memory.
 
 from __future__ import annotations
 
+import contextlib
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.errors import error_response
@@ -53,10 +55,8 @@ class BodySizeLimit:
             response_started = response_started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
+        with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, guarded_send)
-        except BodyTooLarge:
-            pass
         if exceeded and not response_started:
             await self._reject(scope, receive, send)
 

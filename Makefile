@@ -1,0 +1,51 @@
+# `make serve` and `make test` each set up .venv on a fresh machine.
+.DEFAULT_GOAL := all
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# NOTE: torch first and pinned, so pip takes the CPU wheel instead of a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: all install serve test unit lint fmt typecheck weights validate clean
+
+all: lint test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(PY) -m registry serve
+
+test: install lint
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest tests/unit tests/api
+
+lint: install
+	$(PY) -m ruff format --check registry tests scripts
+	$(PY) -m ruff check registry tests scripts
+	$(PY) -m mypy
+
+fmt: install
+	$(PY) -m ruff format registry tests scripts
+	$(PY) -m ruff check --fix registry tests scripts
+
+typecheck: install
+	$(PY) -m mypy
+
+weights: install
+	$(PY) scripts/train_examples.py
+
+validate: install
+	$(PY) -m registry validate models.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

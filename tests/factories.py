@@ -1,0 +1,165 @@
+"""Tiny models, weight files and manifests for tests.
+
+The architectures here are importable as ``tests.factories:Name``, so a test manifest can
+name them like any user's ``architecture``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+
+from registry.loaders import file_sha256
+
+FEATURES, CLASSES = 4, 3
+TRIPWIRE = 13.0  # an input holding this value makes Tripwire raise
+
+
+class Affine(nn.Module):
+    """``Linear(features, classes)`` with weights fixed by ``seed``."""
+
+    def __init__(self, features: int = FEATURES, classes: int = CLASSES, seed: int = 0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, classes)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(classes, features, generator=generator))
+            self.linear.bias.copy_(torch.randn(classes, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.linear(x)
+        return out
+
+
+class Tripwire(nn.Module):
+    """Echoes its input, but raises when any input equals ``TRIPWIRE``: a model bug."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == TRIPWIRE).any()):
+            raise RuntimeError("tripwire hit")
+        return x * 1
+
+
+class Sleepy(nn.Module):
+    """Echoes its input after ``seconds``: a slow forward pass."""
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x * 1
+
+
+class SlowToBuild(nn.Module):
+    """Takes ``seconds`` to construct: a model that is slow to load."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        super().__init__()
+        time.sleep(seconds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1
+
+
+class NoBatchAxis(nn.Module):
+    """Returns a scalar: refused at warm-up because batching needs a batch axis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum()
+
+
+def not_a_module() -> str:
+    return "not a module"
+
+
+def write_torchscript(root: Path, relative: str, module: nn.Module) -> str:
+    path = _prepare(root, relative)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return file_sha256(path)
+
+
+def write_exported(root: Path, relative: str, module: nn.Module, features: int = FEATURES) -> str:
+    path = _prepare(root, relative)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        module.eval(), (torch.zeros(2, features),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, path)
+    return file_sha256(path)
+
+
+def write_state_dict(root: Path, relative: str, module: nn.Module) -> str:
+    path = _prepare(root, relative)
+    if path.suffix == ".safetensors":
+        save_file(module.state_dict(), str(path))
+    else:
+        torch.save(module.state_dict(), path)
+    return file_sha256(path)
+
+
+def _prepare(root: Path, relative: str) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def state_dict_version(
+    version: str, path: str, architecture: str, sha256: str | None = None, **args: Any
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "version": version,
+        "format": "state_dict",
+        "path": path,
+        "architecture": f"tests.factories:{architecture}",
+    }
+    if args:
+        entry["architecture_args"] = args
+    if sha256:
+        entry["sha256"] = sha256
+    return entry
+
+
+def model_entry(
+    name: str,
+    versions: Iterable[Mapping[str, Any]],
+    shape: Iterable[int] = (FEATURES,),
+    **extra: Any,
+) -> dict[str, Any]:
+    return {"name": name, "input": {"shape": list(shape)}, "versions": list(versions), **extra}
+
+
+def affine_model(
+    weights: Path, name: str = "lin", versions: Iterable[str] = ("1", "2"), **extra: Any
+) -> dict[str, Any]:
+    """A classifier whose version N is ``Affine(seed=N)`` in safetensors."""
+    entries = []
+    for version in versions:
+        path = f"{name}/{version}/model.safetensors"
+        digest = write_state_dict(weights, path, Affine(seed=int(version)))
+        entries.append(state_dict_version(version, path, "Affine", digest, seed=int(version)))
+    return model_entry(name, entries, **extra)
+
+
+def echo_model(weights: Path, name: str, architecture: str, **args: Any) -> dict[str, Any]:
+    """A parameter-free model (Tripwire, Sleepy, SlowToBuild...) with an empty state dict."""
+    path = f"{name}/1/model.pt"
+    write_state_dict(weights, path, nn.Module())
+    return model_entry(name, [state_dict_version("1", path, architecture, **args)])
+
+
+def write_manifest(directory: Path, models: Iterable[Mapping[str, Any]]) -> Path:
+    path = directory / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": list(models)}, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.errors import ManifestError
+from registry.manifest import load_manifest, parse_manifest, version_sort_key
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": "digits",
+                "input": {"shape": [64], "dtype": "float32"},
+                "output": {"labels": [str(i) for i in range(10)]},
+                "aliases": {"stable": "1"},
+                "versions": [
+                    {"version": "1", "format": "torchscript", "path": "digits/1/model.pt"},
+                    {
+                        "version": "2",
+                        "format": "state_dict",
+                        "path": "digits/2/model.safetensors",
+                        "architecture": "registry.examples.digits:DigitsMLP",
+                        "architecture_args": {"hidden": 128},
+                    },
+                ],
+            }
+        ]
+    }
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``valid()`` with ``value`` at a dotted path (``models.0.name``); None deletes."""
+    raw = copy.deepcopy(valid())
+    *parents, last = path.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    key: Any = int(last) if last.isdigit() else last
+    if value is None:
+        del node[key]
+    else:
+        node[key] = value
+    return raw
+
+
+def test_valid_manifest_parses_with_defaults() -> None:
+    manifest = parse_manifest(valid())
+    (model,) = manifest.models
+    assert model.resolved_default == "2"
+    assert model.batching.max_batch_size >= 1
+    assert model.device == "cpu"
+    assert model.warmup is True
+    assert model.resolve("stable") == "1"
+    assert model.resolve("2") == "2"
+    assert model.resolve("nope") is None
+
+
+def test_numeric_versions_are_strings_and_compare_numerically() -> None:
+    raw = with_change(
+        "models.0.versions",
+        [
+            {"version": 9, "format": "torchscript", "path": "a/9.pt"},
+            {"version": 10, "format": "torchscript", "path": "a/10.pt"},
+        ],
+    )
+    raw["models"][0]["aliases"] = {}
+    (model,) = parse_manifest(raw).models
+    assert [v.version for v in model.versions] == ["9", "10"]
+    assert model.resolved_default == "10"
+    assert sorted(["10", "9", "beta"], key=version_sort_key) == ["beta", "9", "10"]
+
+
+INVALID = [
+    pytest.param(
+        {**valid(), "servers": []}, None, "servers", "Extra inputs", id="unknown-top-level-key"
+    ),
+    pytest.param(
+        with_change("models.0.inputs", {"shape": [1]}),
+        "digits",
+        "inputs",
+        "Extra inputs",
+        id="unknown-model-key",
+    ),
+    pytest.param(
+        with_change("models.0.input", None), "digits", "input", "Field required", id="missing-input"
+    ),
+    pytest.param(
+        with_change("models.0.name", "Digits!"), "Digits!", "name", "pattern", id="bad-name"
+    ),
+    pytest.param(
+        {"models": [valid()["models"][0], valid()["models"][0]]},
+        None,
+        "models",
+        "duplicate model names ['digits']",
+        id="duplicate-names",
+    ),
+    pytest.param(
+        with_change("models.0.versions", []), "digits", "versions", "at least 1", id="no-versions"
+    ),
+    pytest.param(
+        with_change("models.0.versions.1.version", "1"),
+        "digits",
+        "(model)",
+        "duplicate versions ['1']",
+        id="duplicate-versions",
+    ),
+    pytest.param(
+        with_change("models.0.versions.0.format", "onnx"),
+        "digits",
+        "versions[0].format",
+        "'torchscript', 'exported' or 'state_dict'",
+        id="unknown-format",
+    ),
+    pytest.param(
+        with_change("models.0.versions.1.architecture", None),
+        "digits",
+        "versions[1]",
+        "needs 'architecture'",
+        id="state-dict-without-architecture",
+    ),
+    pytest.param(
+        with_change("models.0.versions.0.architecture", "a.b:C"),
+        "digits",
+        "versions[0]",
+        "takes no 'architecture'",
+        id="torchscript-with-architecture",
+    ),
+    pytest.param(
+        with_change("models.0.versions.0.path", "/etc/passwd"),
+        "digits",
+        "versions[0].path",
+        "relative path inside the weights root",
+        id="absolute-path",
+    ),
+    pytest.param(
+        with_change("models.0.versions.0.path", "../../secrets.pt"),
+        "digits",
+        "versions[0].path",
+        "no '..'",
+        id="path-escapes-root",
+    ),
+    pytest.param(
+        with_change("models.0.default_version", "7"),
+        "digits",
+        "(model)",
+        "default_version '7' is not among ['1', '2']",
+        id="unknown-default-version",
+    ),
+    pytest.param(
+        with_change("models.0.aliases", {"stable": "3"}),
+        "digits",
+        "(model)",
+        "alias 'stable' points to '3'",
+        id="alias-to-missing-version",
+    ),
+    pytest.param(
+        with_change("models.0.aliases", {"2": "1"}),
+        "digits",
+        "(model)",
+        "alias '2' shadows a version",
+        id="alias-shadows-version",
+    ),
+    pytest.param(
+        with_change("models.0.versions.0.sha256", "abc123"),
+        "digits",
+        "versions[0].sha256",
+        "pattern",
+        id="bad-sha256",
+    ),
+    pytest.param(
+        with_change("models.0.input", {"shape": [0, 8]}),
+        "digits",
+        "input.shape[0]",
+        "greater than or equal to 1",
+        id="zero-dimension",
+    ),
+    pytest.param(
+        with_change("models.0.input", {"shape": [64], "dtype": "complex64"}),
+        "digits",
+        "input.dtype",
+        "float32",
+        id="unknown-dtype",
+    ),
+    pytest.param(
+        with_change("models.0.device", "gpu"), "digits", "device", "pattern", id="unknown-device"
+    ),
+    pytest.param(
+        with_change("models.0.batching", {"max_batch_size": 0}),
+        "digits",
+        "batching.max_batch_size",
+        "greater than or equal to 1",
+        id="zero-batch-size",
+    ),
+    pytest.param(
+        with_change("models.0.versions.1.path", "digits/2/model.bin"),
+        "digits",
+        "versions[1]",
+        "ends in .safetensors or .pt",
+        id="state-dict-unknown-suffix",
+    ),
+    pytest.param(
+        with_change("models.0.versions.1.architecture", "os.system"),
+        "digits",
+        "versions[1].architecture",
+        "pattern",
+        id="architecture-not-module-colon-name",
+    ),
+    pytest.param({"models": {"digits": {}}}, None, "models", "tuple", id="models-not-a-list"),
+]
+
+
+@pytest.mark.parametrize(("raw", "model", "key", "reason"), INVALID)
+def test_invalid_manifest_names_model_key_and_reason(
+    raw: dict[str, Any], model: str | None, key: str, reason: str
+) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(raw)
+    problems = caught.value.details["problems"]
+    assert isinstance(problems, list)
+    assert any(
+        p["model"] == model and p["key"] == key and reason in p["reason"] for p in problems
+    ), problems
+    assert key in caught.value.message
+
+
+def test_unreadable_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        load_manifest(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("models: [\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(broken)
+
+
+def test_yaml_tags_that_construct_objects_are_refused(tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text("models: !!python/object/apply:os.system ['true']\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        load_manifest(hostile)
+
+
+def test_empty_file_is_an_empty_manifest(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("", encoding="utf-8")
+    assert load_manifest(empty).models == ()
+
+
+def test_repository_manifest_is_valid() -> None:
+    manifest = load_manifest(Path(__file__).parents[2] / "models.yaml")
+    assert {m.name for m in manifest.models} == {"digits", "digits-cnn", "diabetes"}
+    assert all(v.sha256 for m in manifest.models for v in m.versions)

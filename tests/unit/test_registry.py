@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry.core import ModelRegistry, VersionState
+from registry.errors import (
+    ManifestError,
+    ModelLoading,
+    ModelNotFound,
+    ModelUnavailable,
+    ShuttingDown,
+    VersionNotFound,
+)
+from registry.settings import Settings
+from tests.conftest import make_settings
+from tests.factories import affine_model, echo_model, write_manifest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_loads_every_version_then_is_ready(settings: Settings) -> None:
+    registry = ModelRegistry(settings)
+    await registry.start()
+    assert not registry.ready
+    assert await registry.wait_loaded() == []
+    assert registry.ready
+    states = {s.spec.version: s.state for s in registry.table["lin"].versions.values()}
+    assert states == {"1": VersionState.READY, "2": VersionState.READY}
+    await registry.close()
+
+
+async def test_lease_resolves_default_alias_and_version(settings: Settings) -> None:
+    registry = ModelRegistry(settings)
+    await registry.start()
+    await registry.wait_loaded()
+    for requested, concrete in ((None, "2"), ("stable", "1"), ("1", "1"), ("2", "2")):
+        with registry.lease("lin", requested) as model:
+            assert model.version.version == concrete
+            assert model.leases == 1
+            out = await model.predict(np.zeros((1, 4), dtype=np.float32))
+            assert out.shape == (1, 3)
+        assert model.leases == 0
+    with pytest.raises(ModelNotFound) as missing:
+        registry.lease("nope").__enter__()
+    assert missing.value.details["available"] == ["lin"]
+    with pytest.raises(VersionNotFound) as no_version:
+        registry.lease("lin", "3").__enter__()
+    assert no_version.value.details["available"] == ["1", "2"]
+    await registry.close()
+
+
+async def test_a_model_still_loading_answers_model_loading(tmp_path: Path, weights: Path) -> None:
+    write_manifest(
+        tmp_path,
+        [
+            affine_model(weights, "fast", ("1",)),
+            echo_model(weights, "slow", "SlowToBuild", seconds=1.0),
+        ],
+    )
+    registry = ModelRegistry(make_settings(tmp_path))
+    await registry.start()
+    await asyncio.sleep(0.3)
+    with pytest.raises(ModelLoading) as caught:
+        registry.lease("slow").__enter__()
+    assert caught.value.retry_after_s >= 1
+    assert not registry.ready
+    await registry.wait_loaded()
+    with registry.lease("slow") as model:
+        assert model.name == "slow"
+    await registry.close()
+
+
+async def test_failed_versions_are_reported_and_refused(tmp_path: Path, weights: Path) -> None:
+    broken = affine_model(weights, "broken", ("1",))
+    broken["versions"][0]["sha256"] = "f" * 64
+    write_manifest(tmp_path, [affine_model(weights, "good", ("1",)), broken])
+    lenient = ModelRegistry(make_settings(tmp_path, strict_startup=False))
+    await lenient.start()
+    (failure,) = await lenient.wait_loaded()
+    assert (failure.model, failure.version) == ("broken", "1")
+    assert "sha256" in failure.reason
+    assert lenient.ready  # non-strict: serve the rest
+    with pytest.raises(ModelUnavailable, match="failed to load"):
+        lenient.lease("broken").__enter__()
+    with lenient.lease("good"):
+        pass
+    await lenient.close()
+
+    strict = ModelRegistry(make_settings(tmp_path, strict_startup=True))
+    await strict.start()
+    assert len(await strict.wait_loaded()) == 1
+    assert not strict.ready
+    await strict.close()
+
+
+async def test_invalid_manifest_fails_start(tmp_path: Path) -> None:
+    (tmp_path / "models.yaml").write_text("models: [{name: x}]\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="x: input: Field required"):
+        await ModelRegistry(make_settings(tmp_path)).start()
+
+
+async def test_close_releases_every_model(settings: Settings) -> None:
+    registry = ModelRegistry(settings)
+    await registry.start()
+    await registry.wait_loaded()
+    refs = []
+    for entry in registry.table.values():
+        for slot in entry.versions.values():
+            assert slot.model is not None
+            refs += [weakref.ref(slot.model), weakref.ref(slot.model.module)]  # type: ignore[arg-type]
+    await registry.close()
+    gc.collect()
+    assert refs
+    assert all(ref() is None for ref in refs)
+    assert registry.table == {}
+    with pytest.raises(ShuttingDown):
+        registry.lease("lin").__enter__()

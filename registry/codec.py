@@ -89,6 +89,7 @@ def _to_array(inputs: object, spec: TensorSpec) -> Array:
             return parsed.astype(dtype)
         raise InvalidInput(
             f"'inputs' must hold {spec.dtype} values; received {_describe_kind(parsed)}",
+            expected_shape=list(spec.shape),
             expected_dtype=spec.dtype,
         )
     return parsed.astype(dtype, copy=False)

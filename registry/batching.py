@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,7 @@ from registry.manifest import BatchingSpec
 
 log = logging.getLogger(__name__)
 
-Array = npt.NDArray[np.generic]
+Array = npt.NDArray[Any]
 Forward = Callable[[Array], Array]
 
 

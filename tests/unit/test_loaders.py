@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_each_format_loads_warms_up_and_predicts(weights: Path, fmt: str, relati
     np.testing.assert_allclose(model.predict_batch(INPUTS[:1]), expected(INPUTS[:1]), rtol=1e-6)
 
 
-def load_single(weights: Path, version: dict[str, object], **model: object) -> None:
+def load_single(weights: Path, version: dict[str, object], **model: Any) -> None:
     spec = spec_of(model_entry("m", [version], **model))
     load_version(spec, spec.versions[0], weights)
 
@@ -118,7 +119,7 @@ def test_pickled_objects_are_never_unpickled(
     path = weights / "m/1/model.pt"
     path.parent.mkdir(parents=True)
     path.write_bytes(pickle.dumps({"linear.weight": Payload()}, protocol=2))
-    with pytest.raises(ModelLoadFailed, match="Weights only load failed|UnpicklingError"):
+    with pytest.raises(ModelLoadFailed, match=r"Weights only load failed|UnpicklingError"):
         load_single(weights, state_dict_version("1", "m/1/model.pt", "Affine"))
     assert "unpickled!" not in capsys.readouterr().out
 
@@ -146,7 +147,7 @@ def test_architecture_errors_name_model_and_cause(
 
 def test_warmup_refuses_outputs_without_a_batch_axis(weights: Path) -> None:
     entry = echo_model(weights, "m", "NoBatchAxis")
-    with pytest.raises(ModelLoadFailed, match="warm-up.*lacks the batch axis"):
+    with pytest.raises(ModelLoadFailed, match=r"warm-up.*lacks the batch axis"):
         load_single(weights, entry["versions"][0])
 
 
@@ -183,7 +184,8 @@ def test_every_torch_load_passes_weights_only_true() -> None:
     for path, call in calls:
         keywords = {k.arg: k.value for k in call.keywords}
         weights_only = keywords.get("weights_only")
-        assert isinstance(weights_only, ast.Constant) and weights_only.value is True, path
+        assert isinstance(weights_only, ast.Constant), path
+        assert weights_only.value is True, path
 
 
 def test_no_unsafe_deserialisers_in_the_package() -> None:

@@ -4,6 +4,7 @@ import asyncio
 import gc
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,11 +115,11 @@ async def test_close_releases_every_model(settings: Settings) -> None:
     registry = ModelRegistry(settings)
     await registry.start()
     await registry.wait_loaded()
-    refs = []
+    refs: list[weakref.ref[Any]] = []
     for entry in registry.table.values():
         for slot in entry.versions.values():
             assert slot.model is not None
-            refs += [weakref.ref(slot.model), weakref.ref(slot.model.module)]  # type: ignore[arg-type]
+            refs += [weakref.ref(slot.model), weakref.ref(slot.model.module)]
     await registry.close()
     gc.collect()
     assert refs

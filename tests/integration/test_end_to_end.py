@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +20,7 @@ from registry.loaders import load_version
 from registry.manifest import load_manifest
 from tests.conftest import make_settings
 from tests.factories import affine_model, echo_model, model_entry, write_manifest
-from tests.integration.server import REPOSITORY, Server, serving, start
+from tests.integration.server import REPOSITORY, Server, free_port, serving, start
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +106,10 @@ def test_metadata_and_bad_input_over_http(server: Server) -> None:
         assert good.status_code == 200
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_lets_in_flight_requests_finish_then_exits_zero(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     weights = tmp_path / "weights"
     sleepy = echo_model(weights, "sleepy", "Sleepy", seconds=1.0)
     sleepy["warmup"] = False
@@ -118,7 +124,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(tmp_path: Path) 
         ]
         time.sleep(0.5)
         started = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(sig)
         responses = [future.result() for future in pending]
         code = server.stop()
     assert [r.status_code for r in responses] == [200, 200, 200]
@@ -167,3 +173,33 @@ def test_settings_from_the_environment_and_flags(tmp_path: Path) -> None:
     with serving(tmp_path, args, env) as server, server.client() as client:
         assert [m["name"] for m in client.get("/models").json()["models"]] == ["good"]
     assert make_settings(tmp_path).weights_root == (tmp_path / "weights").resolve()
+
+
+def test_uvicorn_factory_builds_the_same_app_from_the_environment(tmp_path: Path) -> None:
+    write_manifest(tmp_path, [affine_model(tmp_path / "weights", "good", ("1",))])
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env["REGISTRY_MANIFEST"] = str(tmp_path / "models.yaml")
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "registry.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=sink, stderr=sink)
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        server.wait_ready()
+        with server.client() as client:
+            answer = client.post("/models/good/predict", json={"inputs": [1, 2, 3, 4]})
+        assert answer.status_code == 200
+        assert answer.headers["x-model-version"] == "1"
+    finally:
+        server.stop()

@@ -2,7 +2,9 @@
 
 Start-up builds a table with every version marked ``loading`` and returns at once, so HTTP
 answers (``/healthz`` 200, ``/readyz`` 503) while versions load one by one on a loader
-thread. Requests lease a version; the table itself is only ever replaced whole.
+thread. Requests lease a version from the table; a reload loads what changed beside the
+live table and then replaces the whole table in one assignment. A version that leaves the
+table is released when its last lease ends.
 """
 
 from __future__ import annotations
@@ -10,53 +12,40 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
+from typing import Any, TypeVar
 
 import torch
 
+from registry import diff
+from registry.diff import (
+    LoadTiming,
+    ReloadReport,
+    VersionKey,
+    fingerprint_manifest,
+    fingerprint_version,
+)
 from registry.errors import (
     ModelLoading,
     ModelNotFound,
     ModelUnavailable,
     RegistryError,
+    ReloadFailed,
     ShuttingDown,
     VersionNotFound,
 )
-from registry.loaders import load_version
-from registry.manifest import Manifest, ModelSpec, VersionSpec, load_manifest, version_sort_key
+from registry.loaders import WeightDigests, load_version
+from registry.manifest import ModelSpec, VersionSpec, load_manifest
 from registry.model import LoadedModel
 from registry.settings import Settings
+from registry.table import Table, VersionState, live_models, loading_table, slots, table_after
 
 log = logging.getLogger(__name__)
-
-
-class VersionState(StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass(eq=False)
-class VersionSlot:
-    """A version's place in the table: its spec, state and, once ready, its model."""
-
-    spec: VersionSpec
-    state: VersionState = VersionState.LOADING
-    model: LoadedModel | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class ModelEntry:
-    spec: ModelSpec
-    versions: Mapping[str, VersionSlot]
-
-    def sorted_versions(self) -> list[VersionSlot]:
-        return sorted(self.versions.values(), key=lambda s: version_sort_key(s.spec.version))
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,31 +60,41 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._table: Mapping[str, ModelEntry] = {}
+        self._table: Table = {}
+        self._digests = WeightDigests()
+        self._reload_lock = asyncio.Lock()  # NOTE: start-up loading holds it too
         self._loader: asyncio.Task[list[LoadFailure]] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._draining: set[LoadedModel] = set()
+        self._pending: tuple[VersionKey, ...] = ()
+        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
 
     @property
-    def table(self) -> Mapping[str, ModelEntry]:
+    def table(self) -> Table:
         return self._table
 
     @property
-    def loading_done(self) -> bool:
-        return self._loader is not None and self._loader.done()
+    def draining(self) -> list[LoadedModel]:
+        """Retired versions that still serve requests which leased them before the swap."""
+        return sorted(self._draining, key=lambda m: m.key)
+
+    @property
+    def pending(self) -> tuple[VersionKey, ...]:
+        """Versions a reload in progress is loading."""
+        return self._pending
 
     @property
     def ready(self) -> bool:
         """Start-up loading has finished and the registry will serve what it loaded."""
-        if self._closing or not self.loading_done:
+        if self._closing or self._loader is None or not self._loader.done():
             return False
         return not (self._settings.strict_startup and self.failures())
 
     def failures(self) -> list[LoadFailure]:
         return [
-            LoadFailure(entry.spec.name, slot.spec.version, slot.error or "")
-            for entry in self._table.values()
-            for slot in entry.versions.values()
+            LoadFailure(key.model, key.version, slot.error or "")
+            for key, slot in slots(self._table)
             if slot.state is VersionState.FAILED
         ]
 
@@ -106,14 +105,14 @@ class ModelRegistry:
         """
         manifest = await asyncio.to_thread(load_manifest, self._settings.manifest)
         torch.set_num_threads(self._settings.intra_op_threads)
-        self._table = _table_for(manifest)
+        self._table = loading_table(manifest)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-load")
         self._loader = asyncio.get_running_loop().create_task(
-            self._load_all(), name="registry-startup-load"
+            self._load_startup(), name="registry-startup-load"
         )
         log.info(
             "loading %d versions of %d models from %s",
-            sum(len(e.versions) for e in self._table.values()),
+            len(slots(self._table)),
             len(self._table),
             self._settings.manifest,
         )
@@ -124,26 +123,23 @@ class ModelRegistry:
             raise RuntimeError("start() was not called")
         return await asyncio.shield(self._loader)
 
-    async def _load_all(self) -> list[LoadFailure]:
-        loop = asyncio.get_running_loop()
-        root = self._settings.weights_root
-        for entry in self._table.values():
-            for slot in entry.sorted_versions():
+    async def _load_startup(self) -> list[LoadFailure]:
+        async with self._reload_lock:
+            for key, slot in slots(self._table):
                 if self._closing:
-                    return self.failures()
+                    break
+                spec = self._table[key.model].spec
                 try:
-                    model = await loop.run_in_executor(
-                        self._executor, load_version, entry.spec, slot.spec, root
-                    )
+                    model, slot.fingerprint = await self._on_loader(self._load, spec, slot.spec)
                 except RegistryError as exc:
                     slot.state, slot.error = VersionState.FAILED, exc.message
-                    log.error("failed to load %s:%s: %s", entry.spec.name, slot.spec.version, exc)
+                    log.error("failed to load %s: %s", key, exc.message)
                     continue
                 model.start()
                 slot.model, slot.state = model, VersionState.READY
                 log.info(
                     "loaded %s in %.0f ms (warm-up %.0f ms, %d bytes)",
-                    model.key,
+                    key,
                     model.load_ms,
                     model.warmup_ms,
                     model.memory_bytes,
@@ -152,11 +148,142 @@ class ModelRegistry:
         log.info("start-up loading finished: %d failed", len(failures))
         return failures
 
+    async def _on_loader(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (hashing, deserialising, warm-up) on the loader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _load(self, model: ModelSpec, version: VersionSpec) -> tuple[LoadedModel, str]:
+        root = self._settings.weights_root
+        loaded = load_version(model, version, root, self._digests)
+        return loaded, fingerprint_version(model, version, root, self._digests)
+
+    async def reload(self, *, actor: str, dry_run: bool = False) -> ReloadReport:
+        """Apply the manifest as it is on disk now: all of it, or nothing.
+
+        Raises ``ManifestError`` or ``ReloadFailed`` (carrying the report) and changes
+        nothing when the manifest is invalid or any new version fails to load. Every
+        outcome is logged as one line saying who asked (``actor``) and what changed.
+        """
+        fields: dict[str, object] = {"event": "reload", "actor": actor, "dry_run": dry_run}
+        try:
+            report = await self._reload(dry_run)
+        except RegistryError as exc:
+            failed = exc.details.get("report", {})
+            log.warning(
+                "reload by %s refused, nothing changed: %s",
+                actor,
+                exc.message,
+                extra=fields | {"outcome": exc.code, "report": failed},
+            )
+            raise
+        outcome = "dry_run" if dry_run else "applied"
+        log.info(
+            "reload by %s %s in %.0f ms: %s",
+            actor,
+            outcome,
+            report.duration_ms,
+            report.summary(),
+            extra=fields | {"outcome": outcome, "report": report.model_dump()},
+        )
+        return report
+
+    async def _reload(self, dry_run: bool) -> ReloadReport:
+        async with self._reload_lock:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            started = time.perf_counter()
+            manifest = await asyncio.to_thread(load_manifest, self._settings.manifest)
+            found, failed = await self._on_loader(
+                fingerprint_manifest, manifest, self._settings.weights_root, self._digests
+            )
+            loaded = {
+                key: slot.fingerprint if slot.model else None for key, slot in slots(self._table)
+            }
+            current = {name: entry.spec for name, entry in self._table.items()}
+            plan = diff.plan(loaded, current, manifest, found)
+
+            def report(applied: bool, loads: list[LoadTiming] | None = None) -> ReloadReport:
+                elapsed = (time.perf_counter() - started) * 1000
+                return ReloadReport.of(
+                    plan,
+                    applied=applied,
+                    dry_run=dry_run,
+                    failed=failed,
+                    loads=loads,
+                    duration_ms=elapsed,
+                )
+
+            if failed:
+                raise _refusal(report(False))
+            if dry_run:
+                return report(False)
+            fresh, loads = await self._load_fresh(plan, failed)
+            if failed:
+                raise _refusal(report(False, loads))
+            for model, _ in fresh.values():
+                model.start()
+            self._swap(table_after(plan.manifest, self._table, fresh))
+            return report(True, loads)
+
+    async def _load_fresh(
+        self, plan: diff.Plan, failed: dict[VersionKey, str]
+    ) -> tuple[dict[VersionKey, tuple[LoadedModel, str]], list[LoadTiming]]:
+        """Load what the plan needs beside the live table; stops at the first failure."""
+        fresh: dict[VersionKey, tuple[LoadedModel, str]] = {}
+        loads = []
+        self._pending = plan.to_load
+        try:
+            for key in plan.to_load:
+                try:
+                    fresh[key] = await self._on_loader(self._load, *plan.specs(key))
+                except RegistryError as exc:
+                    failed[key] = exc.message
+                    break
+                model = fresh[key][0]
+                loads.append(
+                    LoadTiming(
+                        version=str(key),
+                        load_ms=round(model.load_ms, 3),
+                        warmup_ms=round(model.warmup_ms, 3),
+                    )
+                )
+        finally:
+            self._pending = ()
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        return fresh, loads
+
+    def _swap(self, table: Table) -> None:
+        """Replace the table in one assignment, then retire what the new one dropped."""
+        old, self._table = self._table, table
+        kept = {id(model) for model in live_models(table)}
+        for model in live_models(old):
+            if id(model) not in kept:
+                self._retire(model)
+
+    def _retire(self, model: LoadedModel) -> None:
+        model.retired = True
+        if model.leases:
+            self._draining.add(model)
+        else:
+            self._spawn(self._release(model))
+
+    async def _release(self, model: LoadedModel) -> None:
+        self._draining.discard(model)
+        await model.stop()
+        log.info("released %s", model.key)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     @contextmanager
     def lease(self, name: str, version: str | None = None) -> Iterator[LoadedModel]:
         """Hold a ready version for the length of a request.
 
-        ``version`` is a version, an alias, or ``None`` for the default.
+        ``version`` is a version, an alias, or ``None`` for the default. The lease keeps a
+        version that a reload retires alive until the request is done with it.
         """
         if self._closing:
             raise ShuttingDown("the server is shutting down")
@@ -187,24 +314,21 @@ class ModelRegistry:
             yield model
         finally:
             model.leases -= 1
+            if model.retired and not model.leases and model in self._draining:
+                self._draining.discard(model)
+                self._spawn(self._release(model))
 
     async def close(self) -> None:
         """Stop loading, stop every batcher and drop every model reference."""
         self._closing = True
-        if self._loader is not None:
-            # NOTE: a load in progress on the thread cannot be interrupted; wait for it so
-            # that no model is created after close() returns.
-            await asyncio.gather(self._loader, return_exceptions=True)
-        models = [
-            slot.model
-            for entry in self._table.values()
-            for slot in entry.versions.values()
-            if slot.model is not None
-        ]
-        for slot in (s for e in self._table.values() for s in e.versions.values()):
-            slot.model = None
-        self._table = {}
-        await asyncio.gather(*(model.stop() for model in models))
+        # NOTE: a load in progress cannot be interrupted; wait for it (start-up and reload
+        # both hold the lock) so that no model is created after close() returns.
+        async with self._reload_lock:
+            models = live_models(self._table) + list(self._draining)
+            for _, slot in slots(self._table):
+                slot.model = None  # NOTE: a stray reference to a slot must not pin a model
+            self._table, self._draining = {}, set()
+            await asyncio.gather(*(model.stop() for model in models), *self._background)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -216,8 +340,6 @@ class ModelRegistry:
         log.info("registry closed: every model released")
 
 
-def _table_for(manifest: Manifest) -> dict[str, ModelEntry]:
-    return {
-        spec.name: ModelEntry(spec, {v.version: VersionSlot(v) for v in spec.versions})
-        for spec in manifest.models
-    }
+def _refusal(report: ReloadReport) -> ReloadFailed:
+    reasons = "; ".join(f"{f.version}: {f.reason}" for f in report.failed)
+    return ReloadFailed(f"reload refused, nothing changed: {reasons}", report=report.model_dump())

@@ -11,6 +11,7 @@ here imports FastAPI, so the loaders and the registry stay usable without a web 
     │   ├── WeightsOutsideRoot         422 weights_outside_root
     │   └── ChecksumMismatch           422 checksum_mismatch
     ├── ModelLoadFailed                500 model_load_failed
+    ├── ReloadFailed                   422 reload_failed    (nothing was changed)
     ├── NotFound                       404 not_found
     │   ├── ModelNotFound              404 model_not_found
     │   └── VersionNotFound            404 version_not_found
@@ -69,6 +70,12 @@ class ModelLoadFailed(RegistryError):
     """Loading, building or warming up a version failed; the cause is in the message."""
 
     code = "model_load_failed"
+
+
+class ReloadFailed(RegistryError):
+    """A reload was refused as a whole; ``report`` says which version failed and why."""
+
+    status_code, code = 422, "reload_failed"
 
 
 class NotFound(RegistryError):

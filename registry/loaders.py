@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -54,10 +55,37 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_weights(root: Path, version: VersionSpec) -> Path:
+class WeightDigests:
+    """sha256 of weight files, hashed again only when a file's size, mtime or inode changes.
+
+    Reloads fingerprint every weight file; without this a manifest of large models would
+    be re-hashed on every poll.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        self._lock = threading.Lock()
+
+    def digest(self, path: Path) -> str:
+        status = path.stat()
+        stamp = (status.st_size, status.st_mtime_ns, status.st_ino)
+        with self._lock:
+            known = self._known.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        digest = file_sha256(path)
+        with self._lock:
+            self._known[path] = (stamp, digest)
+        return digest
+
+
+def verify_weights(root: Path, version: VersionSpec, digests: WeightDigests | None = None) -> Path:
     """Resolve the weight file and check its declared sha256; returns the path."""
     path = resolve_weights(root, version)
-    if version.sha256 is not None and (actual := file_sha256(path)) != version.sha256:
+    if version.sha256 is None:
+        return path
+    actual = digests.digest(path) if digests else file_sha256(path)
+    if actual != version.sha256:
         raise ChecksumMismatch(
             f"sha256 of {str(version.path)!r} is {actual}, the manifest says {version.sha256}",
             path=str(version.path),
@@ -135,14 +163,19 @@ def memory_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def load_version(spec: ModelSpec, version: VersionSpec, weights_root: Path) -> LoadedModel:
+def load_version(
+    spec: ModelSpec,
+    version: VersionSpec,
+    weights_root: Path,
+    digests: WeightDigests | None = None,
+) -> LoadedModel:
     """Verify, load and warm up one version; blocking, so run it off the event loop.
 
     Any failure is a ``RegistryError`` naming the model and version.
     """
     started = time.perf_counter()
     try:
-        path = verify_weights(weights_root, version)
+        path = verify_weights(weights_root, version, digests)
         device = resolve_device(spec.device)
         module = LOADERS[version.format](path, version, device)
     except RegistryError as exc:

@@ -40,6 +40,7 @@ class LoadedModel:
     load_ms: float
     warmup_ms: float = 0.0
     leases: int = 0
+    retired: bool = False
     _batcher: Batcher | None = field(default=None, repr=False)
 
     @property

@@ -19,10 +19,10 @@ from registry.api.schemas import (
     VersionInfo,
 )
 from registry.codec import decode_inputs, encode_prediction
-from registry.core import ModelEntry, VersionState
 from registry.errors import InferenceTimeout, ModelNotFound
 from registry.model import LoadedModel
 from registry.settings import Settings
+from registry.table import ModelEntry, VersionState
 
 router = APIRouter(tags=["models"])
 _Route = Callable[..., Awaitable[Response]]

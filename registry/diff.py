@@ -1,0 +1,215 @@
+"""Reload planning: what a new manifest changes against what is loaded.
+
+A version is identified by ``(model, version)`` and compared by a fingerprint of
+everything that shapes the loaded object: its own spec, the model-level fields that loading
+and warm-up read (input, output, batching, device, warm-up), and the weight file's
+content digest (hashed once per file change, see ``WeightDigests``). ``plan`` itself is a
+pure function. Equal fingerprints mean the loaded object can be kept as it is; aliases,
+the default version and the description never need a load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from registry.errors import RegistryError
+from registry.loaders import WeightDigests, resolve_weights
+from registry.manifest import Manifest, ModelSpec, VersionSpec
+
+
+class VersionKey(NamedTuple):
+    model: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
+def fingerprint_manifest(
+    manifest: Manifest, weights_root: Path, digests: WeightDigests
+) -> tuple[dict[VersionKey, str], dict[VersionKey, str]]:
+    """Fingerprints of every version, and the reason for each that has none (no file...).
+
+    Reads and hashes weight files (through the digest cache): run it off the event loop.
+    """
+    found, failed = {}, {}
+    for model in manifest.models:
+        for version in model.versions:
+            key = VersionKey(model.name, version.version)
+            try:
+                found[key] = fingerprint_version(model, version, weights_root, digests)
+            except RegistryError as exc:
+                failed[key] = exc.message
+    return found, failed
+
+
+def fingerprint_version(
+    model: ModelSpec, version: VersionSpec, weights_root: Path, digests: WeightDigests
+) -> str:
+    path = resolve_weights(weights_root, version)
+    return fingerprint(model, version, digests.digest(path))
+
+
+def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> str:
+    shaping = model.model_dump(
+        mode="json", include={"input", "output", "batching", "device", "warmup"}
+    )
+    document = {"model": shaping, "version": version.model_dump(mode="json")}
+    payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS) + weights_digest.encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
+class AliasMove(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    alias: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The difference between the loaded table and a manifest, before any loading."""
+
+    manifest: Manifest
+    fingerprints: Mapping[VersionKey, str]
+    added: tuple[VersionKey, ...]
+    removed: tuple[VersionKey, ...]
+    reloaded: tuple[VersionKey, ...]
+    unchanged: tuple[VersionKey, ...]
+    alias_moves: tuple[AliasMove, ...]
+
+    @property
+    def to_load(self) -> tuple[VersionKey, ...]:
+        return self.added + self.reloaded
+
+    def specs(self, key: VersionKey) -> tuple[ModelSpec, VersionSpec]:
+        model = next(m for m in self.manifest.models if m.name == key.model)
+        return model, next(v for v in model.versions if v.version == key.version)
+
+
+def plan(
+    loaded: Mapping[VersionKey, str | None],
+    current: Mapping[str, ModelSpec],
+    manifest: Manifest,
+    fingerprints: Mapping[VersionKey, str],
+) -> Plan:
+    """Compare ``loaded`` (fingerprint, or None where a version is not serving) to a manifest.
+
+    A version that is not serving (it failed at start-up) is reloaded even when unchanged,
+    so a reload is also the way to retry it.
+    """
+    wanted = [VersionKey(m.name, v.version) for m in manifest.models for v in m.versions]
+    wanted_set = set(wanted)
+    added = tuple(k for k in wanted if k not in loaded)
+    kept = [k for k in wanted if k in loaded]
+    unchanged = tuple(k for k in kept if loaded[k] is not None and loaded[k] == fingerprints.get(k))
+    reloaded = tuple(k for k in kept if k not in unchanged)
+    removed = tuple(k for k in loaded if k not in wanted_set)
+    return Plan(
+        manifest=manifest,
+        fingerprints=fingerprints,
+        added=added,
+        removed=removed,
+        reloaded=reloaded,
+        unchanged=unchanged,
+        alias_moves=_alias_moves(current, manifest),
+    )
+
+
+def _alias_moves(current: Mapping[str, ModelSpec], manifest: Manifest) -> tuple[AliasMove, ...]:
+    """Aliases, and the default version as the pseudo-alias ``(default)``, that change."""
+    new = {m.name: m for m in manifest.models}
+    moves = []
+    for name in sorted(set(current) | set(new)):
+        before, after = _pointers(current.get(name)), _pointers(new.get(name))
+        for alias in sorted(set(before) | set(after)):
+            if before.get(alias) != after.get(alias):
+                moves.append(
+                    AliasMove(
+                        model=name, alias=alias, before=before.get(alias), after=after.get(alias)
+                    )
+                )
+    return tuple(moves)
+
+
+def _pointers(spec: ModelSpec | None) -> dict[str, str]:
+    if spec is None:
+        return {}
+    return {**spec.aliases, "(default)": spec.resolved_default}
+
+
+class LoadTiming(BaseModel):
+    version: str
+    load_ms: float
+    warmup_ms: float
+
+
+class FailedVersion(BaseModel):
+    version: str
+    reason: str
+
+
+class ReloadReport(BaseModel):
+    """What a reload changed (or, with ``dry_run``, would change), as the admin API answers."""
+
+    dry_run: bool = False
+    applied: bool
+    added: list[str]
+    removed: list[str]
+    reloaded: list[str]
+    unchanged: list[str]
+    failed: list[FailedVersion]
+    alias_moves: list[AliasMove]
+    loads: list[LoadTiming]
+    duration_ms: float
+
+    @classmethod
+    def of(
+        cls,
+        plan: Plan,
+        *,
+        applied: bool,
+        dry_run: bool = False,
+        failed: Mapping[VersionKey, str] | None = None,
+        loads: list[LoadTiming] | None = None,
+        duration_ms: float = 0.0,
+    ) -> ReloadReport:
+        return cls(
+            dry_run=dry_run,
+            applied=applied,
+            added=[str(k) for k in plan.added],
+            removed=[str(k) for k in plan.removed],
+            reloaded=[str(k) for k in plan.reloaded],
+            unchanged=[str(k) for k in plan.unchanged],
+            failed=[FailedVersion(version=str(k), reason=r) for k, r in (failed or {}).items()],
+            alias_moves=list(plan.alias_moves),
+            loads=loads or [],
+            duration_ms=round(duration_ms, 3),
+        )
+
+    def summary(self) -> str:
+        parts = [
+            f"{name}={value}"
+            for name, value in (
+                ("added", self.added),
+                ("removed", self.removed),
+                ("reloaded", self.reloaded),
+                (
+                    "aliases",
+                    [f"{m.model}/{m.alias}:{m.before}->{m.after}" for m in self.alias_moves],
+                ),
+                ("failed", [f.version for f in self.failed]),
+            )
+            if value
+        ]
+        parts.append(f"unchanged={len(self.unchanged)}")
+        return " ".join(parts)

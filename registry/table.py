@@ -1,0 +1,85 @@
+"""The table of live models: what a request resolves against, replaced whole on reload."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from registry.diff import VersionKey
+from registry.manifest import Manifest, ModelSpec, VersionSpec, version_sort_key
+from registry.model import LoadedModel
+
+
+class VersionState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+
+@dataclass(eq=False)
+class VersionSlot:
+    """A version's place in the table: its spec, state and, once ready, its model.
+
+    A slot is only mutated while its table is being built at start-up and when the registry
+    closes; a reload builds new slots for what it loads and carries unchanged slots over.
+    """
+
+    spec: VersionSpec
+    state: VersionState = VersionState.LOADING
+    model: LoadedModel | None = None
+    fingerprint: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ModelEntry:
+    spec: ModelSpec
+    versions: Mapping[str, VersionSlot]
+
+    def sorted_versions(self) -> list[VersionSlot]:
+        return sorted(self.versions.values(), key=lambda s: version_sort_key(s.spec.version))
+
+
+Table = Mapping[str, ModelEntry]
+
+
+def loading_table(manifest: Manifest) -> dict[str, ModelEntry]:
+    """Every version of ``manifest`` in state ``loading``: the table start-up begins with."""
+    return {
+        spec.name: ModelEntry(spec, {v.version: VersionSlot(v) for v in spec.versions})
+        for spec in manifest.models
+    }
+
+
+def slots(table: Table) -> list[tuple[VersionKey, VersionSlot]]:
+    return [
+        (VersionKey(entry.spec.name, slot.spec.version), slot)
+        for entry in table.values()
+        for slot in entry.sorted_versions()
+    ]
+
+
+def live_models(table: Table) -> list[LoadedModel]:
+    return [slot.model for _, slot in slots(table) if slot.model is not None]
+
+
+def table_after(
+    manifest: Manifest, current: Table, fresh: Mapping[VersionKey, tuple[LoadedModel, str]]
+) -> dict[str, ModelEntry]:
+    """The table for ``manifest``: ``fresh`` versions in new slots, the rest carried over."""
+    table = {}
+    for spec in manifest.models:
+        versions = {}
+        for version in spec.versions:
+            key = VersionKey(spec.name, version.version)
+            if key in fresh:
+                model, fingerprint = fresh[key]
+                versions[version.version] = VersionSlot(
+                    version, VersionState.READY, model, fingerprint
+                )
+            else:
+                versions[version.version] = current[spec.name].versions[version.version]
+        table[spec.name] = ModelEntry(spec, versions)
+    return table

@@ -18,9 +18,10 @@ from fastapi import FastAPI
 from registry import __version__
 from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.limits import BodySizeLimit
-from registry.api.routes import health, models
+from registry.api.routes import admin, health, models
 from registry.core import ModelRegistry
 from registry.settings import Settings
+from registry.triggers import ReloadTriggers
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,13 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
         registry = ModelRegistry(settings)
         await registry.start()  # an invalid manifest fails start-up here
         supervisor = asyncio.create_task(_supervise(registry, settings, fatal))
+        triggers = ReloadTriggers(registry, settings)
+        triggers.start()
         try:
             yield {"registry": registry, "settings": settings}
         finally:
             supervisor.cancel()
+            await triggers.stop()
             await registry.close()
 
     app = FastAPI(
@@ -64,7 +68,7 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )
-    for router in (models.router, health.router):
+    for router in (models.router, admin.router, health.router):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     return app

@@ -15,6 +15,8 @@ here imports FastAPI, so the loaders and the registry stay usable without a web 
     ├── NotFound                       404 not_found
     │   ├── ModelNotFound              404 model_not_found
     │   └── VersionNotFound            404 version_not_found
+    ├── Unauthorized                   401 unauthorized     (WWW-Authenticate: Bearer)
+    ├── AdminDisabled                  403 admin_disabled
     ├── BadRequest                     400 bad_request
     │   └── InvalidJSON                400 invalid_json
     ├── InvalidInput                   422 invalid_input
@@ -88,6 +90,14 @@ class ModelNotFound(NotFound):
 
 class VersionNotFound(NotFound):
     code = "version_not_found"
+
+
+class Unauthorized(RegistryError):
+    status_code, code = 401, "unauthorized"
+
+
+class AdminDisabled(RegistryError):
+    status_code, code = 403, "admin_disabled"
 
 
 class BadRequest(RegistryError):

@@ -6,12 +6,15 @@ as a lease that is held until the route returns.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
 from registry.core import ModelRegistry
+from registry.errors import AdminDisabled, Unauthorized
 from registry.model import LoadedModel
 from registry.settings import Settings
 
@@ -42,3 +45,23 @@ async def get_model_version(
 
 DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="function")]
 VersionedModelDep = Annotated[LoadedModel, Depends(get_model_version, scope="function")]
+
+
+def require_admin(request: Request, settings: SettingsDep) -> str:
+    """Check ``Authorization: Bearer <REGISTRY_ADMIN_TOKEN>``; returns the caller's token id.
+
+    With no token configured the admin API is off (403) whatever the request says. The
+    comparison is constant-time; the id is a digest prefix, safe to log.
+    """
+    if settings.admin_token is None:
+        raise AdminDisabled("the admin API is off: set REGISTRY_ADMIN_TOKEN to enable it")
+    expected = settings.admin_token.get_secret_value().encode()
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        presented.strip().encode(), expected
+    ):
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    return "token:" + hashlib.sha256(expected).hexdigest()[:8]
+
+
+AdminDep = Annotated[str, Depends(require_admin)]

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from registry.codec import dumps
-from registry.errors import RegistryError, Unavailable
+from registry.errors import RegistryError, Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,11 @@ def error_response(
 
 
 async def _registry_error(request: Request, exc: RegistryError) -> Response:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+    headers = None
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     if exc.status_code >= 500:
         log.error(
             "%s %s failed: %s: %s",

@@ -41,7 +41,7 @@ class TensorSchema(BaseModel):
 class VersionInfo(BaseModel):
     version: str
     format: str
-    state: str = Field(description="loading | ready | failed")
+    state: str = Field(description="loading | ready | failed | draining")
     error: str | None = None
     sha256: str | None = None
     load_ms: float | None = None
@@ -65,6 +65,12 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    loading: list[str] = Field(
+        default=[], description="Versions a reload in progress is loading (model:version)"
+    )
+    draining: list[str] = Field(
+        default=[], description="Retired versions still finishing requests (model:version)"
+    )
 
 
 class Readiness(BaseModel):

@@ -53,7 +53,12 @@ def _predict_route(path: str) -> Callable[[_Route], _Route]:
 @router.get("/models")
 async def list_models(registry: RegistryDep) -> ModelList:
     """Every model with its versions, their state, load time and memory."""
-    return ModelList(models=[_model_info(entry) for entry in registry.table.values()])
+    draining = registry.draining
+    return ModelList(
+        models=[_model_info(entry, draining) for entry in registry.table.values()],
+        loading=[str(key) for key in registry.pending],
+        draining=[model.key for model in draining],
+    )
 
 
 @router.get("/models/{name}", responses={404: {"model": ErrorEnvelope}})
@@ -62,7 +67,7 @@ async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
     entry = registry.table.get(name)
     if entry is None:
         raise ModelNotFound(f"no model {name!r}", available=sorted(registry.table))
-    return _model_info(entry)
+    return _model_info(entry, registry.draining)
 
 
 @_predict_route("/models/{name}/predict")
@@ -102,10 +107,11 @@ async def _predict(request: Request, model: LoadedModel, settings: Settings) -> 
     )
 
 
-def _model_info(entry: ModelEntry) -> ModelInfo:
+def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
     spec = entry.spec
     versions = [_version_info(slot.spec.version, entry) for slot in entry.sorted_versions()]
     states = {v.state for v in versions}
+    versions += [_draining_info(model) for model in draining if model.name == spec.name]
     state = next(
         (s for s in (VersionState.FAILED, VersionState.LOADING) if s in states),
         VersionState.READY,
@@ -137,4 +143,18 @@ def _version_info(version: str, entry: ModelEntry) -> VersionInfo:
         memory_bytes=model.memory_bytes if model else None,
         in_flight=model.leases if model else 0,
         queue_depth=model.queue_depth if model else 0,
+    )
+
+
+def _draining_info(model: LoadedModel) -> VersionInfo:
+    return VersionInfo(
+        version=model.version.version,
+        format=model.version.format,
+        state=VersionState.DRAINING,
+        sha256=model.version.sha256,
+        load_ms=round(model.load_ms, 3),
+        warmup_ms=round(model.warmup_ms, 3),
+        memory_bytes=model.memory_bytes,
+        in_flight=model.leases,
+        queue_depth=model.queue_depth,
     )

@@ -1,0 +1,29 @@
+"""Operator calls: off unless ``REGISTRY_ADMIN_TOKEN`` is set; bearer token required."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from registry.api.deps import AdminDep, RegistryDep
+from registry.api.schemas import ErrorEnvelope
+from registry.diff import ReloadReport
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.post(
+    "/reload",
+    responses={
+        401: {"model": ErrorEnvelope, "description": "Missing or wrong bearer token"},
+        403: {"model": ErrorEnvelope, "description": "Admin API off (no token configured)"},
+        422: {"model": ErrorEnvelope, "description": "Invalid manifest or a failed load"},
+    },
+)
+async def reload(caller: AdminDep, registry: RegistryDep, dry_run: bool = False) -> ReloadReport:
+    """Re-read the manifest (a setting, never from the request) and apply the difference.
+
+    Loads new and changed versions beside the live ones, then swaps them in at once;
+    if any fails, nothing changes. A second reload waits for the first.
+    ``dry_run=true`` validates and returns the plan without loading anything.
+    """
+    return await registry.reload(actor=caller, dry_run=dry_run)

@@ -1,0 +1,94 @@
+"""The other ways a reload starts: SIGHUP, and polling the manifest and weight files.
+
+Both call the same ``ModelRegistry.reload`` as the admin API, so they share its lock,
+its all-or-nothing rule and its one log line per reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from registry.core import ModelRegistry
+from registry.errors import RegistryError
+from registry.settings import Settings
+from registry.table import slots
+
+log = logging.getLogger(__name__)
+
+Stamp = tuple[int, int, int] | None
+
+
+class ReloadTriggers:
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sighup = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self._sighup = True
+        except (RuntimeError, ValueError, NotImplementedError):
+            # NOTE: only the main thread may own signals; under a test client it does not.
+            log.debug("SIGHUP reload not installed: not running in the main thread")
+        if self._settings.poll_interval_s > 0:
+            self._spawn(self._poll(self._settings.poll_interval_s))
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP received; reloading")
+        self._spawn(self._reload("signal"))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _reload(self, actor: str) -> None:
+        with contextlib.suppress(RegistryError):  # reload() has logged why
+            await self._registry.reload(actor=actor)
+
+    async def _poll(self, interval_s: float) -> None:
+        """Reload when the manifest or a weight file changes; retry a failed one next tick."""
+        await self._registry.wait_loaded()
+        applied = await asyncio.to_thread(self._signature)
+        while True:
+            await asyncio.sleep(interval_s)
+            current = await asyncio.to_thread(self._signature)
+            if current == applied:
+                continue
+            log.info("manifest or weights changed on disk; reloading")
+            try:
+                await self._registry.reload(actor="poll")
+            except RegistryError:
+                continue  # e.g. a half-written manifest: keep serving, try again next tick
+            applied = current
+
+    def _signature(self) -> tuple[Stamp, ...]:
+        """The manifest's and every served weight file's (size, mtime, inode)."""
+        root = self._settings.weights_root
+        paths = [self._settings.manifest]
+        paths += [root / slot.spec.path for _, slot in slots(self._registry.table)]
+        return tuple(_stamp(path) for path in paths)
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_size, status.st_mtime_ns, status.st_ino)

@@ -168,7 +168,8 @@ def load_manifest(path: Path) -> Manifest:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ManifestError(f"manifest {str(path)!r} is not valid YAML: {exc}") from exc
+        where = " ".join(str(exc).split())  # NOTE: one line, so a log entry stays one line
+        raise ManifestError(f"manifest {str(path)!r} is not valid YAML: {where}") from exc
     return parse_manifest(raw, source=str(path))
 
 

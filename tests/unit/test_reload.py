@@ -1,0 +1,287 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from registry.core import ModelRegistry
+from registry.errors import ManifestError, ReloadFailed
+from registry.model import LoadedModel
+from tests.conftest import make_settings
+from tests.factories import (
+    Affine,
+    affine_model,
+    echo_model,
+    write_manifest,
+    write_state_dict,
+)
+
+pytestmark = pytest.mark.anyio
+X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def affine(seed: int) -> np.ndarray:
+    with torch.inference_mode():
+        out: torch.Tensor = Affine(seed=seed)(torch.from_numpy(X))
+    return out.numpy()
+
+
+@pytest.fixture
+async def registry(tmp_path: Path, weights: Path) -> AsyncIterator[ModelRegistry]:
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2"), aliases={"stable": "1"})])
+    registry = ModelRegistry(make_settings(tmp_path))
+    await registry.start()
+    assert await registry.wait_loaded() == []
+    yield registry
+    await registry.close()
+
+
+async def predict(registry: ModelRegistry, name: str = "lin", version: str | None = None) -> Any:
+    with registry.lease(name, version) as model:
+        return model.version.version, await model.predict(X)
+
+
+def models_of(registry: ModelRegistry) -> dict[str, LoadedModel]:
+    return {
+        f"{name}:{v}": slot.model
+        for name, entry in registry.table.items()
+        for v, slot in entry.versions.items()
+        if slot.model is not None
+    }
+
+
+async def test_an_unchanged_manifest_touches_nothing(registry: ModelRegistry) -> None:
+    before = models_of(registry)
+    report = await registry.reload(actor="test")
+    assert report.applied
+    assert sorted(report.unchanged) == ["lin:1", "lin:2"]
+    assert report.loads == report.added == report.reloaded == report.removed == []
+    assert models_of(registry) == before  # the very same objects
+
+
+async def test_changed_weights_reload_that_version_only(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    before = models_of(registry)
+    write_state_dict(weights, "lin/2/model.safetensors", Affine(seed=7))
+    entry = affine_model(weights, "lin", ("1",), aliases={"stable": "1"})
+    entry["versions"].append(
+        {
+            "version": "2",
+            "format": "state_dict",
+            "path": "lin/2/model.safetensors",
+            "architecture": "tests.factories:Affine",
+            "architecture_args": {"seed": 2},
+        }
+    )
+    write_manifest(tmp_path, [entry])
+    report = await registry.reload(actor="test")
+    assert report.reloaded == ["lin:2"]
+    assert report.unchanged == ["lin:1"]
+    assert [t.version for t in report.loads] == ["lin:2"]
+    assert report.loads[0].load_ms > 0
+    after = models_of(registry)
+    assert after["lin:1"] is before["lin:1"]
+    assert after["lin:2"] is not before["lin:2"]
+    version, out = await predict(registry)
+    assert version == "2"
+    np.testing.assert_allclose(out, affine(7), rtol=1e-6)
+
+
+async def test_alias_and_default_changes_load_nothing(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    before = models_of(registry)
+    write_manifest(
+        tmp_path,
+        [affine_model(weights, "lin", ("1", "2"), aliases={"stable": "2"}, default_version="1")],
+    )
+    report = await registry.reload(actor="test")
+    assert report.loads == []
+    assert {(m.alias, m.before, m.after) for m in report.alias_moves} == {
+        ("stable", "1", "2"),
+        ("(default)", "2", "1"),
+    }
+    assert models_of(registry) == before
+    assert (await predict(registry))[0] == "1"
+    assert (await predict(registry, version="stable"))[0] == "2"
+
+
+async def test_added_and_removed_models(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "other", ("3",))])
+    report = await registry.reload(actor="test")
+    assert report.added == ["other:3"]
+    assert sorted(report.removed) == ["lin:1", "lin:2"]
+    assert list(registry.table) == ["other"]
+    np.testing.assert_allclose((await predict(registry, "other"))[1], affine(3), rtol=1e-6)
+
+
+def _invalid_yaml(directory: Path, _: Path) -> None:
+    (directory / "models.yaml").write_text("models: [\n  - name: lin\n", encoding="utf-8")
+
+
+def _schema_error(directory: Path, weights: Path) -> None:
+    write_manifest(directory, [affine_model(weights, "lin", ("1",), device="tpu")])
+
+
+def _missing_file(directory: Path, weights: Path) -> None:
+    entry = affine_model(weights, "lin", ("1", "2"))
+    entry["versions"].append({"version": "3", "format": "torchscript", "path": "nowhere.pt"})
+    write_manifest(directory, [entry])
+
+
+def _corrupt_file(directory: Path, weights: Path) -> None:
+    entry = affine_model(weights, "lin", ("1", "2"))
+    (weights / "junk.pt").write_bytes(b"\x00not a torchscript archive")
+    entry["versions"].append({"version": "3", "format": "torchscript", "path": "junk.pt"})
+    write_manifest(directory, [entry])
+
+
+def _checksum_mismatch(directory: Path, weights: Path) -> None:
+    entry = affine_model(weights, "lin", ("1", "2", "3"))
+    entry["versions"][2]["sha256"] = "e" * 64
+    write_manifest(directory, [entry])
+
+
+def _architecture_error(directory: Path, weights: Path) -> None:
+    entry = affine_model(weights, "lin", ("1", "2", "3"))
+    entry["versions"][2]["architecture_args"] = {"features": 9}
+    write_manifest(directory, [entry])
+
+
+def _warmup_error(directory: Path, weights: Path) -> None:
+    write_manifest(
+        directory,
+        [affine_model(weights, "lin", ("1", "2")), echo_model(weights, "flat", "NoBatchAxis")],
+    )
+
+
+FAILURES: list[Any] = [
+    pytest.param(_invalid_yaml, ManifestError, "not valid YAML", id="invalid-yaml"),
+    pytest.param(_schema_error, ManifestError, "lin: device", id="schema"),
+    pytest.param(
+        _missing_file, ReloadFailed, "lin:3: no weight file 'nowhere.pt'", id="missing-file"
+    ),
+    pytest.param(
+        _corrupt_file, ReloadFailed, "lin:3: lin:3 failed during loading", id="corrupt-file"
+    ),
+    pytest.param(_checksum_mismatch, ReloadFailed, "lin:3: sha256", id="checksum"),
+    pytest.param(_architecture_error, ReloadFailed, "size mismatch", id="architecture"),
+    pytest.param(_warmup_error, ReloadFailed, "flat:1: flat:1 failed during warm-up", id="warm-up"),
+]
+
+
+@pytest.mark.parametrize(("damage", "error", "reason"), FAILURES)
+async def test_a_failed_reload_changes_nothing(
+    registry: ModelRegistry,
+    tmp_path: Path,
+    weights: Path,
+    damage: Callable[[Path, Path], None],
+    error: type[Exception],
+    reason: str,
+) -> None:
+    before = models_of(registry)
+    outputs = {v: (await predict(registry, version=v))[1] for v in ("1", "2")}
+    damage(tmp_path, weights)
+    with pytest.raises(error, match=reason) as caught:
+        await registry.reload(actor="test")
+    if isinstance(caught.value, ReloadFailed):
+        report = caught.value.details["report"]
+        assert isinstance(report, dict)
+        assert report["applied"] is False
+        assert report["failed"]
+    assert models_of(registry) == before
+    for version, expected in outputs.items():
+        np.testing.assert_array_equal((await predict(registry, version=version))[1], expected)
+    assert not registry.draining
+
+
+async def test_dry_run_plans_without_loading(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    before = models_of(registry)
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2", "3"))])
+    report = await registry.reload(actor="test", dry_run=True)
+    assert (report.dry_run, report.applied) == (True, False)
+    assert report.added == ["lin:3"]
+    assert report.loads == []
+    assert models_of(registry) == before
+
+
+async def test_a_leased_version_drains_before_release(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1",))])
+    with registry.lease("lin", "2") as held:
+        await registry.reload(actor="test")
+        assert held.retired
+        assert registry.draining == [held]
+        np.testing.assert_allclose(await held.predict(X), affine(2), rtol=1e-6)  # still serves
+    await asyncio.sleep(0.1)
+    assert registry.draining == []
+    with pytest.raises(RuntimeError, match="not started"):
+        await held.predict(X)
+
+
+async def test_concurrent_reloads_are_serialised(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2", "3"))])
+    first, second = await asyncio.gather(registry.reload(actor="a"), registry.reload(actor="b"))
+    assert first.added == ["lin:3"]
+    assert second.added == []  # the second saw the table the first had installed
+    assert "lin:3" in second.unchanged
+
+
+async def test_a_version_that_failed_at_startup_is_retried(tmp_path: Path, weights: Path) -> None:
+    entry = affine_model(weights, "lin", ("1",))
+    write_manifest(tmp_path, [entry])
+    (weights / "lin/1/model.safetensors").rename(weights / "parked")
+    registry = ModelRegistry(make_settings(tmp_path, strict_startup=False))
+    await registry.start()
+    assert len(await registry.wait_loaded()) == 1
+    (weights / "parked").rename(weights / "lin/1/model.safetensors")
+    report = await registry.reload(actor="test")
+    assert report.reloaded == ["lin:1"]
+    assert registry.failures() == []
+    await registry.close()
+
+
+async def test_fifty_reload_cycles_leave_no_retired_model_reachable(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    refs: list[weakref.ref[Any]] = []
+    for cycle in range(50):
+        current = models_of(registry)["lin:2"]
+        refs += [weakref.ref(current), weakref.ref(current.module)]
+        del current
+        write_state_dict(weights, "lin/2/model.safetensors", Affine(seed=100 + cycle))
+        entry = affine_model(weights, "lin", ("1",))
+        entry["versions"].append(
+            {
+                "version": "2",
+                "format": "state_dict",
+                "path": "lin/2/model.safetensors",
+                "architecture": "tests.factories:Affine",
+            }
+        )
+        write_manifest(tmp_path, [entry])
+        assert (await registry.reload(actor="test")).reloaded == ["lin:2"]
+    await asyncio.sleep(0.1)
+    gc.collect()
+    assert len(refs) == 100
+    assert sum(ref() is not None for ref in refs) == 0

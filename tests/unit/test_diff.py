@@ -35,16 +35,22 @@ def test_fingerprint_follows_what_shapes_the_loaded_object() -> None:
     same = fingerprint(base, version, "d")
     assert fingerprint(base, version, "d") == same
     assert fingerprint(base, version, "other-weights") != same
-    for change in (
+    shaping: list[dict[str, Any]] = [
         {"input": {"shape": [5]}},
         {"device": "auto"},
         {"warmup": False},
         {"batching": {"max_batch_size": 2}},
         {"output": {"labels": ["a"]}},
-    ):
+    ]
+    for change in shaping:
         changed = manifest(model("m", "1", **change)).models[0]
         assert fingerprint(changed, changed.versions[0], "d") != same, change
-    for change in ({"aliases": {"x": "1"}}, {"description": "new words"}, {"default_version": "1"}):
+    cosmetic: list[dict[str, Any]] = [
+        {"aliases": {"x": "1"}},
+        {"description": "new words"},
+        {"default_version": "1"},
+    ]
+    for change in cosmetic:
         changed = manifest(model("m", "1", **change)).models[0]
         assert fingerprint(changed, changed.versions[0], "d") == same, change
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from registry.core import ModelRegistry, VersionState
+from registry.core import ModelRegistry
 from registry.errors import (
     ManifestError,
     ModelLoading,
@@ -19,6 +19,7 @@ from registry.errors import (
     VersionNotFound,
 )
 from registry.settings import Settings
+from registry.table import VersionState
 from tests.conftest import make_settings
 from tests.factories import affine_model, echo_model, write_manifest
 

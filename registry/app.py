@@ -18,8 +18,10 @@ from fastapi import FastAPI
 from registry import __version__
 from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.limits import BodySizeLimit
+from registry.api.observe import Observe
 from registry.api.routes import admin, health, models
 from registry.core import ModelRegistry
+from registry.metrics import Metrics
 from registry.settings import Settings
 from registry.triggers import ReloadTriggers
 
@@ -31,6 +33,7 @@ Fatal = Callable[[], None]
 class AppState(TypedDict):
     registry: ModelRegistry
     settings: Settings
+    metrics: Metrics
 
 
 def _terminate_self() -> None:
@@ -55,7 +58,7 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
         triggers = ReloadTriggers(registry, settings)
         triggers.start()
         try:
-            yield {"registry": registry, "settings": settings}
+            yield {"registry": registry, "settings": settings, "metrics": Metrics(registry)}
         finally:
             supervisor.cancel()
             await triggers.stop()
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
     for router in (models.router, admin.router, health.router):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, log_requests=settings.access_log)
     return app
 
 

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,6 +70,8 @@ class ModelRegistry:
         self._pending: tuple[VersionKey, ...] = ()
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.reload_outcomes: Counter[str] = Counter()
+        """Reloads so far by outcome (applied, dry_run, or an error code), for metrics."""
 
     @property
     def table(self) -> Table:
@@ -168,6 +171,7 @@ class ModelRegistry:
         try:
             report = await self._reload(dry_run)
         except RegistryError as exc:
+            self.reload_outcomes[exc.code] += 1
             failed = exc.details.get("report", {})
             log.warning(
                 "reload by %s refused, nothing changed: %s",
@@ -177,6 +181,7 @@ class ModelRegistry:
             )
             raise
         outcome = "dry_run" if dry_run else "applied"
+        self.reload_outcomes[outcome] += 1
         log.info(
             "reload by %s %s in %.0f ms: %s",
             actor,

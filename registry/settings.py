@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,8 +61,22 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level that is logged."""
 
+    access_log: bool = False
+    """Log every request (method, path, status, duration, model, version, request id).
+
+    Off by default: at thousands of requests a second the log would cost more than the
+    model. Requests that end in a 5xx are always logged."""
+
     poll_interval_s: float = Field(default=0.0, ge=0)
     """Seconds between manifest polls for changes; 0 turns polling off."""
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_means_off(cls, value: object) -> object:
+        # NOTE: compose's `${REGISTRY_ADMIN_TOKEN:-}` yields ""; that must not be a password.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @property
     def weights_root(self) -> Path:

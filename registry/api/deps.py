@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from registry.core import ModelRegistry
 from registry.errors import AdminDisabled, Unauthorized
+from registry.metrics import Metrics
 from registry.model import LoadedModel
 from registry.settings import Settings
 
@@ -27,19 +28,28 @@ def get_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
+def get_metrics(request: Request) -> Metrics:
+    return cast(Metrics, request.state.metrics)
+
+
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-async def get_default_model(name: str, registry: RegistryDep) -> AsyncIterator[LoadedModel]:
+async def get_default_model(
+    name: str, registry: RegistryDep, request: Request
+) -> AsyncIterator[LoadedModel]:
     with registry.lease(name) as model:
+        request.state.served = (model.name, model.version.version)  # for metrics and logs
         yield model
 
 
 async def get_model_version(
-    name: str, version: str, registry: RegistryDep
+    name: str, version: str, registry: RegistryDep, request: Request
 ) -> AsyncIterator[LoadedModel]:
     with registry.lease(name, version) as model:
+        request.state.served = (model.name, model.version.version)
         yield model
 
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from registry.codec import dumps
 from registry.errors import RegistryError, Unauthorized, Unavailable
+from registry.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ async def _registry_error(request: Request, exc: RegistryError) -> Response:
             request.url.path,
             exc.code,
             exc.message,
-            extra={"request_id": request.headers.get("x-request-id")},
+            extra={"request_id": request_id.get()},
         )
     return error_response(exc.status_code, exc.code, exc.message, headers, **exc.details)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from registry.api.deps import RegistryDep
+from registry.api.deps import MetricsDep, RegistryDep
 from registry.api.schemas import ErrorEnvelope, Readiness
 from registry.errors import NotReady
+from registry.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -35,3 +36,9 @@ async def readyz(registry: RegistryDep) -> Readiness:
         models=len(table),
         versions=sum(len(entry.versions) for entry in table.values()),
     )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(collected: MetricsDep) -> Response:
+    """Prometheus text format; per-model series carry the labels ``model`` and ``version``."""
+    return Response(collected.render(), media_type=CONTENT_TYPE)

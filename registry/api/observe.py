@@ -1,0 +1,89 @@
+"""Request ids, prediction metrics and the access log, in one pure ASGI middleware.
+
+One pass around each request: take ``X-Request-ID`` or make one, echo it, time the
+request, and, for prediction routes, count it by model, version and status.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.logs import request_id
+from registry.metrics import UNKNOWN, Metrics
+
+access_log = logging.getLogger("registry.access")
+_ACCEPTABLE_ID = re.compile(r"^[\w.:/+=-]{1,128}$")  # NOTE: never echo header injection
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, *, log_requests: bool) -> None:
+        self.app = app
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        rid = incoming if incoming and _ACCEPTABLE_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            model, version = _served(scope)
+            route = scope.get("route")
+            if route is not None and getattr(route, "path", "").endswith("/predict"):
+                metrics: Metrics | None = scope.get("state", {}).get("metrics")
+                if metrics is not None:
+                    metrics.observe(model, version, status, elapsed)
+            if self.log_requests or status >= 500:
+                _log_request(scope, status, elapsed, model, version)
+            request_id.reset(token)
+
+
+def _served(scope: Scope) -> tuple[str, str]:
+    """The model and concrete version that answered, as the model dependency recorded."""
+    served: Any = scope.get("state", {}).get("served")
+    if isinstance(served, tuple):
+        return str(served[0]), str(served[1])
+    return UNKNOWN, UNKNOWN
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _log_request(scope: Scope, status: int, elapsed: float, model: str, version: str) -> None:
+    duration_ms = round(elapsed * 1000, 3)
+    extra = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": duration_ms,
+    }
+    if model != UNKNOWN:
+        extra |= {"model": model, "version": version}
+    level = logging.ERROR if status >= 500 else logging.INFO
+    access_log.log(
+        level, "%s %s %d %.1f ms", scope["method"], scope["path"], status, duration_ms, extra=extra
+    )

@@ -1,0 +1,99 @@
+"""Prometheus metrics on a per-application ``CollectorRegistry`` (never the global one).
+
+Counters and the latency histogram are updated per request by the observing middleware.
+Everything that describes live state (in-flight leases, queue depth, memory, load times,
+versions and their aliases, reloads) is read from the ``ModelRegistry`` at scrape time, so
+the hot path pays nothing for it and it can never drift from the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from registry.core import ModelRegistry
+from registry.table import slots
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNKNOWN = "(unknown)"  # NOTE: bounds label cardinality when clients ask for absent models
+
+
+class Metrics:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.collectors = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "registry_requests",
+            "Prediction requests answered, by model, version and HTTP status.",
+            ["model", "version", "status"],
+            registry=self.collectors,
+        )
+        self.latency = Histogram(
+            "registry_request_duration_seconds",
+            "Prediction latency from first byte in to response start, by model and version.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.collectors,
+        )
+        self.collectors.register(LiveState(registry))
+
+    def observe(self, model: str, version: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, version, str(status)).inc()
+        self.latency.labels(model, version).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.collectors)
+
+
+class LiveState(Collector):
+    """Gauges read from the registry when Prometheus scrapes."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        in_flight = GaugeMetricFamily(
+            "registry_in_flight_requests", "Requests holding a model version now.", labels=labels
+        )
+        queued = GaugeMetricFamily(
+            "registry_queue_depth", "Requests queued for a version's next batch.", labels=labels
+        )
+        memory = GaugeMetricFamily(
+            "registry_model_memory_bytes", "Parameter and buffer bytes per version.", labels=labels
+        )
+        load = GaugeMetricFamily(
+            "registry_model_load_seconds", "Time to load a version.", labels=labels
+        )
+        warmup = GaugeMetricFamily(
+            "registry_model_warmup_seconds", "Time to warm a version up.", labels=labels
+        )
+        info = GaugeMetricFamily(
+            "registry_model_info",
+            "One series per served version: its aliases (comma-separated) and sha256.",
+            labels=["model", "version", "alias", "sha256"],
+        )
+        table = self._registry.table
+        for key, slot in slots(table):
+            spec = table[key.model].spec
+            aliases = sorted(a for a, target in spec.aliases.items() if target == key.version)
+            if spec.resolved_default == key.version:
+                aliases.insert(0, "default")
+            info.add_metric([*key, ",".join(aliases), slot.spec.sha256 or ""], 1)
+            model = slot.model
+            if model is None:
+                continue
+            in_flight.add_metric(list(key), model.leases)
+            queued.add_metric(list(key), model.queue_depth)
+            memory.add_metric(list(key), model.memory_bytes)
+            load.add_metric(list(key), model.load_ms / 1000)
+            warmup.add_metric(list(key), model.warmup_ms / 1000)
+        for model in self._registry.draining:
+            in_flight.add_metric([model.name, model.version.version], model.leases)
+        reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
+        for outcome, count in sorted(self._registry.reload_outcomes.items()):
+            reloads.add_metric([outcome], count)
+        yield from (in_flight, queued, memory, load, warmup, info, reloads)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+X = [1.0, 2.0, 3.0, 4.0]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def requests_total(samples: Samples, model: str, version: str, status: int) -> float:
+    key = (
+        "registry_requests_total",
+        (("model", model), ("status", str(status)), ("version", version)),
+    )
+    return float(samples.get(key, 0.0))
+
+
+def test_counters_move_by_exactly_the_requests_sent(client: TestClient) -> None:
+    before = scrape(client)
+    for _ in range(5):
+        assert client.post("/models/lin/predict", json={"inputs": X}).status_code == 200
+    for _ in range(3):
+        assert (
+            client.post("/models/lin/versions/stable/predict", json={"inputs": X}).status_code
+            == 200
+        )
+    for _ in range(2):
+        assert client.post("/models/lin/predict", json={"inputs": [1]}).status_code == 422
+    assert client.post("/models/ghost/predict", json={"inputs": X}).status_code == 404
+    client.get("/models")  # not a prediction: not counted
+    after = scrape(client)
+
+    def moved(model: str, version: str, status: int) -> float:
+        return requests_total(after, model, version, status) - requests_total(
+            before, model, version, status
+        )
+
+    assert moved("lin", "2", 200) == 5
+    assert moved("lin", "1", 200) == 3
+    assert moved("lin", "2", 422) == 2
+    assert moved("(unknown)", "(unknown)", 404) == 1
+    total = sum(v for (name, _), v in after.items() if name == "registry_requests_total")
+    assert total == 11
+    count = after[("registry_request_duration_seconds_count", (("model", "lin"), ("version", "2")))]
+    assert count == 7
+
+
+def test_live_state_gauges_and_info(client: TestClient) -> None:
+    samples = scrape(client)
+    lin2 = (("model", "lin"), ("version", "2"))
+    assert samples[("registry_model_memory_bytes", lin2)] == 60
+    assert samples[("registry_model_load_seconds", lin2)] > 0
+    assert samples[("registry_in_flight_requests", lin2)] == 0
+    assert samples[("registry_queue_depth", lin2)] == 0
+    infos = {labels: v for (name, labels), v in samples.items() if name == "registry_model_info"}
+    aliases = {dict(labels)["version"]: dict(labels)["alias"] for labels in infos}
+    assert aliases == {"1": "stable", "2": "default"}
+    assert all(len(dict(labels)["sha256"]) == 64 for labels in infos)
+
+
+def test_reloads_are_counted_by_outcome(client: TestClient) -> None:
+    auth = {"Authorization": "Bearer t"}
+    client.post("/admin/reload", headers=auth)
+    client.post("/admin/reload?dry_run=true", headers=auth)
+    samples = scrape(client)
+    assert samples[("registry_reloads_total", (("outcome", "applied"),))] == 1
+    assert samples[("registry_reloads_total", (("outcome", "dry_run"),))] == 1
+
+
+def test_request_id_is_kept_or_made_and_echoed(client: TestClient) -> None:
+    kept = client.post(
+        "/models/lin/predict", json={"inputs": X}, headers={"X-Request-ID": "abc-123"}
+    )
+    assert kept.headers["x-request-id"] == "abc-123"
+    made = client.get("/healthz")
+    assert len(made.headers["x-request-id"]) == 32
+    hostile = client.get("/healthz", headers={"X-Request-ID": "a b\tc" + "x" * 200})
+    assert hostile.headers["x-request-id"] != "a b\tc" + "x" * 200
+    error = client.post(
+        "/models/ghost/predict", json={"inputs": X}, headers={"X-Request-ID": "e-1"}
+    )
+    assert error.headers["x-request-id"] == "e-1"

@@ -1,0 +1,117 @@
+"""The Dockerfile, compose file and Kubernetes manifests say what operators rely on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parents[2]
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (word.upper(), rest.strip())
+        for word, _, rest in (line.partition(" ") for line in lines if line and line[0] != "#")
+    ]
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile()
+    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[last_from:]
+
+
+def compose_service() -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    service: dict[str, Any] = document["services"]["registry"]
+    return service
+
+
+def test_dockerfile_is_multi_stage_slim_non_root_with_a_readiness_healthcheck() -> None:
+    stages = [args for word, args in dockerfile() if word == "FROM"]
+    assert len(stages) >= 2
+    assert all("-slim" in stage for stage in stages)
+    final = final_stage()
+    words = [word for word, _ in final]
+    assert "COPY" in words
+    assert not any(w == "RUN" and ("pip install" in a or "apt-get" in a) for w, a in final)
+    user = [args for word, args in final if word == "USER"]
+    assert user
+    assert user[-1].split(":")[0] not in ("root", "0")
+    assert ("EXPOSE", "8000") in final
+    (healthcheck,) = [args for word, args in final if word == "HEALTHCHECK"]
+    assert "/readyz" in healthcheck
+    assert "curl" not in healthcheck
+    assert "wget" not in healthcheck
+    (cmd,) = [json.loads(args) for word, args in final if word == "CMD"]
+    assert cmd[:2] == ["registry", "serve"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+
+
+def test_dockerfile_defaults_to_cpu_torch_with_a_build_argument() -> None:
+    args = [a for word, a in dockerfile() if word == "ARG"]
+    assert any(a.startswith("TORCH_INDEX_URL=") and a.endswith("/cpu") for a in args)
+    installs = [a for word, a in dockerfile() if word == "RUN" and "torch==" in a]
+    assert installs
+    assert "${TORCH_INDEX_URL}" in installs[0]
+
+
+def test_dockerignore_keeps_secrets_and_the_venv_out() -> None:
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert ignored[ignored.index("*") :][0] == "*"  # deny by default
+    assert not any(line.startswith("!.") for line in ignored)
+
+
+def test_compose_mounts_read_only_publishes_loopback_and_keeps_no_secret() -> None:
+    service = compose_service()
+    assert service["build"] == "."
+    volumes = service["volumes"]
+    assert volumes
+    assert all(volume.endswith(":ro") for volume in volumes)
+    assert {v.split(":")[1] for v in volumes} == {"/app/models.yaml", "/app/weights"}
+    assert service["ports"]
+    assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+    assert service["environment"]["REGISTRY_ADMIN_TOKEN"].startswith("${")
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    literal = re.compile(r"^\s*-?\s*REGISTRY_ADMIN_TOKEN\s*[:=][ \t]*(?!\$\{)\S", re.MULTILINE)
+    assert not literal.search(text), "a literal secret"
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    assert service["restart"] == "unless-stopped"
+    grace = int(service["stop_grace_period"].rstrip("s"))
+    assert grace > float(service["environment"]["REGISTRY_DRAIN_TIMEOUT_S"])
+
+
+def kubernetes() -> dict[str, dict[str, Any]]:
+    documents = {}
+    for path in (ROOT / "deploy/kubernetes").glob("*.yaml"):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            documents[document["kind"]] = document
+    return documents
+
+
+def test_kubernetes_deployment_probes_resources_and_security() -> None:
+    documents = kubernetes()
+    assert {"Deployment", "Service", "ConfigMap", "Kustomization"} <= set(documents)
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["REGISTRY_ADMIN_TOKEN"]["valueFrom"]
+    assert pod["terminationGracePeriodSeconds"] > float(env["REGISTRY_DRAIN_TIMEOUT_S"]["value"])
+    manifest = yaml.safe_load(documents["ConfigMap"]["data"]["models.yaml"])
+    assert manifest["models"][0]["name"] == "digits"

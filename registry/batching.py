@@ -1,18 +1,22 @@
-"""Per-version dynamic batching.
+"""Per-version dynamic batching on a dedicated inference thread.
 
 A lone request runs at once; requests that arrive while a forward pass runs wait in a
 bounded queue and the next pass takes as many as fit in ``max_batch_size`` rows. So there
 is no added latency when idle and full batches under load, without a timer to tune.
+
+The thread blocks on a ``SimpleQueue`` and hands each batch's results back to the event
+loop with one ``call_soon_threadsafe``: two thread hand-offs per batch, none per row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import numpy as np
@@ -33,8 +37,11 @@ class _Pending:
     result: asyncio.Future[Array]
 
 
+_STOP = None  # the sentinel that ends the inference thread
+
+
 class Batcher:
-    """One consumer task per model version; the forward pass runs on its own thread.
+    """One inference thread per model version, fed by the event loop.
 
     ``submit`` may be cancelled (a client timeout): the request is then skipped if still
     queued, or its share of the output discarded if already running.
@@ -44,101 +51,91 @@ class Batcher:
         self._forward = forward
         self._config = config
         self._key = key
-        self._pending: deque[_Pending] = deque()
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._queue: SimpleQueue[_Pending | None] = SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._closed = False
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return self._queue.qsize()
 
     def start(self) -> None:
-        """Create the queue's event, the consumer task and the thread; needs a running loop."""
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self._key}")
-        self._task = asyncio.get_running_loop().create_task(
-            self._consume(self._wakeup, self._executor), name=f"batcher-{self._key}"
-        )
+        """Start the inference thread; results go back to the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name=f"infer-{self._key}", daemon=True)
+        self._thread.start()
 
     async def submit(self, inputs: Array) -> Array:
         """Queue a batch of instances and wait for their outputs (same batch length)."""
-        if self._closed or self._wakeup is None:
+        if self._closed or self._loop is None:
             raise ShuttingDown(f"{self._key} is shutting down")
-        if len(self._pending) >= self._config.max_queue:
+        if self._queue.qsize() >= self._config.max_queue:
             raise QueueFull(
-                f"{self._key} has {len(self._pending)} requests queued",
+                f"{self._key} has {self._queue.qsize()} requests queued",
                 max_queue=self._config.max_queue,
             )
-        result: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(inputs, result))
-        self._wakeup.set()
+        result: asyncio.Future[Array] = self._loop.create_future()
+        self._queue.put(_Pending(inputs, result))
         return await result
 
     async def stop(self) -> None:
-        """Fail what is still queued, let a running pass deliver, then end the consumer."""
+        """Fail what is still queued, let a running pass deliver, then end the thread."""
         self._closed = True
-        while self._pending:
-            pending = self._pending.popleft()
-            if not pending.result.done():
-                pending.result.set_exception(ShuttingDown(f"{self._key} is shutting down"))
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
-        self._task = self._executor = self._wakeup = None
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            await asyncio.sleep(0)  # NOTE: run the deliveries the thread scheduled last
+        self._thread = self._loop = None
 
-    async def _consume(self, wakeup: asyncio.Event, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
+    def _work(self) -> None:
+        carry: _Pending | None = None
         while True:
-            await wakeup.wait()
-            if self._closed:
+            first = carry if carry is not None else self._queue.get()
+            if first is None:  # the stop sentinel
                 return
-            batch = self._take()
-            if self._config.max_delay_ms and self._rows(batch) < self._config.max_batch_size:
-                await asyncio.sleep(self._config.max_delay_ms / 1000)
-                batch += self._take(self._rows(batch))
-            if not self._pending:
-                wakeup.clear()
-            if not batch:
-                continue
+            batch, carry, stop = self._gather(first)
+            self._run(batch)
+            if stop:
+                return
+
+    def _gather(self, first: _Pending) -> tuple[list[_Pending], _Pending | None, bool]:
+        """``first`` plus what is queued and fits; returns the batch, a carry-over, stop."""
+        batch, rows = [first], len(first.inputs)
+        limit = self._config.max_batch_size
+        deadline = time.monotonic() + self._config.max_delay_ms / 1000
+        while rows < limit:
             try:
-                outputs = await loop.run_in_executor(executor, self._run, batch)
+                wait = deadline - time.monotonic()
+                queued = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except Empty:
+                break
+            if queued is None:  # the stop sentinel
+                return batch, None, True
+            if rows + len(queued.inputs) > limit:
+                return batch, queued, False
+            batch.append(queued)
+            rows += len(queued.inputs)
+        return batch, None, False
+
+    def _run(self, batch: list[_Pending]) -> None:
+        """On the inference thread: one forward pass for the batch, results to the loop."""
+        live = [p for p in batch if not p.result.done()]  # NOTE: cancelled while queued
+        outcome: list[Array] | BaseException
+        if self._closed:
+            outcome = ShuttingDown(f"{self._key} is shutting down")
+        elif not live:
+            return
+        else:
+            try:
+                outcome = self._forward_all(live)
             except Exception:
                 log.exception("inference failed", extra={"model": self._key})
-                error = ModelFailed("the model raised during inference", model=self._key)
-                for pending in batch:
-                    if not pending.result.done():
-                        pending.result.set_exception(error)
-                continue
-            for pending, output in zip(batch, outputs, strict=True):
-                if not pending.result.done():  # the client may have given up
-                    pending.result.set_result(output)
+                outcome = ModelFailed("the model raised during inference", model=self._key)
+        assert self._loop is not None  # noqa: S101 (set before the thread starts)
+        self._loop.call_soon_threadsafe(_deliver, live or batch, outcome)
 
-    def _take(self, rows: int = 0) -> list[_Pending]:
-        """Pop queued requests while they fit; always at least one when nothing is taken yet."""
-        taken: list[_Pending] = []
-        while self._pending:
-            head = self._pending[0]
-            if head.result.done():  # cancelled while queued
-                self._pending.popleft()
-                continue
-            size = len(head.inputs)
-            if (rows or taken) and rows + size > self._config.max_batch_size:
-                break
-            taken.append(self._pending.popleft())
-            rows += size
-        return taken
-
-    @staticmethod
-    def _rows(batch: list[_Pending]) -> int:
-        return sum(len(p.inputs) for p in batch)
-
-    def _run(self, batch: list[_Pending]) -> list[Array]:
-        """On the worker thread: one forward pass for the whole batch, split per request."""
+    def _forward_all(self, batch: list[_Pending]) -> list[Array]:
         if len(batch) == 1:
             return [self._forward(batch[0].inputs)]
         sizes = [len(p.inputs) for p in batch]
@@ -146,3 +143,15 @@ class Batcher:
         if len(outputs) != sum(sizes):
             raise ValueError(f"output batch {len(outputs)} != input batch {sum(sizes)}")
         return np.split(outputs, np.cumsum(sizes)[:-1])
+
+
+def _deliver(batch: list[_Pending], outcome: list[Array] | BaseException) -> None:
+    """On the event loop: resolve each waiter that is still waiting."""
+    if isinstance(outcome, BaseException):
+        for pending in batch:
+            if not pending.result.done():
+                pending.result.set_exception(outcome)
+        return
+    for pending, output in zip(batch, outcome, strict=True):
+        if not pending.result.done():  # the client may have given up
+            pending.result.set_result(output)

@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from registry import __version__
 from registry.api.errors import EXCEPTION_HANDLERS
+from registry.api.fastpath import PredictFastPath
 from registry.api.limits import BodySizeLimit
 from registry.api.observe import Observe
 from registry.api.routes import admin, health, models
@@ -45,8 +47,12 @@ def _terminate_self() -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
-def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = None) -> FastAPI:
-    """Build the application; ``on_fatal`` is called when strict start-up fails."""
+def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = None) -> ASGIApp:
+    """Build the application; ``on_fatal`` is called when strict start-up fails.
+
+    The FastAPI app holds every route; around it, outermost first: request ids, metrics
+    and access log (``Observe``), the streaming body limit, and the predict fast path.
+    """
     settings = settings or Settings()
     fatal = on_fatal or _terminate_self
 
@@ -73,9 +79,9 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
     )
     for router in (models.router, admin.router, health.router):
         app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(Observe, log_requests=settings.access_log)
-    return app
+    inner: ASGIApp = PredictFastPath(app) if settings.fast_path else app
+    limited = BodySizeLimit(inner, max_body_bytes=settings.max_body_bytes)
+    return Observe(limited, log_requests=settings.access_log)
 
 
 async def _supervise(registry: ModelRegistry, settings: Settings, fatal: Fatal) -> None:

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe level that is logged."""
 
+    fast_path: bool = True
+    """Serve the predict routes with a pure ASGI path in front of FastAPI (same contract).
+
+    Turn off to run them through FastAPI's routing, e.g. for middleware of your own."""
+
     access_log: bool = False
     """Log every request (method, path, status, duration, model, version, request id).
 

@@ -62,9 +62,16 @@ def fatal() -> FatalRecorder:
     return FatalRecorder()
 
 
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-path"])
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Both ways a prediction can be served must keep the same contract."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def client(settings: Settings, fatal: FatalRecorder) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, on_fatal=fatal)) as test_client:
+def client(settings: Settings, fatal: FatalRecorder, fast_path: bool) -> Iterator[TestClient]:
+    app = create_app(settings.model_copy(update={"fast_path": fast_path}), on_fatal=fatal)
+    with TestClient(app) as test_client:
         wait_ready(test_client)
         yield test_client
 

@@ -20,15 +20,15 @@ from registry.model import LoadedModel
 from registry.settings import Settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return cast(ModelRegistry, request.state.registry)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return cast(Metrics, request.state.metrics)
 
 
@@ -57,7 +57,7 @@ DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="funct
 VersionedModelDep = Annotated[LoadedModel, Depends(get_model_version, scope="function")]
 
 
-def require_admin(request: Request, settings: SettingsDep) -> str:
+async def require_admin(request: Request, settings: SettingsDep) -> str:
     """Check ``Authorization: Bearer <REGISTRY_ADMIN_TOKEN>``; returns the caller's token id.
 
     With no token configured the admin API is off (403) whatever the request says. The

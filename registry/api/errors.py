@@ -26,7 +26,8 @@ def error_response(
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def _registry_error(request: Request, exc: RegistryError) -> Response:
+def render_registry_error(exc: RegistryError, method: str, path: str) -> Response:
+    """The envelope for a domain error; a 5xx is also logged with the request id."""
     headers = None
     if isinstance(exc, Unavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
@@ -35,13 +36,17 @@ async def _registry_error(request: Request, exc: RegistryError) -> Response:
     if exc.status_code >= 500:
         log.error(
             "%s %s failed: %s: %s",
-            request.method,
-            request.url.path,
+            method,
+            path,
             exc.code,
             exc.message,
             extra={"request_id": request_id.get()},
         )
     return error_response(exc.status_code, exc.code, exc.message, headers, **exc.details)
+
+
+async def _registry_error(request: Request, exc: RegistryError) -> Response:
+    return render_registry_error(exc, request.method, request.url.path)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.api.fastpath import match_predict
 from registry.logs import request_id
 from registry.metrics import UNKNOWN, Metrics
 
@@ -48,8 +49,7 @@ class Observe:
         finally:
             elapsed = time.perf_counter() - started
             model, version = _served(scope)
-            route = scope.get("route")
-            if route is not None and getattr(route, "path", "").endswith("/predict"):
+            if scope["method"] == "POST" and match_predict(scope["path"]) is not None:
                 metrics: Metrics | None = scope.get("state", {}).get("metrics")
                 if metrics is not None:
                     metrics.observe(model, version, status, elapsed)

@@ -128,9 +128,10 @@ def test_bad_input_gets_its_error_and_the_next_request_succeeds(
 
 
 @pytest.fixture
-def small_body_client(tmp_path: Path, weights: Path) -> Iterator[TestClient]:
+def small_body_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterator[TestClient]:
     write_manifest(tmp_path, [affine_model(weights, "lin", ("1",))])
-    with TestClient(create_app(make_settings(tmp_path, max_body_bytes=200))) as client:
+    settings = make_settings(tmp_path, max_body_bytes=200, fast_path=fast_path)
+    with TestClient(create_app(settings)) as client:
         wait_ready(client)
         yield client
 
@@ -155,11 +156,11 @@ def test_body_over_the_limit_is_413_declared_or_chunked(small_body_client: TestC
 
 
 @pytest.fixture
-def faulty_client(tmp_path: Path, weights: Path) -> Iterator[TestClient]:
+def faulty_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterator[TestClient]:
     tripwire = echo_model(weights, "trip", "Tripwire")
     sleepy = echo_model(weights, "sleepy", "Sleepy", seconds=0.5)
     sleepy["warmup"] = False
-    settings = make_settings(tmp_path, request_timeout_s=0.2)
+    settings = make_settings(tmp_path, request_timeout_s=0.2, fast_path=fast_path)
     write_manifest(tmp_path, [tripwire, sleepy])
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         wait_ready(client)
@@ -226,10 +227,10 @@ def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None
 
 
 def test_while_loading_healthz_is_up_readyz_and_predict_are_503(
-    tmp_path: Path, weights: Path
+    tmp_path: Path, weights: Path, fast_path: bool
 ) -> None:
     write_manifest(tmp_path, [echo_model(weights, "slow", "SlowToBuild", seconds=1.5)])
-    with TestClient(create_app(make_settings(tmp_path))) as client:
+    with TestClient(create_app(make_settings(tmp_path, fast_path=fast_path))) as client:
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 503

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,9 +17,9 @@ from registry.api.schemas import (
     TensorSchema,
     VersionInfo,
 )
-from registry.codec import decode_inputs, encode_prediction
-from registry.errors import InferenceTimeout, ModelNotFound
+from registry.errors import ModelNotFound
 from registry.model import LoadedModel
+from registry.serving import predict_json, provenance
 from registry.settings import Settings
 from registry.table import ModelEntry, VersionState
 
@@ -85,26 +84,8 @@ async def predict_version(
 
 
 async def _predict(request: Request, model: LoadedModel, settings: Settings) -> Response:
-    instances = decode_inputs(await request.body(), model.spec.input)
-    try:
-        outputs = await asyncio.wait_for(
-            model.predict(instances.array), timeout=settings.request_timeout_s
-        )
-    except TimeoutError:
-        raise InferenceTimeout(
-            f"{model.key} did not answer within {settings.request_timeout_s} s",
-            model=model.name,
-            version=model.version.version,
-        ) from None
-    version = model.version.version
-    body = encode_prediction(
-        model.name, version, outputs, instances.batched, model.spec.output.labels
-    )
-    return Response(
-        body,
-        media_type="application/json",
-        headers={"X-Model-Name": model.name, "X-Model-Version": version},
-    )
+    body = await predict_json(model, await request.body(), settings.request_timeout_s)
+    return Response(body, media_type="application/json", headers=provenance(model))
 
 
 def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:

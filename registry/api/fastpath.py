@@ -1,0 +1,89 @@
+"""The two predict routes as a pure ASGI app in front of FastAPI.
+
+FastAPI's per-request machinery (routing, dependency solving, exception middleware) costs
+several times a small model's forward pass. This serves exactly
+``POST /models/{name}/predict`` and ``POST /models/{name}/versions/{version}/predict``
+with the same lease, the same ``serving.predict_json`` and the same error envelope as
+the FastAPI routes, which stay as the documented contract and serve these paths when the
+fast path is off (``REGISTRY_FAST_PATH=false``). Everything else passes through.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from registry.api.errors import error_response, render_registry_error
+from registry.api.limits import BodyTooLarge
+from registry.core import ModelRegistry
+from registry.errors import RegistryError
+from registry.serving import predict_json, provenance
+from registry.settings import Settings
+
+log = logging.getLogger(__name__)
+_JSON = (b"content-type", b"application/json")
+
+
+def match_predict(path: str) -> tuple[str, str | None] | None:
+    """``(name, version or None)`` for the two predict paths, else None."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "models" and parts[3] == "predict" and parts[2]:
+        return parts[2], None
+    if (
+        len(parts) == 6
+        and parts[1] == "models"
+        and parts[3] == "versions"
+        and parts[5] == "predict"
+        and parts[2]
+        and parts[4]
+    ):
+        return parts[2], parts[4]
+    return None
+
+
+class PredictFastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = match_predict(scope["path"])
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope["state"]
+        registry: ModelRegistry = state["registry"]
+        settings: Settings = state["settings"]
+        try:
+            with registry.lease(*target) as model:
+                state["served"] = (model.name, model.version.version)
+                body = await predict_json(
+                    model, await _read_body(receive), settings.request_timeout_s
+                )
+                headers = [_JSON, *((k.encode(), v.encode()) for k, v in provenance(model).items())]
+        except BodyTooLarge:
+            raise  # BodySizeLimit, outside, answers 413
+        except RegistryError as exc:
+            await render_registry_error(exc, "POST", scope["path"])(scope, receive, send)
+            return
+        except Exception:
+            # NOTE: a bug here must cost one request, never the connection or the process.
+            log.exception("prediction failed unexpectedly")
+            await error_response(500, "internal", "internal server error")(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)

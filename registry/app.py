@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
 
 async def _supervise(registry: ModelRegistry, settings: Settings, fatal: Fatal) -> None:
     failures = await registry.wait_loaded()
+    registry.freeze_heap()
     if not failures:
         log.info("ready: every model loaded")
         return

@@ -277,6 +277,24 @@ class ModelRegistry:
         self._draining.discard(model)
         await model.stop()
         log.info("released %s", model.key)
+        if model.in_frozen_heap:
+            # NOTE: frozen objects are never collected; some modules (exported graphs) hold
+            # reference cycles, so a version loaded before the freeze needs one full pass.
+            del model
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+
+    def freeze_heap(self) -> None:
+        """Exclude everything alive now (torch, the loaded models) from garbage collection.
+
+        A full collection walks every object torch created (~80 ms here): frozen, the
+        collector only walks what requests allocate, which takes the pauses out of p99.
+        """
+        for model in live_models(self._table):
+            model.in_frozen_heap = True
+        gc.collect()
+        gc.freeze()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -339,6 +357,7 @@ class ModelRegistry:
             self._executor = None
         self._loader = None
         del models
+        gc.unfreeze()
         gc.collect()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()

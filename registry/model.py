@@ -41,6 +41,7 @@ class LoadedModel:
     warmup_ms: float = 0.0
     leases: int = 0
     retired: bool = False
+    in_frozen_heap: bool = False
     _batcher: Batcher | None = field(default=None, repr=False)
 
     @property

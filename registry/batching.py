@@ -4,6 +4,13 @@ A lone request runs at once; requests that arrive while a forward pass runs wait
 bounded queue and the next pass takes as many as fit in ``max_batch_size`` rows. So there
 is no added latency when idle and full batches under load, without a timer to tune.
 
+One refinement keeps batches full under steady load: clients that just got their answers
+send the next request a fraction of a millisecond later, so a pass that starts on the
+first of them would run nearly alone and make the rest wait a whole pass. When the last
+pass was a batch, the next one lingers for up to half a forward pass (never longer than
+``LINGER_CAP_S``) until as many rows have arrived. After a lone request it never waits, so
+light traffic sees no delay. An explicit ``max_delay_ms`` replaces this with a fixed wait.
+
 The thread blocks on a ``SimpleQueue`` and hands each batch's results back to the event
 loop with one ``call_soon_threadsafe``: two thread hand-offs per batch, none per row.
 """
@@ -37,7 +44,7 @@ class _Pending:
     result: asyncio.Future[Array]
 
 
-_STOP = None  # the sentinel that ends the inference thread
+LINGER_CAP_S = 0.002
 
 
 class Batcher:
@@ -51,10 +58,12 @@ class Batcher:
         self._forward = forward
         self._config = config
         self._key = key
-        self._queue: SimpleQueue[_Pending | None] = SimpleQueue()
+        self._queue: SimpleQueue[_Pending | None] = SimpleQueue()  # None stops the thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._last_rows = 1  # inference-thread state: the size and cost of the last pass
+        self._last_forward_s = 0.0
 
     @property
     def queue_depth(self) -> int:
@@ -83,7 +92,7 @@ class Batcher:
         """Fail what is still queued, let a running pass deliver, then end the thread."""
         self._closed = True
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             await asyncio.sleep(0)  # NOTE: run the deliveries the thread scheduled last
         self._thread = self._loop = None
@@ -103,8 +112,15 @@ class Batcher:
         """``first`` plus what is queued and fits; returns the batch, a carry-over, stop."""
         batch, rows = [first], len(first.inputs)
         limit = self._config.max_batch_size
-        deadline = time.monotonic() + self._config.max_delay_ms / 1000
+        if self._config.max_delay_ms:
+            wanted, linger_s = limit, self._config.max_delay_ms / 1000
+        else:
+            wanted = min(limit, self._last_rows)
+            linger_s = min(self._last_forward_s / 2, LINGER_CAP_S)
+        deadline = time.monotonic() + linger_s
         while rows < limit:
+            if rows >= wanted:
+                deadline = 0.0  # enough rows: take only what is already queued
             try:
                 wait = deadline - time.monotonic()
                 queued = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -127,8 +143,11 @@ class Batcher:
         elif not live:
             return
         else:
+            started = time.perf_counter()
             try:
                 outcome = self._forward_all(live)
+                self._last_forward_s = time.perf_counter() - started
+                self._last_rows = sum(len(p.inputs) for p in live)
             except Exception:
                 log.exception("inference failed", extra={"model": self._key})
                 outcome = ModelFailed("the model raised during inference", model=self._key)

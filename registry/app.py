@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
     """Build the application; ``on_fatal`` is called when strict start-up fails.
 
     The FastAPI app holds every route; around it, outermost first: request ids, metrics
-    and access log (``Observe``), the streaming body limit, and the predict fast path.
+    and access log (``Observe``), the predict fast path, and the streaming body limit
+    (which the fast path enforces itself as it reads).
     """
     settings = settings or Settings()
     fatal = on_fatal or _terminate_self
@@ -79,9 +80,10 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
     )
     for router in (models.router, admin.router, health.router):
         app.include_router(router)
-    inner: ASGIApp = PredictFastPath(app) if settings.fast_path else app
-    limited = BodySizeLimit(inner, max_body_bytes=settings.max_body_bytes)
-    return Observe(limited, log_requests=settings.access_log)
+    served: ASGIApp = BodySizeLimit(app, max_body_bytes=settings.max_body_bytes)
+    if settings.fast_path:
+        served = PredictFastPath(served, max_body_bytes=settings.max_body_bytes)
+    return Observe(served, log_requests=settings.access_log)
 
 
 async def _supervise(registry: ModelRegistry, settings: Settings, fatal: Fatal) -> None:

@@ -58,7 +58,9 @@ class LoadedModel:
 
     def predict_batch(self, inputs: Array) -> Array:
         """Run one forward pass on a batch; blocking, so only on a worker thread."""
-        tensor = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
+        tensor = torch.from_numpy(np.ascontiguousarray(inputs))
+        if self.device.type != "cpu":
+            tensor = tensor.to(self.device, non_blocking=True)
         with torch.inference_mode():
             output = self.module(tensor)
         if not isinstance(output, torch.Tensor):

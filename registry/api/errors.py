@@ -27,13 +27,16 @@ def error_response(
 
 
 def render_registry_error(exc: RegistryError, method: str, path: str) -> Response:
-    """The envelope for a domain error; a 5xx is also logged with the request id."""
+    """The envelope for a domain error; a server fault is also logged with the request id.
+
+    503s (loading, queue full, draining) are expected states, not faults: not logged.
+    """
     headers = None
     if isinstance(exc, Unavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and not isinstance(exc, Unavailable):
         log.error(
             "%s %s failed: %s: %s",
             method,

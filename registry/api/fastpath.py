@@ -3,9 +3,10 @@
 FastAPI's per-request machinery (routing, dependency solving, exception middleware) costs
 several times a small model's forward pass. This serves exactly
 ``POST /models/{name}/predict`` and ``POST /models/{name}/versions/{version}/predict``
-with the same lease, the same ``serving.predict_json`` and the same error envelope as
-the FastAPI routes, which stay as the documented contract and serve these paths when the
-fast path is off (``REGISTRY_FAST_PATH=false``). Everything else passes through.
+with the same lease, the same ``serving.predict_json``, the same body limit and the same
+error envelope as the FastAPI routes, which stay as the documented contract and serve
+these paths when the fast path is off (``REGISTRY_FAST_PATH=false``). Everything else
+passes through.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry.api.errors import error_response, render_registry_error
-from registry.api.limits import BodyTooLarge
+from registry.api.limits import declared_length, too_large
 from registry.core import ModelRegistry
 from registry.errors import RegistryError
 from registry.serving import predict_json, provenance
@@ -43,8 +44,9 @@ def match_predict(path: str) -> tuple[str, str | None] | None:
 
 
 class PredictFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = None
@@ -60,11 +62,11 @@ class PredictFastPath:
             with registry.lease(*target) as model:
                 state["served"] = (model.name, model.version.version)
                 body = await predict_json(
-                    model, await _read_body(receive), settings.request_timeout_s
+                    model,
+                    await _read_body(receive, scope, self.max_body_bytes),
+                    settings.request_timeout_s,
                 )
                 headers = [_JSON, *((k.encode(), v.encode()) for k, v in provenance(model).items())]
-        except BodyTooLarge:
-            raise  # BodySizeLimit, outside, answers 413
         except RegistryError as exc:
             await render_registry_error(exc, "POST", scope["path"])(scope, receive, send)
             return
@@ -77,13 +79,20 @@ class PredictFastPath:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
+async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    """The whole body, refused (413) past ``limit`` before more than that is buffered."""
+    if (declared := declared_length(scope)) is not None and declared > limit:
+        raise too_large(limit)
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -12,6 +12,7 @@ import contextlib
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.errors import error_response
+from registry.errors import PayloadTooLarge
 
 
 class BodyTooLarge(Exception):
@@ -28,8 +29,8 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
             await self._reject(scope, receive, send)
             return
 
@@ -61,11 +62,19 @@ class BodySizeLimit:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = too_large(self.max_body_bytes)
         response = error_response(
-            413,
-            "payload_too_large",
-            f"the request body exceeds {self.max_body_bytes} bytes",
-            {"Connection": "close"},
-            max_body_bytes=self.max_body_bytes,
+            error.status_code, error.code, error.message, {"Connection": "close"}, **error.details
         )
         await response(scope, receive, send)
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body exceeds {limit} bytes", max_body_bytes=limit)

@@ -6,10 +6,11 @@ request, and, for prediction routes, count it by model, version and status.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,9 @@ class Observe:
     def __init__(self, app: ASGIApp, *, log_requests: bool) -> None:
         self.app = app
         self.log_requests = log_requests
+        # NOTE: a random per-app prefix and a counter: unique, and far cheaper than uuid4.
+        prefix = secrets.token_hex(8)
+        self._fresh_ids = (f"{prefix}{n:016x}" for n in itertools.count())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,7 +37,7 @@ class Observe:
             return
         started = time.perf_counter()
         incoming = _header(scope, b"x-request-id")
-        rid = incoming if incoming and _ACCEPTABLE_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if incoming and _ACCEPTABLE_ID.match(incoming) else next(self._fresh_ids)
         token = request_id.set(rid)
         status = 500
 
@@ -53,7 +57,7 @@ class Observe:
                 metrics: Metrics | None = scope.get("state", {}).get("metrics")
                 if metrics is not None:
                     metrics.observe(model, version, status, elapsed)
-            if self.log_requests or status >= 500:
+            if self.log_requests or (status >= 500 and status != 503):
                 _log_request(scope, status, elapsed, model, version)
             request_id.reset(token)
 

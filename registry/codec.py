@@ -17,7 +17,7 @@ from registry.batching import Array
 from registry.errors import InvalidInput, InvalidJSON
 from registry.manifest import TensorSpec
 
-_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name)
     for name in ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8")
 } | {"bool": np.dtype(np.bool_)}
@@ -54,7 +54,11 @@ def decode_inputs(body: bytes, spec: TensorSpec) -> Instances:
 
 
 def to_instances(inputs: object, spec: TensorSpec) -> Instances:
-    array = _to_array(inputs, spec)
+    return shape_instances(_to_array(inputs, spec), spec)
+
+
+def shape_instances(array: Array, spec: TensorSpec) -> Instances:
+    """One instance of the declared shape, or a batch of them; anything else is a 422."""
     if array.shape == spec.shape:
         return Instances(array[np.newaxis], batched=False)
     if array.ndim == len(spec.shape) + 1 and array.shape[1:] == spec.shape and len(array):
@@ -70,7 +74,7 @@ def to_instances(inputs: object, spec: TensorSpec) -> Instances:
 
 
 def _to_array(inputs: object, spec: TensorSpec) -> Array:
-    dtype = _NUMPY_DTYPES[spec.dtype]
+    dtype = NUMPY_DTYPES[spec.dtype]
     if not isinstance(inputs, list | int | float):
         raise InvalidInput(
             f"'inputs' must be a number or nested lists of numbers ({spec.dtype}), "

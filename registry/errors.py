@@ -20,6 +20,7 @@ here imports FastAPI, so the loaders and the registry stay usable without a web 
     ├── BadRequest                     400 bad_request
     │   └── InvalidJSON                400 invalid_json
     ├── InvalidInput                   422 invalid_input
+    ├── UnsupportedMediaType           415 unsupported_media_type
     ├── PayloadTooLarge                413 payload_too_large
     ├── Unavailable                    503 unavailable      (carries Retry-After)
     │   ├── NotReady                   503 not_ready
@@ -110,6 +111,10 @@ class InvalidJSON(BadRequest):
 
 class InvalidInput(RegistryError):
     status_code, code = 422, "invalid_input"
+
+
+class UnsupportedMediaType(RegistryError):
+    status_code, code = 415, "unsupported_media_type"
 
 
 class PayloadTooLarge(RegistryError):

@@ -1,21 +1,43 @@
-"""One prediction, protocol-neutral: body bytes in, body bytes out.
+"""One prediction, protocol-neutral: request bytes and headers in, response out.
 
 Both front ends call this: the FastAPI routes (documented, dependency-injected) and the
-ASGI fast path in front of them, so they cannot drift apart.
+ASGI fast path in front of them, so they cannot drift apart. Inputs come as JSON (the
+default), raw little-endian bytes with ``X-Shape``, or ``.npy``; the answer follows
+``Accept`` in the same three forms.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
-from registry.codec import decode_inputs, encode_prediction
-from registry.errors import InferenceTimeout
+from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
+from registry.codec import Instances, decode_inputs, encode_prediction
+from registry.errors import InferenceTimeout, UnsupportedMediaType
+from registry.manifest import TensorSpec
 from registry.model import LoadedModel
 
+JSON = "application/json"
 
-async def predict_json(model: LoadedModel, body: bytes, timeout_s: float) -> bytes:
-    """Decode, queue behind other requests, wait at most ``timeout_s``, encode."""
-    instances = decode_inputs(body, model.spec.input)
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    body: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def predict(
+    model: LoadedModel,
+    body: bytes,
+    *,
+    timeout_s: float,
+    content_type: str | None = None,
+    shape: str | None = None,
+    accept: str | None = None,
+) -> Prediction:
+    """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
+    instances = decode(body, content_type, shape, model.spec.input)
     try:
         async with asyncio.timeout(timeout_s):
             outputs = await model.predict(instances.array)
@@ -25,11 +47,37 @@ async def predict_json(model: LoadedModel, body: bytes, timeout_s: float) -> byt
             model=model.name,
             version=model.version.version,
         ) from None
-    return encode_prediction(
+    headers = {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
+    answer = outputs if instances.batched else outputs[0]
+    wanted = _media(accept)
+    if wanted == RAW:
+        raw, shape_headers = encode_raw(answer)
+        return Prediction(raw, RAW, headers | shape_headers)
+    if wanted == NPY:
+        return Prediction(encode_npy(answer), NPY, headers)
+    document = encode_prediction(
         model.name, model.version.version, outputs, instances.batched, model.spec.output.labels
+    )
+    return Prediction(document, JSON, headers)
+
+
+def decode(body: bytes, content_type: str | None, shape: str | None, spec: TensorSpec) -> Instances:
+    media = _media(content_type)
+    if media in (JSON, "", "*/*", "text/plain"):
+        return decode_inputs(body, spec)
+    if media == RAW:
+        return decode_raw(body, shape, spec)
+    if media == NPY:
+        return decode_npy(body, spec)
+    raise UnsupportedMediaType(
+        f"cannot read {media!r}; send {JSON}, {RAW} (with X-Shape) or {NPY}",
+        supported=[JSON, RAW, NPY],
     )
 
 
-def provenance(model: LoadedModel) -> dict[str, str]:
-    """The headers every prediction carries, so a client knows what answered."""
-    return {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
+def _media(header: str | None) -> str:
+    """The first media type named, lower-cased, without parameters; JSON by default."""
+    if not header:
+        return JSON
+    first = header.split(",", 1)[0]
+    return first.split(";", 1)[0].strip().lower()

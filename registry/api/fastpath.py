@@ -19,11 +19,10 @@ from registry.api.errors import error_response, render_registry_error
 from registry.api.limits import declared_length, too_large
 from registry.core import ModelRegistry
 from registry.errors import RegistryError
-from registry.serving import predict_json, provenance
+from registry.serving import predict
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
-_JSON = (b"content-type", b"application/json")
 
 
 def match_predict(path: str) -> tuple[str, str | None] | None:
@@ -61,12 +60,16 @@ class PredictFastPath:
         try:
             with registry.lease(*target) as model:
                 state["served"] = (model.name, model.version.version)
-                body = await predict_json(
+                received = await _read_body(receive, scope, self.max_body_bytes)
+                headers = _headers(scope)
+                answer = await predict(
                     model,
-                    await _read_body(receive, scope, self.max_body_bytes),
-                    settings.request_timeout_s,
+                    received,
+                    timeout_s=settings.request_timeout_s,
+                    content_type=headers.get(b"content-type"),
+                    shape=headers.get(b"x-shape"),
+                    accept=headers.get(b"accept"),
                 )
-                headers = [_JSON, *((k.encode(), v.encode()) for k, v in provenance(model).items())]
         except RegistryError as exc:
             await render_registry_error(exc, "POST", scope["path"])(scope, receive, send)
             return
@@ -75,8 +78,15 @@ class PredictFastPath:
             log.exception("prediction failed unexpectedly")
             await error_response(500, "internal", "internal server error")(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        raw_headers = [(b"content-type", answer.media_type.encode())]
+        raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+def _headers(scope: Scope) -> dict[bytes, str]:
+    wanted = (b"content-type", b"x-shape", b"accept")
+    return {name: value.decode("latin-1") for name, value in scope["headers"] if name in wanted}
 
 
 async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from registry import serving
 from registry.api.deps import DefaultModelDep, RegistryDep, SettingsDep, VersionedModelDep
 from registry.api.schemas import (
     ErrorEnvelope,
@@ -19,7 +20,6 @@ from registry.api.schemas import (
 )
 from registry.errors import ModelNotFound
 from registry.model import LoadedModel
-from registry.serving import predict_json, provenance
 from registry.settings import Settings
 from registry.table import ModelEntry, VersionState
 
@@ -84,8 +84,15 @@ async def predict_version(
 
 
 async def _predict(request: Request, model: LoadedModel, settings: Settings) -> Response:
-    body = await predict_json(model, await request.body(), settings.request_timeout_s)
-    return Response(body, media_type="application/json", headers=provenance(model))
+    answer = await serving.predict(
+        model,
+        await request.body(),
+        timeout_s=settings.request_timeout_s,
+        content_type=request.headers.get("content-type"),
+        shape=request.headers.get("x-shape"),
+        accept=request.headers.get("accept"),
+    )
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
 def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # NOTE: torch first and pinned, so pip takes the CPU wheel instead of a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: all install serve test unit lint fmt typecheck weights validate clean
+.PHONY: all install serve test unit lint fmt typecheck weights validate bench clean
 
 all: lint test
 
@@ -30,19 +30,22 @@ unit: install
 	$(PY) -m pytest tests/unit tests/api
 
 lint: install
-	$(PY) -m ruff format --check registry tests scripts
-	$(PY) -m ruff check registry tests scripts
+	$(PY) -m ruff format --check registry tests scripts bench
+	$(PY) -m ruff check registry tests scripts bench
 	$(PY) -m mypy
 
 fmt: install
-	$(PY) -m ruff format registry tests scripts
-	$(PY) -m ruff check --fix registry tests scripts
+	$(PY) -m ruff format registry tests scripts bench
+	$(PY) -m ruff check --fix registry tests scripts bench
 
 typecheck: install
 	$(PY) -m mypy
 
 weights: install
 	$(PY) scripts/train_examples.py
+
+bench: install
+	$(PY) -m bench
 
 validate: install
 	$(PY) -m registry validate models.yaml

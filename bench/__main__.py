@@ -1,0 +1,227 @@
+"""``make bench`` (``python -m bench``): serve two MLPs and drive them over loopback.
+
+For each model (``tiny`` 64-128-10, HTTP-bound; ``medium`` 512-2048-2048-512,
+compute-bound) and each concurrency, the same load runs against
+
+- this project (``python -m registry serve``, batching up to 16 rows),
+- a tutorial-style FastAPI app (``bench/tutorial_app.py``),
+
+and beside them the in-process forward limit (samples/s at batch 1 and 16). Ratios come
+from the same run, so a noisy machine moves both sides. Results: a table on stdout and
+JSON in ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from bench import load
+from registry.examples.mlp import MLP
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"tiny": [64, 128, 10], "medium": [512, 2048, 2048, 512]}
+MAX_BATCH = 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--models", default="tiny,medium")
+    parser.add_argument("--conc", default="1,8,64")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    names = args.models.split(",")
+    concurrencies = [int(c) for c in args.conc.split(",")]
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        samples = build(work, names)
+        limits = {name: forward_limit(name) for name in names}
+        results: list[dict[str, Any]] = []
+        for name in names:
+            body = json.dumps({"inputs": samples[name].tolist()}).encode()
+            for server in ("registry", "tutorial"):
+                with serving(server, work) as url:
+                    target = f"{url}/models/{name}/predict"
+                    check(target, body, name, work)
+                    load.run(target, body, 8, args.warmup)
+                    for conc in concurrencies:
+                        result = load.run(target, body, conc, args.duration)
+                        results.append(
+                            {"server": server, "model": name, "conc": conc} | result.as_dict()
+                        )
+                        print(
+                            f"  {server:9} {name:7} c={conc:<3} {result.rps:9.1f} req/s  "
+                            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                            f"non-2xx {result.non2xx}",
+                            flush=True,
+                        )
+    report(results, limits, concurrencies, names)
+    out = args.out or ROOT / "bench" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results, "forward_limit": limits}, indent=2))
+    print(f"\nJSON: {out}")
+
+
+def build(work: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Weights (seeded), one sample input each, and the registry manifest."""
+    (work / "weights").mkdir()
+    lines = ["models:"]
+    samples = {}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        widths = MODELS[name]
+        torch.save(MLP(widths).state_dict(), work / "weights" / f"{name}.pt")
+        samples[name] = torch.randn(1, widths[0]).numpy()
+        lines += [
+            f"  - name: {name}",
+            f"    input: {{shape: [{widths[0]}], dtype: float32}}",
+            f"    batching: {{max_batch_size: {MAX_BATCH}}}",
+            "    versions:",
+            '      - {version: "1", format: state_dict, path: ' + f"{name}.pt,",
+            "         architecture: 'registry.examples.mlp:MLP',",
+            f"         architecture_args: {{widths: {widths}}}}}",
+        ]
+    (work / "models.yaml").write_text("\n".join(lines) + "\n")
+    return samples
+
+
+def forward_limit(name: str) -> dict[str, float]:
+    """In-process samples/s at batch 1 and MAX_BATCH: what no server can beat."""
+    torch.manual_seed(0)
+    model = MLP(MODELS[name]).eval()
+    limits = {}
+    for batch in (1, MAX_BATCH):
+        x = torch.randn(batch, MODELS[name][0])
+        with torch.inference_mode():
+            for _ in range(20):
+                model(x)
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 1.0:
+                model(x)
+                count += 1
+        limits[f"batch_{batch}"] = round(count * batch / (time.perf_counter() - started), 1)
+    return limits
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serving(server: str, work: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    if server == "registry":
+        command = [
+            sys.executable,
+            "-m",
+            "registry",
+            "serve",
+            "--manifest",
+            str(work / "models.yaml"),
+            "--port",
+            str(port),
+        ]
+    else:
+        specs = {
+            n: [w, str(work / "weights" / f"{n}.pt")]
+            for n, w in MODELS.items()
+            if (work / "weights" / f"{n}.pt").exists()
+        }
+        env["BENCH_MODELS"] = json.dumps(specs)
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.tutorial_app:app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    log = (work / f"{server}.log").open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{server} did not start:\n{(work / f'{server}.log').read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def check(target: str, body: bytes, name: str, work: Path) -> None:
+    """One answer must equal torch in-process before anything is timed."""
+    model = MLP(MODELS[name]).eval()
+    model.load_state_dict(torch.load(work / "weights" / f"{name}.pt", weights_only=True))
+    with torch.inference_mode():
+        expected = model(torch.tensor(json.loads(body)["inputs"])).numpy()
+    headers = {"content-type": "application/json"}
+    answer = httpx.post(target, content=body, headers=headers, timeout=30)
+    got = np.array(answer.json()["outputs"])
+    if not np.allclose(got, expected, atol=1e-4):
+        raise SystemExit(f"{target} answered {got}, torch says {expected}")
+
+
+def report(
+    results: list[dict[str, Any]],
+    limits: dict[str, dict[str, float]],
+    concurrencies: list[int],
+    names: list[str],
+) -> None:
+    cell = {(r["server"], r["model"], r["conc"]): r for r in results}
+    print(
+        "\n| model | c | registry req/s | p50 ms | p99 ms | tutorial req/s | p50 ms | p99 ms "
+        "| registry ÷ tutorial | registry ÷ forward limit |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        for conc in concurrencies:
+            ours, theirs = cell[("registry", name, conc)], cell[("tutorial", name, conc)]
+            batch = "batch_1" if conc == 1 else f"batch_{MAX_BATCH}"
+            limit = limits[name][batch]
+            ratio = float(ours["rps"]) / max(float(theirs["rps"]), 1e-9)
+            print(
+                f"| {name} | {conc} | {ours['rps']} | {ours['p50_ms']:.2f} | "
+                f"{ours['p99_ms']:.2f} | {theirs['rps']} | {theirs['p50_ms']:.2f} | "
+                f"{theirs['p99_ms']:.2f} | {ratio:.2f}x | "
+                f"{float(ours['rps']) / limit:.2f} ({batch}: {limit:.0f}/s) |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ win without rewriting the environment, and so the exit status can say why it sto
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -81,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         server_header=False,
     )
     server = uvicorn.Server(config)

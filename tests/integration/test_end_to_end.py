@@ -75,6 +75,20 @@ def test_held_out_digits_over_http_match_torch_and_score(
     assert batch.json()["labels"] == [str(i) for i in expected[:100].argmax(axis=1)]
 
 
+def test_bad_requests_in_a_concurrent_mix_fail_alone(server: Server) -> None:
+    split = digits_split()
+    good = split.x_test[:48]
+    expected = in_process("digits", "2", good)
+    bodies: list[object] = []
+    for row in good:
+        bodies += [{"inputs": row.tolist()}, {"inputs": row[:10].tolist()}]
+    with server.client() as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: client.post("/models/digits/predict", json=b), bodies))
+    assert [a.status_code for a in answers] == [200, 422] * len(good)
+    outputs = np.array([a.json()["outputs"] for a in answers[::2]], dtype=np.float32)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_diabetes_regression_matches_torch_and_its_recorded_score(server: Server) -> None:
     split = diabetes_split()
     expected = in_process("diabetes", "1", split.x_test)

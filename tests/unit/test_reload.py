@@ -286,3 +286,14 @@ async def test_fifty_reload_cycles_leave_no_retired_model_reachable(
     gc.collect()
     assert len(refs) == 100
     assert sum(ref() is not None for ref in refs) == 0
+
+
+async def test_concurrent_requests_batch_into_outputs_equal_to_unbatched(
+    registry: ModelRegistry,
+) -> None:
+    inputs = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    with registry.lease("lin", "2") as model:
+        alone = [model.predict_batch(row[np.newaxis]) for row in inputs]
+        together = await asyncio.gather(*(model.predict(row[np.newaxis]) for row in inputs))
+    for expected, got in zip(alone, together, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from registry import diff
+from registry import diff, heap
 from registry.diff import (
     LoadTiming,
     ReloadReport,
@@ -35,13 +35,13 @@ from registry.errors import (
     ModelNotFound,
     ModelUnavailable,
     RegistryError,
-    ReloadFailed,
     ShuttingDown,
     VersionNotFound,
 )
 from registry.loaders import WeightDigests, load_version
 from registry.manifest import ModelSpec, VersionSpec, load_manifest
 from registry.model import LoadedModel
+from registry.reload import load_plan, log_done, log_refused, refusal
 from registry.settings import Settings
 from registry.table import Table, VersionState, live_models, loading_table, slots, table_after
 
@@ -155,6 +155,11 @@ class ModelRegistry:
         """Run blocking work (hashing, deserialising, warm-up) on the loader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
+    async def _load_on_thread(
+        self, model: ModelSpec, version: VersionSpec
+    ) -> tuple[LoadedModel, str]:
+        return await self._on_loader(self._load, model, version)
+
     def _load(self, model: ModelSpec, version: VersionSpec) -> tuple[LoadedModel, str]:
         root = self._settings.weights_root
         loaded = load_version(model, version, root, self._digests)
@@ -167,29 +172,15 @@ class ModelRegistry:
         nothing when the manifest is invalid or any new version fails to load. Every
         outcome is logged as one line saying who asked (``actor``) and what changed.
         """
-        fields: dict[str, object] = {"event": "reload", "actor": actor, "dry_run": dry_run}
         try:
             report = await self._reload(dry_run)
         except RegistryError as exc:
             self.reload_outcomes[exc.code] += 1
-            failed = exc.details.get("report", {})
-            log.warning(
-                "reload by %s refused, nothing changed: %s",
-                actor,
-                exc.message,
-                extra=fields | {"outcome": exc.code, "report": failed},
-            )
+            log_refused(actor, dry_run, exc)
             raise
         outcome = "dry_run" if dry_run else "applied"
         self.reload_outcomes[outcome] += 1
-        log.info(
-            "reload by %s %s in %.0f ms: %s",
-            actor,
-            outcome,
-            report.duration_ms,
-            report.summary(),
-            extra=fields | {"outcome": outcome, "report": report.model_dump()},
-        )
+        log_done(actor, outcome, report)
         return report
 
     async def _reload(self, dry_run: bool) -> ReloadReport:
@@ -219,44 +210,22 @@ class ModelRegistry:
                 )
 
             if failed:
-                raise _refusal(report(False))
+                raise refusal(report(False))
             if dry_run:
                 return report(False)
-            fresh, loads = await self._load_fresh(plan, failed)
+            self._pending = plan.to_load
+            try:
+                fresh, loads = await load_plan(plan, self._load_on_thread, failed)
+            finally:
+                self._pending = ()
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
             if failed:
-                raise _refusal(report(False, loads))
+                raise refusal(report(False, loads))
             for model, _ in fresh.values():
                 model.start()
             self._swap(table_after(plan.manifest, self._table, fresh))
             return report(True, loads)
-
-    async def _load_fresh(
-        self, plan: diff.Plan, failed: dict[VersionKey, str]
-    ) -> tuple[dict[VersionKey, tuple[LoadedModel, str]], list[LoadTiming]]:
-        """Load what the plan needs beside the live table; stops at the first failure."""
-        fresh: dict[VersionKey, tuple[LoadedModel, str]] = {}
-        loads = []
-        self._pending = plan.to_load
-        try:
-            for key in plan.to_load:
-                try:
-                    fresh[key] = await self._on_loader(self._load, *plan.specs(key))
-                except RegistryError as exc:
-                    failed[key] = exc.message
-                    break
-                model = fresh[key][0]
-                loads.append(
-                    LoadTiming(
-                        version=str(key),
-                        load_ms=round(model.load_ms, 3),
-                        warmup_ms=round(model.warmup_ms, 3),
-                    )
-                )
-        finally:
-            self._pending = ()
-        if self._closing:
-            raise ShuttingDown("the server is shutting down")
-        return fresh, loads
 
     def _swap(self, table: Table) -> None:
         """Replace the table in one assignment, then retire what the new one dropped."""
@@ -278,23 +247,12 @@ class ModelRegistry:
         await model.stop()
         log.info("released %s", model.key)
         if model.in_frozen_heap:
-            # NOTE: frozen objects are never collected; some modules (exported graphs) hold
-            # reference cycles, so a version loaded before the freeze needs one full pass.
-            del model
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
+            del model  # NOTE: the last reference, before the pass that may free its cycles
+            heap.collect_everything()
 
     def freeze_heap(self) -> None:
-        """Exclude everything alive now (torch, the loaded models) from garbage collection.
-
-        A full collection walks every object torch created (~80 ms here): frozen, the
-        collector only walks what requests allocate, which takes the pauses out of p99.
-        """
-        for model in live_models(self._table):
-            model.in_frozen_heap = True
-        gc.collect()
-        gc.freeze()
+        """Take what is alive now out of the collector's sight (see ``registry.heap``)."""
+        heap.freeze(live_models(self._table))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -362,8 +320,3 @@ class ModelRegistry:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
         log.info("registry closed: every model released")
-
-
-def _refusal(report: ReloadReport) -> ReloadFailed:
-    reasons = "; ".join(f"{f.version}: {f.reason}" for f in report.failed)
-    return ReloadFailed(f"reload refused, nothing changed: {reasons}", report=report.model_dump())

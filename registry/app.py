@@ -21,7 +21,7 @@ from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.fastpath import PredictFastPath
 from registry.api.limits import BodySizeLimit
 from registry.api.observe import Observe
-from registry.api.routes import admin, health, models
+from registry.api.routes import admin, health, models, v2
 from registry.core import ModelRegistry
 from registry.metrics import Metrics
 from registry.settings import Settings
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )
-    for router in (models.router, admin.router, health.router):
+    for router in (models.router, admin.router, health.router, v2.router):
         app.include_router(router)
     served: ASGIApp = BodySizeLimit(app, max_body_bytes=settings.max_body_bytes)
     if settings.fast_path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from registry.batching import Array
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
 from registry.codec import Instances, decode_inputs, encode_prediction
 from registry.errors import InferenceTimeout, UnsupportedMediaType
@@ -38,15 +39,7 @@ async def predict(
 ) -> Prediction:
     """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
     instances = decode(body, content_type, shape, model.spec.input)
-    try:
-        async with asyncio.timeout(timeout_s):
-            outputs = await model.predict(instances.array)
-    except TimeoutError:
-        raise InferenceTimeout(
-            f"{model.key} did not answer within {timeout_s} s",
-            model=model.name,
-            version=model.version.version,
-        ) from None
+    outputs = await run(model, instances.array, timeout_s)
     headers = {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
     answer = outputs if instances.batched else outputs[0]
     wanted = _media(accept)
@@ -59,6 +52,19 @@ async def predict(
         model.name, model.version.version, outputs, instances.batched, model.spec.output.labels
     )
     return Prediction(document, JSON, headers)
+
+
+async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:
+    """Queue behind other requests for this version; 504 past ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await model.predict(inputs)
+    except TimeoutError:
+        raise InferenceTimeout(
+            f"{model.key} did not answer within {timeout_s} s",
+            model=model.name,
+            version=model.version.version,
+        ) from None
 
 
 def decode(body: bytes, content_type: str | None, shape: str | None, spec: TensorSpec) -> Instances:

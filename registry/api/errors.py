@@ -20,9 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **details: Any
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    v2: bool = False,
+    **details: Any,
 ) -> Response:
-    body = dumps({"error": {"code": code, "message": message, **details}})
+    # NOTE: the Open Inference Protocol fixes its error body as {"error": "<message>"}.
+    error = message if v2 else {"code": code, "message": message, **details}
+    body = dumps({"error": error})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -45,25 +53,30 @@ def render_registry_error(exc: RegistryError, method: str, path: str) -> Respons
             exc.message,
             extra={"request_id": request_id.get()},
         )
-    return error_response(exc.status_code, exc.code, exc.message, headers, **exc.details)
+    v2 = path.startswith("/v2/")
+    return error_response(exc.status_code, exc.code, exc.message, headers, v2=v2, **exc.details)
 
 
 async def _registry_error(request: Request, exc: RegistryError) -> Response:
     return render_registry_error(exc, request.method, request.url.path)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     problems = [
         {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
     ]
-    return error_response(422, "invalid_request", "the request is invalid", problems=problems)
+    v2 = request.url.path.startswith("/v2/")
+    return error_response(
+        422, "invalid_request", "the request is invalid", v2=v2, problems=problems
+    )
 
 
-async def _http_error(_: Request, exc: HTTPException) -> Response:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
-    return error_response(exc.status_code, code, message, exc.headers)
+    v2 = request.url.path.startswith("/v2/")
+    return error_response(exc.status_code, code, message, exc.headers, v2=v2)
 
 
 ExceptionHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]

@@ -64,7 +64,11 @@ class BodySizeLimit:
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = too_large(self.max_body_bytes)
         response = error_response(
-            error.status_code, error.code, error.message, {"Connection": "close"}, **error.details
+            error.status_code,
+            error.code,
+            error.message,
+            {"Connection": "close"},
+            max_body_bytes=self.max_body_bytes,
         )
         await response(scope, receive, send)
 

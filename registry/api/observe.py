@@ -53,13 +53,18 @@ class Observe:
         finally:
             elapsed = time.perf_counter() - started
             model, version = _served(scope)
-            if scope["method"] == "POST" and match_predict(scope["path"]) is not None:
+            if scope["method"] == "POST" and _is_prediction(scope["path"]):
                 metrics: Metrics | None = scope.get("state", {}).get("metrics")
                 if metrics is not None:
                     metrics.observe(model, version, status, elapsed)
             if self.log_requests or (status >= 500 and status != 503):
                 _log_request(scope, status, elapsed, model, version)
             request_id.reset(token)
+
+
+def _is_prediction(path: str) -> bool:
+    v2_infer = path.startswith("/v2/models/") and path.endswith("/infer")
+    return v2_infer or match_predict(path) is not None
 
 
 def _served(scope: Scope) -> tuple[str, str]:

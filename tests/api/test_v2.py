@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+X = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
+
+
+def infer_body(data: object, shape: list[int], datatype: str = "FP32") -> dict[str, object]:
+    return {
+        "id": "r-1",
+        "inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}],
+    }
+
+
+def test_health_and_metadata(client: TestClient) -> None:
+    assert client.get("/v2").json()["name"] == "registry"
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    metadata = client.get("/v2/models/lin").json()
+    assert metadata["name"] == "lin"
+    assert metadata["versions"] == ["1", "2"]
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert client.get("/v2/models/lin/versions/stable/ready").json() == {
+        "name": "lin",
+        "ready": True,
+    }
+
+
+def test_infer_matches_the_native_route(client: TestClient) -> None:
+    native = client.post("/models/lin/versions/1/predict", json={"inputs": X}).json()
+    flat = [value for row in X for value in row]
+    response = client.post("/v2/models/lin/versions/stable/infer", json=infer_body(flat, [2, 4]))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("lin", "1", "r-1")
+    (output,) = body["outputs"]
+    assert output["shape"] == [2, 3]
+    assert output["datatype"] == "FP32"
+    np.testing.assert_allclose(np.array(output["data"]).reshape(2, 3), native["outputs"], rtol=1e-6)
+
+
+def test_errors_follow_the_protocol(client: TestClient) -> None:
+    missing = client.post("/v2/models/ghost/infer", json=infer_body(X[0], [4]))
+    assert missing.status_code == 404
+    assert isinstance(missing.json()["error"], str)
+    wrong_type = client.post("/v2/models/lin/infer", json=infer_body(X[0], [4], "INT64"))
+    assert wrong_type.status_code == 422
+    assert "takes FP32" in wrong_type.json()["error"]
+    wrong_shape = client.post("/v2/models/lin/infer", json=infer_body(X[0], [2, 2]))
+    assert wrong_shape.status_code == 422
+    bad_data = client.post("/v2/models/lin/infer", json=infer_body([1, 2, 3], [4]))
+    assert bad_data.status_code == 422
+    assert client.post("/v2/models/lin/infer", json=infer_body(X[0], [4])).status_code == 200
+
+
+def test_v2_inferences_are_counted_like_predictions(client: TestClient) -> None:
+    client.post("/v2/models/lin/versions/1/infer", json=infer_body(X[0], [4]))
+    metrics = client.get("/metrics").text
+    assert 'registry_requests_total{model="lin",status="200",version="1"} 1.0' in metrics

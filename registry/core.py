@@ -135,11 +135,11 @@ class ModelRegistry:
                 try:
                     model, slot.fingerprint = await self._on_loader(self._load, spec, slot.spec)
                 except RegistryError as exc:
-                    slot.state, slot.error = VersionState.FAILED, exc.message
+                    slot.error = exc.message
                     log.error("failed to load %s: %s", key, exc.message)
                     continue
                 model.start()
-                slot.model, slot.state = model, VersionState.READY
+                slot.model = model
                 log.info(
                     "loaded %s in %.0f ms (warm-up %.0f ms, %d bytes)",
                     key,
@@ -237,13 +237,21 @@ class ModelRegistry:
 
     def _retire(self, model: LoadedModel) -> None:
         model.retired = True
+        self._release_when_idle(model)
+
+    def _release_when_idle(self, model: LoadedModel) -> None:
+        """Release a retired version now, or keep it draining while requests hold it.
+
+        NOTE: a retired version is out of the table, so its leases only ever go down and
+        reach zero at most once.
+        """
         if model.leases:
             self._draining.add(model)
-        else:
-            self._spawn(self._release(model))
+            return
+        self._draining.discard(model)
+        self._spawn(self._release(model))
 
     async def _release(self, model: LoadedModel) -> None:
-        self._draining.discard(model)
         await model.stop()
         log.info("released %s", model.key)
         if model.in_frozen_heap:
@@ -295,9 +303,8 @@ class ModelRegistry:
             yield model
         finally:
             model.leases -= 1
-            if model.retired and not model.leases and model in self._draining:
-                self._draining.discard(model)
-                self._spawn(self._release(model))
+            if model.retired:
+                self._release_when_idle(model)
 
     async def close(self) -> None:
         """Stop loading, stop every batcher and drop every model reference."""

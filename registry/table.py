@@ -20,17 +20,22 @@ class VersionState(StrEnum):
 
 @dataclass(eq=False)
 class VersionSlot:
-    """A version's place in the table: its spec, state and, once ready, its model.
+    """A version's place in the table: its spec and, once loaded, its model or its error.
 
     A slot is only mutated while its table is being built at start-up and when the registry
     closes; a reload builds new slots for what it loads and carries unchanged slots over.
     """
 
     spec: VersionSpec
-    state: VersionState = VersionState.LOADING
     model: LoadedModel | None = None
     fingerprint: str | None = None
     error: str | None = None
+
+    @property
+    def state(self) -> VersionState:
+        if self.model is not None:
+            return VersionState.READY
+        return VersionState.LOADING if self.error is None else VersionState.FAILED
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,9 +81,7 @@ def table_after(
             key = VersionKey(spec.name, version.version)
             if key in fresh:
                 model, fingerprint = fresh[key]
-                versions[version.version] = VersionSlot(
-                    version, VersionState.READY, model, fingerprint
-                )
+                versions[version.version] = VersionSlot(version, model, fingerprint)
             else:
                 versions[version.version] = current[spec.name].versions[version.version]
         table[spec.name] = ModelEntry(spec, versions)

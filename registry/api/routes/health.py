@@ -8,6 +8,7 @@ from registry.api.deps import MetricsDep, RegistryDep
 from registry.api.schemas import ErrorEnvelope, Readiness
 from registry.errors import NotReady
 from registry.metrics import CONTENT_TYPE
+from registry.table import VersionState, slots
 
 router = APIRouter(tags=["health"])
 
@@ -23,14 +24,12 @@ async def readyz(registry: RegistryDep) -> Readiness:
     """200 once start-up loading finished; 503 (with what is pending) before."""
     table = registry.table
     if not registry.ready:
-        pending = [
-            f"{entry.spec.name}:{slot.spec.version}"
-            for entry in table.values()
-            for slot in entry.versions.values()
-            if slot.model is None
-        ]
-        failed = [f"{f.model}:{f.version}" for f in registry.failures()]
-        raise NotReady("models are still loading", pending=pending, failed=failed)
+        states = [(str(key), slot.state) for key, slot in slots(table)]
+        raise NotReady(
+            "models are still loading",
+            pending=[key for key, state in states if state is VersionState.LOADING],
+            failed=[key for key, state in states if state is VersionState.FAILED],
+        )
     return Readiness(
         status="ready",
         models=len(table),

@@ -23,13 +23,7 @@ from typing import Any, TypeVar
 import torch
 
 from registry import diff, heap
-from registry.diff import (
-    LoadTiming,
-    ReloadReport,
-    VersionKey,
-    fingerprint_manifest,
-    fingerprint_version,
-)
+from registry.diff import ReloadReport, VersionKey, fingerprint_manifest
 from registry.errors import (
     ModelLoading,
     ModelNotFound,
@@ -39,9 +33,9 @@ from registry.errors import (
     VersionNotFound,
 )
 from registry.loaders import WeightDigests, load_version
-from registry.manifest import ModelSpec, VersionSpec, load_manifest
+from registry.manifest import Manifest, ModelSpec, VersionSpec, load_manifest
 from registry.model import LoadedModel
-from registry.reload import load_plan, log_done, log_refused, refusal
+from registry.reload import Fresh, load_plan, log_done, log_refused, refusal
 from registry.settings import Settings
 from registry.table import Table, VersionState, live_models, loading_table, slots, table_after
 
@@ -111,7 +105,7 @@ class ModelRegistry:
         self._table = loading_table(manifest)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-load")
         self._loader = asyncio.get_running_loop().create_task(
-            self._load_startup(), name="registry-startup-load"
+            self._load_startup(manifest), name="registry-startup-load"
         )
         log.info(
             "loading %d versions of %d models from %s",
@@ -126,20 +120,26 @@ class ModelRegistry:
             raise RuntimeError("start() was not called")
         return await asyncio.shield(self._loader)
 
-    async def _load_startup(self) -> list[LoadFailure]:
+    async def _load_startup(self, manifest: Manifest) -> list[LoadFailure]:
         async with self._reload_lock:
+            found, unfound = await self._on_loader(
+                fingerprint_manifest, manifest, self._settings.weights_root, self._digests
+            )
             for key, slot in slots(self._table):
                 if self._closing:
                     break
-                spec = self._table[key.model].spec
-                try:
-                    model, slot.fingerprint = await self._on_loader(self._load, spec, slot.spec)
-                except RegistryError as exc:
-                    slot.error = exc.message
-                    log.error("failed to load %s: %s", key, exc.message)
+                error = unfound.get(key)
+                if error is None:
+                    try:
+                        model = await self._load(self._table[key.model].spec, slot.spec)
+                    except RegistryError as exc:
+                        error = exc.message
+                if error is not None:
+                    slot.error = error
+                    log.error("failed to load %s: %s", key, error)
                     continue
                 model.start()
-                slot.model = model
+                slot.model, slot.fingerprint = model, found[key]
                 log.info(
                     "loaded %s in %.0f ms (warm-up %.0f ms, %d bytes)",
                     key,
@@ -155,15 +155,9 @@ class ModelRegistry:
         """Run blocking work (hashing, deserialising, warm-up) on the loader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    async def _load_on_thread(
-        self, model: ModelSpec, version: VersionSpec
-    ) -> tuple[LoadedModel, str]:
-        return await self._on_loader(self._load, model, version)
-
-    def _load(self, model: ModelSpec, version: VersionSpec) -> tuple[LoadedModel, str]:
+    async def _load(self, model: ModelSpec, version: VersionSpec) -> LoadedModel:
         root = self._settings.weights_root
-        loaded = load_version(model, version, root, self._digests)
-        return loaded, fingerprint_version(model, version, root, self._digests)
+        return await self._on_loader(load_version, model, version, root, self._digests)
 
     async def reload(self, *, actor: str, dry_run: bool = False) -> ReloadReport:
         """Apply the manifest as it is on disk now: all of it, or nothing.
@@ -198,14 +192,14 @@ class ModelRegistry:
             current = {name: entry.spec for name, entry in self._table.items()}
             plan = diff.plan(loaded, current, manifest, found)
 
-            def report(applied: bool, loads: list[LoadTiming] | None = None) -> ReloadReport:
+            def report(applied: bool, loaded: Fresh | None = None) -> ReloadReport:
                 elapsed = (time.perf_counter() - started) * 1000
                 return ReloadReport.of(
                     plan,
                     applied=applied,
                     dry_run=dry_run,
                     failed=failed,
-                    loads=loads,
+                    loaded=loaded,
                     duration_ms=elapsed,
                 )
 
@@ -215,17 +209,17 @@ class ModelRegistry:
                 return report(False)
             self._pending = plan.to_load
             try:
-                fresh, loads = await load_plan(plan, self._load_on_thread, failed)
+                fresh = await load_plan(plan, self._load, failed)
             finally:
                 self._pending = ()
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
             if failed:
-                raise refusal(report(False, loads))
-            for model, _ in fresh.values():
+                raise refusal(report(False, fresh))
+            for model in fresh.values():
                 model.start()
-            self._swap(table_after(plan.manifest, self._table, fresh))
-            return report(True, loads)
+            self._swap(table_after(plan, self._table, fresh))
+            return report(True, fresh)
 
     def _swap(self, table: Table) -> None:
         """Replace the table in one assignment, then retire what the new one dropped."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from registry.errors import RegistryError
 from registry.loaders import WeightDigests, resolve_weights
 from registry.manifest import Manifest, ModelSpec, VersionSpec
+from registry.model import LoadedModel
 
 
 class VersionKey(NamedTuple):
@@ -44,17 +45,12 @@ def fingerprint_manifest(
         for version in model.versions:
             key = VersionKey(model.name, version.version)
             try:
-                found[key] = fingerprint_version(model, version, weights_root, digests)
+                path = resolve_weights(weights_root, version)
             except RegistryError as exc:
                 failed[key] = exc.message
+                continue
+            found[key] = fingerprint(model, version, digests.digest(path))
     return found, failed
-
-
-def fingerprint_version(
-    model: ModelSpec, version: VersionSpec, weights_root: Path, digests: WeightDigests
-) -> str:
-    path = resolve_weights(weights_root, version)
-    return fingerprint(model, version, digests.digest(path))
 
 
 def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> str:
@@ -180,9 +176,17 @@ class ReloadReport(BaseModel):
         applied: bool,
         dry_run: bool = False,
         failed: Mapping[VersionKey, str] | None = None,
-        loads: list[LoadTiming] | None = None,
+        loaded: Mapping[VersionKey, LoadedModel] | None = None,
         duration_ms: float = 0.0,
     ) -> ReloadReport:
+        loads = [
+            LoadTiming(
+                version=str(key),
+                load_ms=round(model.load_ms, 3),
+                warmup_ms=round(model.warmup_ms, 3),
+            )
+            for key, model in (loaded or {}).items()
+        ]
         return cls(
             dry_run=dry_run,
             applied=applied,
@@ -192,7 +196,7 @@ class ReloadReport(BaseModel):
             unchanged=[str(k) for k in plan.unchanged],
             failed=[FailedVersion(version=str(k), reason=r) for k, r in (failed or {}).items()],
             alias_moves=list(plan.alias_moves),
-            loads=loads or [],
+            loads=loads,
             duration_ms=round(duration_ms, 3),
         )
 

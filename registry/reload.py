@@ -9,41 +9,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from registry.diff import LoadTiming, Plan, ReloadReport, VersionKey
+from registry.diff import Plan, ReloadReport, VersionKey
 from registry.errors import RegistryError, ReloadFailed
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
 
-log = logging.getLogger("registry.core")
+log = logging.getLogger(__name__)
 
-Fresh = dict[VersionKey, tuple[LoadedModel, str]]
-Load = Callable[[ModelSpec, VersionSpec], Awaitable[tuple[LoadedModel, str]]]
+Fresh = dict[VersionKey, LoadedModel]
+Load = Callable[[ModelSpec, VersionSpec], Awaitable[LoadedModel]]
 
 
-async def load_plan(
-    plan: Plan, load: Load, failed: dict[VersionKey, str]
-) -> tuple[Fresh, list[LoadTiming]]:
+async def load_plan(plan: Plan, load: Load, failed: dict[VersionKey, str]) -> Fresh:
     """Load the plan's new and changed versions; stops at the first failure (into ``failed``).
 
     Nothing loaded here is started or served until the caller swaps it in.
     """
     fresh: Fresh = {}
-    loads = []
     for key in plan.to_load:
         try:
             fresh[key] = await load(*plan.specs(key))
         except RegistryError as exc:
             failed[key] = exc.message
             break
-        model = fresh[key][0]
-        loads.append(
-            LoadTiming(
-                version=str(key),
-                load_ms=round(model.load_ms, 3),
-                warmup_ms=round(model.warmup_ms, 3),
-            )
-        )
-    return fresh, loads
+    return fresh
 
 
 def refusal(report: ReloadReport) -> ReloadFailed:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from registry.diff import VersionKey
+from registry.diff import Plan, VersionKey
 from registry.manifest import Manifest, ModelSpec, VersionSpec, version_sort_key
 from registry.model import LoadedModel
 
@@ -70,18 +70,15 @@ def live_models(table: Table) -> list[LoadedModel]:
     return [slot.model for _, slot in slots(table) if slot.model is not None]
 
 
-def table_after(
-    manifest: Manifest, current: Table, fresh: Mapping[VersionKey, tuple[LoadedModel, str]]
-) -> dict[str, ModelEntry]:
-    """The table for ``manifest``: ``fresh`` versions in new slots, the rest carried over."""
+def table_after(plan: Plan, current: Table, fresh: Mapping[VersionKey, LoadedModel]) -> Table:
+    """The table for the plan's manifest: ``fresh`` versions in new slots, the rest carried."""
     table = {}
-    for spec in manifest.models:
+    for spec in plan.manifest.models:
         versions = {}
         for version in spec.versions:
             key = VersionKey(spec.name, version.version)
             if key in fresh:
-                model, fingerprint = fresh[key]
-                versions[version.version] = VersionSlot(version, model, fingerprint)
+                versions[version.version] = VersionSlot(version, fresh[key], plan.fingerprints[key])
             else:
                 versions[version.version] = current[spec.name].versions[version.version]
         table[spec.name] = ModelEntry(spec, versions)

@@ -8,6 +8,7 @@ guessed from bytes); ``.npy`` inputs may be any dtype of the same kind (float64 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def decode_raw(body: bytes, shape_header: str | None, spec: TensorSpec) -> Insta
             f"'X-Shape' must be comma-separated integers, not {shape_header!r}",
             expected_shape=list(spec.shape),
         ) from None
-    dtype = NUMPY_DTYPES[spec.dtype].newbyteorder("<")
+    dtype = NUMPY_DTYPES[spec.dtype]
     expected_bytes = int(np.prod(shape)) * dtype.itemsize
     if any(n < 0 for n in shape) or len(body) != expected_bytes:
         raise InvalidInput(
@@ -42,9 +43,7 @@ def decode_raw(body: bytes, shape_header: str | None, spec: TensorSpec) -> Insta
             expected_shape=list(spec.shape),
             expected_dtype=spec.dtype,
         )
-    # NOTE: a copy, native byte order: torch refuses to wrap a read-only buffer safely.
-    array = np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-    return shape_instances(array, spec)
+    return shape_instances(from_little_endian(body, dtype).reshape(shape), spec)
 
 
 def decode_npy(body: bytes, spec: TensorSpec) -> Instances:
@@ -63,12 +62,23 @@ def decode_npy(body: bytes, spec: TensorSpec) -> Instances:
 
 
 def encode_raw(outputs: Array) -> tuple[bytes, dict[str, str]]:
-    little = outputs.astype(outputs.dtype.newbyteorder("<"), copy=False)
     shape = ",".join(map(str, outputs.shape))
-    return little.tobytes(), {"X-Shape": shape, "X-Dtype": str(outputs.dtype)}
+    return to_little_endian(outputs), {"X-Shape": shape, "X-Dtype": str(outputs.dtype)}
 
 
 def encode_npy(outputs: Array) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, outputs, allow_pickle=False)
     return buffer.getvalue()
+
+
+def from_little_endian(data: bytes, dtype: np.dtype[Any]) -> Array:
+    """A flat, writable array in native byte order.
+
+    NOTE: a copy, because torch refuses to wrap a read-only buffer safely.
+    """
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
+
+
+def to_little_endian(array: Array) -> bytes:
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()

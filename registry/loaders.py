@@ -21,6 +21,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from torch.export.passes import move_to_device_pass
 
+from registry.codec import NUMPY_DTYPES
 from registry.errors import (
     ChecksumMismatch,
     ModelLoadFailed,
@@ -29,7 +30,7 @@ from registry.errors import (
     WeightsOutsideRoot,
 )
 from registry.manifest import ModelSpec, VersionSpec
-from registry.model import TORCH_DTYPES, LoadedModel
+from registry.model import LoadedModel
 
 WARMUP_BATCH = 2  # NOTE: two rows prove the batch axis is dynamic, which batching needs.
 
@@ -203,8 +204,7 @@ def load_version(
 
 
 def warmup_batch(spec: ModelSpec) -> np.ndarray:
-    dtype = TORCH_DTYPES[spec.input.dtype]
-    return torch.zeros((WARMUP_BATCH, *spec.input.shape), dtype=dtype).numpy()
+    return np.zeros((WARMUP_BATCH, *spec.input.shape), dtype=NUMPY_DTYPES[spec.input.dtype])
 
 
 def check_output(spec: ModelSpec, output: np.ndarray) -> None:

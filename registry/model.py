@@ -11,18 +11,6 @@ import torch
 from registry.batching import Array, Batcher
 from registry.manifest import ModelSpec, VersionSpec
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
 
 @dataclass(eq=False)
 class LoadedModel:

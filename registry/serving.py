@@ -40,7 +40,7 @@ async def predict(
     """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
     instances = decode(body, content_type, shape, model.spec.input)
     outputs = await run(model, instances.array, timeout_s)
-    headers = {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
+    headers = provenance(model)
     answer = outputs if instances.batched else outputs[0]
     wanted = _media(accept)
     if wanted == RAW:
@@ -52,6 +52,11 @@ async def predict(
         model.name, model.version.version, outputs, instances.batched, model.spec.output.labels
     )
     return Prediction(document, JSON, headers)
+
+
+def provenance(model: LoadedModel) -> dict[str, str]:
+    """The headers every prediction carries, so a client knows what answered."""
+    return {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
 
 
 async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from registry.batching import Array
+from registry.binary import from_little_endian, to_little_endian
 from registry.codec import NUMPY_DTYPES, Instances, shape_instances
 from registry.errors import InvalidInput, InvalidJSON
 from registry.manifest import TensorSpec
@@ -29,7 +30,6 @@ DATATYPES = {
     "uint8": "UINT8",
     "bool": "BOOL",
 }
-FROM_DATATYPE = {v2: name for name, v2 in DATATYPES.items()}
 INPUT, OUTPUT = "input", "output"
 
 
@@ -59,7 +59,7 @@ def decode_infer(
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     try:
         if size is not None:
-            flat = np.frombuffer(binary[:size], dtype=dtype.newbyteorder("<")).astype(dtype)
+            flat = from_little_endian(binary[:size], dtype)
         else:
             flat = np.asarray(tensor.get("data"), dtype=dtype).reshape(-1)
         array = flat.reshape(shape)
@@ -86,7 +86,7 @@ def encode_infer(
     if not binary:
         tensor["data"] = answer.reshape(-1)
         return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), None
-    raw = answer.astype(answer.dtype.newbyteorder("<"), copy=False).tobytes()
+    raw = to_little_endian(answer)
     tensor["parameters"] = {"binary_data_size": len(raw)}
     head = orjson.dumps(document)
     return head + raw, len(head)

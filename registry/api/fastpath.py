@@ -3,7 +3,7 @@
 FastAPI's per-request machinery (routing, dependency solving, exception middleware) costs
 several times a small model's forward pass. This serves exactly
 ``POST /models/{name}/predict`` and ``POST /models/{name}/versions/{version}/predict``
-with the same lease, the same ``serving.predict_json``, the same body limit and the same
+with the same lease, the same ``serving.predict``, the same body limit and the same
 error envelope as the FastAPI routes, which stay as the documented contract and serve
 these paths when the fast path is off (``REGISTRY_FAST_PATH=false``). Everything else
 passes through.

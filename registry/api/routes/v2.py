@@ -15,7 +15,7 @@ from registry import __version__
 from registry.api.deps import DefaultModelDep, RegistryDep, SettingsDep, VersionedModelDep
 from registry.errors import NotReady
 from registry.model import LoadedModel
-from registry.serving import run
+from registry.serving import provenance, run
 from registry.settings import Settings
 from registry.v2 import DATATYPES, INPUT, OUTPUT, decode_infer, encode_infer
 
@@ -96,7 +96,7 @@ async def _infer(request: Request, model: LoadedModel, settings: Settings) -> Re
     body, json_length = encode_infer(
         model.name, model.version.version, document, outputs, instances.batched
     )
-    headers = {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
+    headers = provenance(model)
     if json_length is not None:
         headers["Inference-Header-Content-Length"] = str(json_length)
         return Response(body, media_type="application/octet-stream", headers=headers)

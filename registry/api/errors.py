@@ -1,4 +1,8 @@
-"""The three exception handlers; every error leaves as ``{"error": {code, message, ...}}``."""
+"""The three exception handlers; every error leaves as ``{"error": {code, message, ...}}``.
+
+Except under ``/v2/``: the Open Inference Protocol fixes its error body as
+``{"error": "<message>"}``, so the path decides the shape, in ``error_response`` alone.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,10 @@ def error_response(
     message: str,
     headers: Mapping[str, str] | None = None,
     *,
-    v2: bool = False,
+    path: str,
     **details: Any,
 ) -> Response:
-    # NOTE: the Open Inference Protocol fixes its error body as {"error": "<message>"}.
-    error = message if v2 else {"code": code, "message": message, **details}
+    error = message if path.startswith("/v2/") else {"code": code, "message": message, **details}
     body = dumps({"error": error})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
@@ -53,8 +56,7 @@ def render_registry_error(exc: RegistryError, method: str, path: str) -> Respons
             exc.message,
             extra={"request_id": request_id.get()},
         )
-    v2 = path.startswith("/v2/")
-    return error_response(exc.status_code, exc.code, exc.message, headers, v2=v2, **exc.details)
+    return error_response(exc.status_code, exc.code, exc.message, headers, path=path, **exc.details)
 
 
 async def _registry_error(request: Request, exc: RegistryError) -> Response:
@@ -65,9 +67,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     problems = [
         {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
     ]
-    v2 = request.url.path.startswith("/v2/")
     return error_response(
-        422, "invalid_request", "the request is invalid", v2=v2, problems=problems
+        422, "invalid_request", "the request is invalid", path=request.url.path, problems=problems
     )
 
 
@@ -75,8 +76,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
-    v2 = request.url.path.startswith("/v2/")
-    return error_response(exc.status_code, code, message, exc.headers, v2=v2)
+    return error_response(exc.status_code, code, message, exc.headers, path=request.url.path)
 
 
 ExceptionHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]

@@ -50,7 +50,8 @@ class PredictFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            target = match_predict(scope["path"])
+            path = scope["path"]
+            target = match_predict(path)
         if target is None:
             await self.app(scope, receive, send)
             return
@@ -71,12 +72,13 @@ class PredictFastPath:
                     accept=headers.get(b"accept"),
                 )
         except RegistryError as exc:
-            await render_registry_error(exc, "POST", scope["path"])(scope, receive, send)
+            await render_registry_error(exc, "POST", path)(scope, receive, send)
             return
         except Exception:
             # NOTE: a bug here must cost one request, never the connection or the process.
             log.exception("prediction failed unexpectedly")
-            await error_response(500, "internal", "internal server error")(scope, receive, send)
+            response = error_response(500, "internal", "internal server error", path=path)
+            await response(scope, receive, send)
             return
         raw_headers = [(b"content-type", answer.media_type.encode())]
         raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]

@@ -68,6 +68,7 @@ class BodySizeLimit:
             error.code,
             error.message,
             {"Connection": "close"},
+            path=scope["path"],
             max_body_bytes=self.max_body_bytes,
         )
         await response(scope, receive, send)

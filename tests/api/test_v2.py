@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from fastapi.testclient import TestClient
+
+from registry.app import create_app
+from tests.conftest import make_settings, wait_ready
+from tests.factories import affine_model, write_manifest
 
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
 
@@ -58,3 +64,15 @@ def test_v2_inferences_are_counted_like_predictions(client: TestClient) -> None:
     client.post("/v2/models/lin/versions/1/infer", json=infer_body(X[0], [4]))
     metrics = client.get("/metrics").text
     assert 'registry_requests_total{model="lin",status="200",version="1"} 1.0' in metrics
+
+
+def test_a_body_over_the_limit_is_a_protocol_error(tmp_path: Path, weights: Path) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1",))])
+    with TestClient(create_app(make_settings(tmp_path, max_body_bytes=100))) as client:
+        wait_ready(client)
+        response = client.post("/v2/models/lin/infer", json=infer_body([0.0] * 64, [16, 4]))
+        native = client.post("/models/lin/predict", json={"inputs": [[0.0] * 4] * 16})
+    assert response.status_code == 413
+    assert "exceeds 100 bytes" in response.json()["error"]
+    assert native.status_code == 413
+    assert native.json()["error"]["code"] == "payload_too_large"

@@ -15,6 +15,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from registry.api.asgi import header, match_predict
 from registry.api.errors import error_response, render_registry_error
 from registry.api.limits import declared_length, too_large
 from registry.core import ModelRegistry
@@ -23,23 +24,6 @@ from registry.serving import predict
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def match_predict(path: str) -> tuple[str, str | None] | None:
-    """``(name, version or None)`` for the two predict paths, else None."""
-    parts = path.split("/")
-    if len(parts) == 4 and parts[1] == "models" and parts[3] == "predict" and parts[2]:
-        return parts[2], None
-    if (
-        len(parts) == 6
-        and parts[1] == "models"
-        and parts[3] == "versions"
-        and parts[5] == "predict"
-        and parts[2]
-        and parts[4]
-    ):
-        return parts[2], parts[4]
-    return None
 
 
 class PredictFastPath:
@@ -62,14 +46,13 @@ class PredictFastPath:
             with registry.lease(*target) as model:
                 state["served"] = (model.name, model.version.version)
                 received = await _read_body(receive, scope, self.max_body_bytes)
-                headers = _headers(scope)
                 answer = await predict(
                     model,
                     received,
                     timeout_s=settings.request_timeout_s,
-                    content_type=headers.get(b"content-type"),
-                    shape=headers.get(b"x-shape"),
-                    accept=headers.get(b"accept"),
+                    content_type=header(scope, b"content-type"),
+                    shape=header(scope, b"x-shape"),
+                    accept=header(scope, b"accept"),
                 )
         except RegistryError as exc:
             await render_registry_error(exc, "POST", path)(scope, receive, send)
@@ -84,11 +67,6 @@ class PredictFastPath:
         raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": answer.body})
-
-
-def _headers(scope: Scope) -> dict[bytes, str]:
-    wanted = (b"content-type", b"x-shape", b"accept")
-    return {name: value.decode("latin-1") for name, value in scope["headers"] if name in wanted}
 
 
 async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:

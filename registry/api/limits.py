@@ -11,6 +11,7 @@ import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.api.asgi import header
 from registry.api.errors import error_response
 from registry.errors import PayloadTooLarge
 
@@ -75,10 +76,8 @@ class BodySizeLimit:
 
 
 def declared_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def too_large(limit: int) -> PayloadTooLarge:

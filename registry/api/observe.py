@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api.fastpath import match_predict
+from registry.api.asgi import header, is_prediction
 from registry.logs import request_id
 from registry.metrics import UNKNOWN, Metrics
 
@@ -36,7 +36,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = _header(scope, b"x-request-id")
+        incoming = header(scope, b"x-request-id")
         rid = incoming if incoming and _ACCEPTABLE_ID.match(incoming) else next(self._fresh_ids)
         token = request_id.set(rid)
         status = 500
@@ -52,19 +52,16 @@ class Observe:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            model, version = _served(scope)
-            if scope["method"] == "POST" and _is_prediction(scope["path"]):
+            counted = scope["method"] == "POST" and is_prediction(scope["path"])
+            logged = self.log_requests or (status >= 500 and status != 503)
+            if counted or logged:
+                model, version = _served(scope)
                 metrics: Metrics | None = scope.get("state", {}).get("metrics")
-                if metrics is not None:
+                if counted and metrics is not None:
                     metrics.observe(model, version, status, elapsed)
-            if self.log_requests or (status >= 500 and status != 503):
-                _log_request(scope, status, elapsed, model, version)
+                if logged:
+                    _log_request(scope, status, elapsed, model, version)
             request_id.reset(token)
-
-
-def _is_prediction(path: str) -> bool:
-    v2_infer = path.startswith("/v2/models/") and path.endswith("/infer")
-    return v2_infer or match_predict(path) is not None
 
 
 def _served(scope: Scope) -> tuple[str, str]:
@@ -73,13 +70,6 @@ def _served(scope: Scope) -> tuple[str, str]:
     if isinstance(served, tuple):
         return str(served[0]), str(served[1])
     return UNKNOWN, UNKNOWN
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def _log_request(scope: Scope, status: int, elapsed: float, model: str, version: str) -> None:

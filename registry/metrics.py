@@ -8,9 +8,10 @@ the hot path pays nothing for it and it can never drift from the truth.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import prometheus_client as prometheus
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,14 +25,14 @@ UNKNOWN = "(unknown)"  # NOTE: bounds label cardinality when clients ask for abs
 
 class Metrics:
     def __init__(self, registry: ModelRegistry) -> None:
-        self.collectors = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.collectors = prometheus.CollectorRegistry(auto_describe=True)
+        self.requests = prometheus.Counter(
             "registry_requests",
             "Prediction requests answered, by model, version and HTTP status.",
             ["model", "version", "status"],
             registry=self.collectors,
         )
-        self.latency = Histogram(
+        self.latency = prometheus.Histogram(
             "registry_request_duration_seconds",
             "Prediction latency from first byte in to response start, by model and version.",
             ["model", "version"],
@@ -45,7 +46,7 @@ class Metrics:
         self.latency.labels(model, version).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.collectors)
+        return prometheus.generate_latest(self.collectors)
 
 
 class LiveState(Collector):
@@ -77,6 +78,11 @@ class LiveState(Collector):
             labels=["model", "version", "alias", "sha256"],
         )
         table = self._registry.table
+        # NOTE: a reloaded version may still drain under the same (model, version) key:
+        # one series each, so its leases are added up rather than emitted twice.
+        leases: Counter[tuple[str, str]] = Counter()
+        for retired in self._registry.draining:
+            leases[retired.name, retired.version.version] += retired.leases
         for key, slot in slots(table):
             spec = table[key.model].spec
             aliases = sorted(a for a, target in spec.aliases.items() if target == key.version)
@@ -86,13 +92,13 @@ class LiveState(Collector):
             model = slot.model
             if model is None:
                 continue
-            in_flight.add_metric(list(key), model.leases)
+            leases[key] += model.leases
             queued.add_metric(list(key), model.queue_depth)
             memory.add_metric(list(key), model.memory_bytes)
             load.add_metric(list(key), model.load_ms / 1000)
             warmup.add_metric(list(key), model.warmup_ms / 1000)
-        for model in self._registry.draining:
-            in_flight.add_metric([model.name, model.version.version], model.leases)
+        for (name, version), count in sorted(leases.items()):
+            in_flight.add_metric([name, version], count)
         reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
         for outcome, count in sorted(self._registry.reload_outcomes.items()):
             reloads.add_metric([outcome], count)

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from registry.core import ModelRegistry
 from registry.errors import ManifestError, ReloadFailed
+from registry.metrics import Metrics
 from registry.model import LoadedModel
 from tests.conftest import make_settings
 from tests.factories import (
@@ -48,6 +50,15 @@ async def registry(tmp_path: Path, weights: Path) -> AsyncIterator[ModelRegistry
     await registry.close()
 
 
+def give_lin_2_new_weights(directory: Path, weights: Path, seed: int) -> None:
+    """Rewrite lin:2's weight file as ``Affine(seed)``; the manifest changes only its sha256."""
+    entry = affine_model(weights, "lin", ("1", "2"), aliases={"stable": "1"})
+    entry["versions"][1]["sha256"] = write_state_dict(
+        weights, "lin/2/model.safetensors", Affine(seed=seed)
+    )
+    write_manifest(directory, [entry])
+
+
 async def predict(registry: ModelRegistry, name: str = "lin", version: str | None = None) -> Any:
     with registry.lease(name, version) as model:
         return model.version.version, await model.predict(X)
@@ -76,18 +87,7 @@ async def test_changed_weights_reload_that_version_only(
     registry: ModelRegistry, tmp_path: Path, weights: Path
 ) -> None:
     before = models_of(registry)
-    write_state_dict(weights, "lin/2/model.safetensors", Affine(seed=7))
-    entry = affine_model(weights, "lin", ("1",), aliases={"stable": "1"})
-    entry["versions"].append(
-        {
-            "version": "2",
-            "format": "state_dict",
-            "path": "lin/2/model.safetensors",
-            "architecture": "tests.factories:Affine",
-            "architecture_args": {"seed": 2},
-        }
-    )
-    write_manifest(tmp_path, [entry])
+    give_lin_2_new_weights(tmp_path, weights, seed=7)
     report = await registry.reload(actor="test")
     assert report.reloaded == ["lin:2"]
     assert report.unchanged == ["lin:1"]
@@ -270,17 +270,7 @@ async def test_fifty_reload_cycles_leave_no_retired_model_reachable(
         current = models_of(registry)["lin:2"]
         refs += [weakref.ref(current), weakref.ref(current.module)]
         del current
-        write_state_dict(weights, "lin/2/model.safetensors", Affine(seed=100 + cycle))
-        entry = affine_model(weights, "lin", ("1",))
-        entry["versions"].append(
-            {
-                "version": "2",
-                "format": "state_dict",
-                "path": "lin/2/model.safetensors",
-                "architecture": "tests.factories:Affine",
-            }
-        )
-        write_manifest(tmp_path, [entry])
+        give_lin_2_new_weights(tmp_path, weights, seed=100 + cycle)
         assert (await registry.reload(actor="test")).reloaded == ["lin:2"]
     await asyncio.sleep(0.1)
     gc.collect()
@@ -297,3 +287,22 @@ async def test_concurrent_requests_batch_into_outputs_equal_to_unbatched(
         together = await asyncio.gather(*(model.predict(row[np.newaxis]) for row in inputs))
     for expected, got in zip(alone, together, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+async def test_in_flight_metric_is_one_series_while_a_reloaded_version_drains(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    give_lin_2_new_weights(tmp_path, weights, seed=9)
+    with registry.lease("lin", "2") as held:
+        await registry.reload(actor="test")
+        assert registry.draining == [held]
+        with registry.lease("lin", "2"):
+            text = Metrics(registry).render().decode()
+    samples = [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "registry_in_flight_requests"
+        and sample.labels == {"model": "lin", "version": "2"}
+    ]
+    assert [sample.value for sample in samples] == [2.0]

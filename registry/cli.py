@@ -14,7 +14,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from registry import __version__
 from registry.settings import Settings
@@ -50,13 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+def _settings(args: argparse.Namespace) -> Settings:
     flags = {
         "manifest": args.manifest,
         "weights_dir": args.weights_dir,
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
-        **extra,
     }
     return Settings(**{key: value for key, value in flags.items() if value is not None})
 

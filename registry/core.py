@@ -10,7 +10,6 @@ table is released when its last lease ends.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections import Counter
@@ -316,8 +315,7 @@ class ModelRegistry:
             self._executor = None
         self._loader = None
         del models
-        gc.unfreeze()
-        gc.collect()
+        heap.collect_everything()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
         log.info("registry closed: every model released")

@@ -178,10 +178,13 @@ def parse_manifest(raw: object, *, source: str = "manifest") -> Manifest:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         problems = [_describe(raw, error["loc"], error["msg"]) for error in exc.errors()]
-        lines = "; ".join(
-            f"{p['model'] or '(top level)'}: {p['key']}: {p['reason']}" for p in problems
-        )
+        lines = "; ".join(problem_line(p) for p in problems)
         raise ManifestError(f"invalid manifest {source!r}: {lines}", problems=problems) from exc
+
+
+def problem_line(problem: Mapping[str, str | None]) -> str:
+    """``digits: versions[0].path: <reason>``: one problem as people read it."""
+    return f"{problem['model'] or '(top level)'}: {problem['key']}: {problem['reason']}"
 
 
 def _describe(raw: object, loc: Sequence[int | str], reason: str) -> dict[str, str | None]:

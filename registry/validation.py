@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from registry.errors import RegistryError
-from registry.manifest import load_manifest
+from registry.manifest import load_manifest, problem_line
 from registry.settings import Settings
 
 
@@ -18,7 +18,7 @@ def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
     except RegistryError as exc:
         problems = exc.details.get("problems")
         if isinstance(problems, list):
-            return [f"{p['model'] or '(top level)'}: {p['key']}: {p['reason']}" for p in problems]
+            return [problem_line(p) for p in problems]
         return [exc.message]
 
     from registry.loaders import load_version, verify_weights

@@ -19,6 +19,7 @@ from registry.api.schemas import (
     VersionInfo,
 )
 from registry.errors import ModelNotFound
+from registry.manifest import VersionSpec
 from registry.model import LoadedModel
 from registry.settings import Settings
 from registry.table import ModelEntry, VersionState
@@ -97,9 +98,16 @@ async def _predict(request: Request, model: LoadedModel, settings: Settings) -> 
 
 def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
     spec = entry.spec
-    versions = [_version_info(slot.spec.version, entry) for slot in entry.sorted_versions()]
+    versions = [
+        _version_info(slot.spec, slot.state, slot.model, slot.error)
+        for slot in entry.sorted_versions()
+    ]
     states = {v.state for v in versions}
-    versions += [_draining_info(model) for model in draining if model.name == spec.name]
+    versions += [
+        _version_info(model.version, VersionState.DRAINING, model)
+        for model in draining
+        if model.name == spec.name
+    ]
     state = next(
         (s for s in (VersionState.FAILED, VersionState.LOADING) if s in states),
         VersionState.READY,
@@ -117,32 +125,18 @@ def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
     )
 
 
-def _version_info(version: str, entry: ModelEntry) -> VersionInfo:
-    slot = entry.versions[version]
-    model = slot.model
+def _version_info(
+    spec: VersionSpec, state: VersionState, model: LoadedModel | None, error: str | None = None
+) -> VersionInfo:
     return VersionInfo(
-        version=version,
-        format=slot.spec.format,
-        state=slot.state,
-        error=slot.error,
-        sha256=slot.spec.sha256,
+        version=spec.version,
+        format=spec.format,
+        state=state,
+        error=error,
+        sha256=spec.sha256,
         load_ms=round(model.load_ms, 3) if model else None,
         warmup_ms=round(model.warmup_ms, 3) if model else None,
         memory_bytes=model.memory_bytes if model else None,
         in_flight=model.leases if model else 0,
         queue_depth=model.queue_depth if model else 0,
-    )
-
-
-def _draining_info(model: LoadedModel) -> VersionInfo:
-    return VersionInfo(
-        version=model.version.version,
-        format=model.version.format,
-        state=VersionState.DRAINING,
-        sha256=model.version.sha256,
-        load_ms=round(model.load_ms, 3),
-        warmup_ms=round(model.warmup_ms, 3),
-        memory_bytes=model.memory_bytes,
-        in_flight=model.leases,
-        queue_depth=model.queue_depth,
     )

@@ -92,8 +92,7 @@ async def _supervise(registry: ModelRegistry, settings: Settings, fatal: Fatal) 
     if not failures:
         log.info("ready: every model loaded")
         return
-    for failure in failures:
-        log.error("%s:%s did not load: %s", failure.model, failure.version, failure.reason)
+    # NOTE: the registry has logged each failure with its reason as it happened.
     if settings.strict_startup:
         log.critical(
             "strict start-up: %d version(s) failed to load; shutting down "

@@ -154,7 +154,8 @@ def test_strict_startup_exits_non_zero_when_a_model_fails(tmp_path: Path) -> Non
     write_manifest(tmp_path, [affine_model(weights, "good", ("1",)), broken])
     server = start(tmp_path, ["--manifest", str(tmp_path / "models.yaml")])
     assert server.process.wait(timeout=60) == 1, server.output()
-    assert "broken:1 did not load: no weight file 'gone.pt'" in server.output()
+    assert "failed to load broken:1: no weight file 'gone.pt'" in server.output()
+    assert "strict start-up: 1 version(s) failed to load" in server.output()
 
 
 def test_lenient_startup_serves_the_rest(tmp_path: Path) -> None:

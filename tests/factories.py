@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from safetensors.torch import save_file
@@ -76,6 +77,13 @@ class NoBatchAxis(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.sum()
+
+
+def affine_outputs(inputs: object, seed: int) -> np.ndarray:
+    """What ``Affine(seed)`` answers for ``inputs`` (array or nested lists), in-process."""
+    with torch.inference_mode():
+        out: torch.Tensor = Affine(seed=seed)(torch.as_tensor(np.asarray(inputs, np.float32)))
+    return out.numpy()
 
 
 def not_a_module() -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from registry.app import create_app
@@ -15,8 +14,8 @@ from registry.core import ModelRegistry
 from tests.conftest import FatalRecorder, make_settings, wait_ready
 from tests.factories import (
     TRIPWIRE,
-    Affine,
     affine_model,
+    affine_outputs,
     echo_model,
     model_entry,
     write_manifest,
@@ -25,17 +24,11 @@ from tests.factories import (
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
 
 
-def affine(x: list[list[float]], seed: int) -> np.ndarray:
-    with torch.inference_mode():
-        out: torch.Tensor = Affine(seed=seed)(torch.tensor(x, dtype=torch.float32))
-    return out.numpy()
-
-
 def test_single_instance_gets_one_output_and_label(client: TestClient) -> None:
     response = client.post("/models/lin/predict", json={"inputs": X[0]})
     assert response.status_code == 200
     body = response.json()
-    expected = affine(X[:1], seed=2)[0]
+    expected = affine_outputs(X[:1], seed=2)[0]
     np.testing.assert_allclose(body["outputs"], expected, rtol=1e-6)
     assert body["labels"] == "abc"[int(expected.argmax())]
     assert (body["model"], body["version"]) == ("lin", "2")
@@ -45,7 +38,7 @@ def test_single_instance_gets_one_output_and_label(client: TestClient) -> None:
 
 def test_batch_gets_lists(client: TestClient) -> None:
     body = client.post("/models/lin/predict", json={"inputs": X}).json()
-    expected = affine(X, seed=2)
+    expected = affine_outputs(X, seed=2)
     np.testing.assert_allclose(body["outputs"], expected, rtol=1e-6)
     assert body["labels"] == ["abc"[i] for i in expected.argmax(axis=1)]
 
@@ -58,7 +51,9 @@ def test_versioned_route_answers_the_concrete_version(
     assert response.status_code == 200
     assert response.json()["version"] == version
     assert response.headers["x-model-version"] == version
-    np.testing.assert_allclose(response.json()["outputs"], affine(X, int(version)), rtol=1e-6)
+    np.testing.assert_allclose(
+        response.json()["outputs"], affine_outputs(X, int(version)), rtol=1e-6
+    )
 
 
 def test_unknown_model_and_version_list_what_exists(client: TestClient) -> None:

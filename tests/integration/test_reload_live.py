@@ -14,9 +14,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 
-from tests.factories import Affine, affine_model, echo_model, write_manifest, write_state_dict
+from tests.factories import (
+    Affine,
+    affine_model,
+    affine_outputs,
+    echo_model,
+    write_manifest,
+    write_state_dict,
+)
 from tests.integration.server import Server, serving
 
 pytestmark = pytest.mark.integration
@@ -34,13 +40,6 @@ def replace_manifest(directory: Path, models: list[dict[str, Any]]) -> None:
     os.replace(staging / "models.yaml", directory / "models.yaml")
 
 
-def expected(seed: int) -> np.ndarray:
-    with torch.inference_mode():
-        out: torch.Tensor = Affine(seed=seed)(torch.tensor([X]))
-    row: np.ndarray = out.numpy()[0]
-    return row
-
-
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Server]:
     write_manifest(tmp_path, [affine_model(tmp_path / "weights", "flip", ("1",))])
@@ -54,7 +53,7 @@ def test_reloads_under_load_drop_no_request(live: Server, tmp_path: Path) -> Non
         [affine_model(weights, "flip", ("1",))],
         [affine_model(weights, "flip", ("2",))],
     ]
-    outputs = {"1": expected(1), "2": expected(2)}
+    outputs = {"1": affine_outputs(X, 1), "2": affine_outputs(X, 2)}
     results: list[tuple[int, str | None, Any]] = []
     reloads: list[httpx.Response] = []
     done = threading.Event()
@@ -210,5 +209,5 @@ def test_sighup_reloads(live: Server, tmp_path: Path) -> None:
             time.sleep(0.05)
         answer = client.post("/models/flip/predict", json={"inputs": X})
     assert answer.headers["x-model-version"] == "5"
-    np.testing.assert_allclose(answer.json()["outputs"], expected(5), rtol=1e-5)
+    np.testing.assert_allclose(answer.json()["outputs"], affine_outputs(X, 5), rtol=1e-5)
     assert "reload by signal applied" in live.output()

@@ -21,6 +21,7 @@ from registry.manifest import ModelSpec, parse_manifest
 from tests.factories import (
     FEATURES,
     Affine,
+    affine_outputs,
     echo_model,
     model_entry,
     state_dict_version,
@@ -35,12 +36,6 @@ PACKAGE = Path(__file__).parents[2] / "registry"
 
 def spec_of(entry: dict[str, object]) -> ModelSpec:
     return parse_manifest({"models": [entry]}).models[0]
-
-
-def expected(x: np.ndarray, seed: int = 1) -> np.ndarray:
-    with torch.inference_mode():
-        out: torch.Tensor = Affine(seed=seed).eval()(torch.from_numpy(x))
-    return out.numpy()
 
 
 INPUTS = np.random.default_rng(0).standard_normal((7, FEATURES)).astype(np.float32)
@@ -73,8 +68,10 @@ def test_each_format_loads_warms_up_and_predicts(weights: Path, fmt: str, relati
     assert model.memory_bytes == (FEATURES * 3 + 3) * 4
     assert model.load_ms > 0
     assert model.warmup_ms > 0
-    np.testing.assert_allclose(model.predict_batch(INPUTS), expected(INPUTS), rtol=1e-6)
-    np.testing.assert_allclose(model.predict_batch(INPUTS[:1]), expected(INPUTS[:1]), rtol=1e-6)
+    np.testing.assert_allclose(model.predict_batch(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_batch(INPUTS[:1]), affine_outputs(INPUTS[:1], 1), rtol=1e-6
+    )
 
 
 def load_single(weights: Path, version: dict[str, object], **model: Any) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry.core import ModelRegistry
@@ -20,6 +19,7 @@ from tests.conftest import make_settings
 from tests.factories import (
     Affine,
     affine_model,
+    affine_outputs,
     echo_model,
     write_manifest,
     write_state_dict,
@@ -32,12 +32,6 @@ X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def affine(seed: int) -> np.ndarray:
-    with torch.inference_mode():
-        out: torch.Tensor = Affine(seed=seed)(torch.from_numpy(X))
-    return out.numpy()
 
 
 @pytest.fixture
@@ -98,7 +92,7 @@ async def test_changed_weights_reload_that_version_only(
     assert after["lin:2"] is not before["lin:2"]
     version, out = await predict(registry)
     assert version == "2"
-    np.testing.assert_allclose(out, affine(7), rtol=1e-6)
+    np.testing.assert_allclose(out, affine_outputs(X, 7), rtol=1e-6)
 
 
 async def test_alias_and_default_changes_load_nothing(
@@ -128,7 +122,9 @@ async def test_added_and_removed_models(
     assert report.added == ["other:3"]
     assert sorted(report.removed) == ["lin:1", "lin:2"]
     assert list(registry.table) == ["other"]
-    np.testing.assert_allclose((await predict(registry, "other"))[1], affine(3), rtol=1e-6)
+    np.testing.assert_allclose(
+        (await predict(registry, "other"))[1], affine_outputs(X, 3), rtol=1e-6
+    )
 
 
 def _invalid_yaml(directory: Path, _: Path) -> None:
@@ -231,7 +227,9 @@ async def test_a_leased_version_drains_before_release(
         await registry.reload(actor="test")
         assert held.retired
         assert registry.draining == [held]
-        np.testing.assert_allclose(await held.predict(X), affine(2), rtol=1e-6)  # still serves
+        np.testing.assert_allclose(
+            await held.predict(X), affine_outputs(X, 2), rtol=1e-6
+        )  # still serves
     await asyncio.sleep(0.1)
     assert registry.draining == []
     with pytest.raises(RuntimeError, match="not started"):

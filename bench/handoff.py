@@ -1,0 +1,83 @@
+"""``python -m bench.handoff``: what running the forward on a worker thread costs one request.
+
+At concurrency 1 on a small model the HTTP round trip is a few hundred microseconds, so
+the two thread hand-offs of the serving path (event loop → inference thread → event
+loop, DESIGN section 5) are a large share of it. This measures them in-process, with the
+real ``Batcher`` on uvloop and the ``tiny`` MLP: the same lone requests, one after
+another, through ``Batcher.submit`` and by calling the forward directly. ``--same-core``
+pins the process to one CPU first, which shows how much of the cost is waking an idle
+CPU rather than the Python around the hand-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import torch
+import uvloop
+
+from registry.batching import Array, Batcher
+from registry.examples.mlp import MLP
+from registry.manifest import BatchingSpec
+
+WIDTHS = [64, 128, 10]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.handoff", description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000, help="per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--same-core", action="store_true", help="pin to one CPU first")
+    args = parser.parse_args()
+    if args.same_core:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    uvloop.run(compare(args.requests, args.repeats))
+
+
+async def compare(requests: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = MLP(WIDTHS).eval()
+
+    def forward(inputs: Array) -> Array:
+        with torch.inference_mode():
+            output: Array = model(torch.from_numpy(inputs)).numpy()
+        return output
+
+    sample = np.random.default_rng(0).standard_normal((1, WIDTHS[0]), dtype=np.float32)
+    batcher = Batcher(forward, BatchingSpec(max_batch_size=16), key="tiny:1")
+    batcher.start()
+
+    async def direct(inputs: Array) -> Array:
+        return forward(inputs)
+
+    try:
+        threaded = await per_request_us(batcher.submit, sample, requests, repeats)
+        inline = await per_request_us(direct, sample, requests, repeats)
+    finally:
+        await batcher.stop()
+    print(f"forward on the inference thread: {threaded:7.1f} µs per request (median)")
+    print(f"forward called directly:         {inline:7.1f} µs per request (median)")
+    print(f"the two hand-offs:               {threaded - inline:7.1f} µs")
+
+
+async def per_request_us(
+    call: Callable[[Array], Awaitable[Array]], sample: Array, requests: int, repeats: int
+) -> float:
+    for _ in range(1_000):  # NOTE: warm the thread, the allocator and torch's dispatch
+        await call(sample)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(requests):
+            await call(sample)
+        timings.append((time.perf_counter() - started) / requests * 1e6)
+    return statistics.median(timings)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,10 +23,12 @@ class GatedForward:
 
     def __init__(self, fail_on: float | None = None) -> None:
         self.batches: list[int] = []
+        self.entered = threading.Event()  # a pass has started
         self.gate = threading.Event()
         self.fail_on = fail_on
 
     def __call__(self, inputs: Array) -> Array:
+        self.entered.set()
         self.gate.wait(timeout=10)
         self.batches.append(len(inputs))
         if self.fail_on is not None and (inputs == self.fail_on).any():
@@ -44,11 +46,17 @@ async def started(forward: GatedForward, **config: int) -> Batcher:
     return batcher
 
 
+async def occupied(batcher: Batcher, forward: GatedForward, inputs: Array) -> asyncio.Task[Array]:
+    """Submit ``inputs`` and wait until their pass runs (held at the gate): what follows queues."""
+    running = asyncio.create_task(batcher.submit(inputs))
+    assert await asyncio.to_thread(forward.entered.wait, 10)
+    return running
+
+
 async def test_idle_request_runs_at_once_and_queued_ones_share_a_pass() -> None:
     forward = GatedForward()
     batcher = await started(forward, max_batch_size=8)
-    first = asyncio.create_task(batcher.submit(rows(1)))
-    await asyncio.sleep(0.05)  # the first pass is now running (blocked on the gate)
+    first = await occupied(batcher, forward, rows(1))
     rest = [asyncio.create_task(batcher.submit(rows(v, v + 0.5))) for v in (2, 3, 4)]
     await asyncio.sleep(0.05)
     assert batcher.queue_depth == 3
@@ -76,8 +84,7 @@ async def test_batches_never_exceed_max_batch_size() -> None:
 async def test_a_failed_batch_fails_its_waiters_and_the_next_batch_succeeds() -> None:
     forward = GatedForward(fail_on=-1)
     batcher = await started(forward, max_batch_size=8)
-    blocker = asyncio.create_task(batcher.submit(rows(0)))
-    await asyncio.sleep(0.05)
+    blocker = await occupied(batcher, forward, rows(0))
     doomed = [asyncio.create_task(batcher.submit(rows(v))) for v in (-1, 5)]
     await asyncio.sleep(0.05)
     forward.gate.set()
@@ -92,8 +99,7 @@ async def test_a_failed_batch_fails_its_waiters_and_the_next_batch_succeeds() ->
 async def test_queue_bound_answers_queue_full() -> None:
     forward = GatedForward()
     batcher = await started(forward, max_batch_size=1, max_queue=2)
-    running = asyncio.create_task(batcher.submit(rows(0)))
-    await asyncio.sleep(0.05)
+    running = await occupied(batcher, forward, rows(0))
     queued = [asyncio.create_task(batcher.submit(rows(v))) for v in (1, 2)]
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as caught:
@@ -107,8 +113,7 @@ async def test_queue_bound_answers_queue_full() -> None:
 async def test_a_cancelled_request_is_skipped_while_queued() -> None:
     forward = GatedForward()
     batcher = await started(forward, max_batch_size=8)
-    running = asyncio.create_task(batcher.submit(rows(0)))
-    await asyncio.sleep(0.05)
+    running = await occupied(batcher, forward, rows(0))
     abandoned = asyncio.create_task(batcher.submit(rows(1)))
     kept = asyncio.create_task(batcher.submit(rows(2)))
     await asyncio.sleep(0.01)
@@ -123,8 +128,7 @@ async def test_a_cancelled_request_is_skipped_while_queued() -> None:
 async def test_stop_fails_what_is_queued_and_refuses_new_work() -> None:
     forward = GatedForward()
     batcher = await started(forward, max_batch_size=1)
-    running = asyncio.create_task(batcher.submit(rows(0)))
-    await asyncio.sleep(0.05)
+    running = await occupied(batcher, forward, rows(0))
     queued = asyncio.create_task(batcher.submit(rows(1)))
     await asyncio.sleep(0.01)
     forward.gate.set()

@@ -31,12 +31,10 @@ import httpx
 import numpy as np
 import torch
 
-from bench import load
+from bench import MAX_BATCH, MODELS, load
 from registry.examples.mlp import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"tiny": [64, 128, 10], "medium": [512, 2048, 2048, 512]}
-MAX_BATCH = 16
 
 
 def main() -> None:

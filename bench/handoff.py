@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import uvloop
 
+from bench import MAX_BATCH, MODELS
 from registry.batching import Array, Batcher
 from registry.examples.mlp import MLP
 from registry.manifest import BatchingSpec
 
-WIDTHS = [64, 128, 10]
+WIDTHS = MODELS["tiny"]
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ async def compare(requests: int, repeats: int) -> None:
         return output
 
     sample = np.random.default_rng(0).standard_normal((1, WIDTHS[0]), dtype=np.float32)
-    batcher = Batcher(forward, BatchingSpec(max_batch_size=16), key="tiny:1")
+    batcher = Batcher(forward, BatchingSpec(max_batch_size=MAX_BATCH), key="tiny:1")
     batcher.start()
 
     async def direct(inputs: Array) -> Array:

@@ -17,26 +17,29 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
 
 from registry import diff, heap
-from registry.diff import ReloadReport, VersionKey, fingerprint_manifest
+from registry.diff import ReloadReport, VersionKey, fingerprint_manifest, loaded_fingerprint
 from registry.errors import (
     ModelLoading,
     ModelNotFound,
     ModelUnavailable,
     RegistryError,
+    RemovesEveryModel,
     ShuttingDown,
     VersionNotFound,
 )
-from registry.loaders import WeightDigests, load_version
-from registry.manifest import Manifest, ModelSpec, VersionSpec, load_manifest
+from registry.loaders import load_version
+from registry.manifest import ModelSpec, VersionSpec, load_manifest
 from registry.model import LoadedModel
 from registry.reload import Fresh, load_plan, log_done, log_refused, refusal
 from registry.settings import Settings
 from registry.table import Table, VersionState, live_models, loading_table, slots, table_after
+from registry.weightfiles import WeightDigests
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,7 +107,7 @@ class ModelRegistry:
         self._table = loading_table(manifest)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-load")
         self._loader = asyncio.get_running_loop().create_task(
-            self._load_startup(manifest), name="registry-startup-load"
+            self._load_startup(), name="registry-startup-load"
         )
         log.info(
             "loading %d versions of %d models from %s",
@@ -119,26 +122,19 @@ class ModelRegistry:
             raise RuntimeError("start() was not called")
         return await asyncio.shield(self._loader)
 
-    async def _load_startup(self, manifest: Manifest) -> list[LoadFailure]:
+    async def _load_startup(self) -> list[LoadFailure]:
         async with self._reload_lock:
-            found, unfound = await self._on_loader(
-                fingerprint_manifest, manifest, self._settings.weights_root, self._digests
-            )
             for key, slot in slots(self._table):
                 if self._closing:
                     break
-                error = unfound.get(key)
-                if error is None:
-                    try:
-                        model = await self._load(self._table[key.model].spec, slot.spec)
-                    except RegistryError as exc:
-                        error = exc.message
-                if error is not None:
-                    slot.error = error
-                    log.error("failed to load %s: %s", key, error)
+                try:
+                    model = await self._load(self._table[key.model].spec, slot.spec)
+                except RegistryError as exc:
+                    slot.error = exc.message
+                    log.error("failed to load %s: %s", key, exc.message)
                     continue
                 model.start()
-                slot.model, slot.fingerprint = model, found[key]
+                slot.model, slot.fingerprint = model, loaded_fingerprint(model)
                 log.info(
                     "loaded %s in %.0f ms (warm-up %.0f ms, %d bytes)",
                     key,
@@ -155,18 +151,29 @@ class ModelRegistry:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def _load(self, model: ModelSpec, version: VersionSpec) -> LoadedModel:
-        root = self._settings.weights_root
-        return await self._on_loader(load_version, model, version, root, self._digests)
+        return await self._on_loader(
+            partial(
+                load_version,
+                model,
+                version,
+                self._settings.weights_root,
+                factories=self._settings.architecture_factories,
+            )
+        )
 
-    async def reload(self, *, actor: str, dry_run: bool = False) -> ReloadReport:
+    async def reload(
+        self, *, actor: str, dry_run: bool = False, allow_remove_all: bool = False
+    ) -> ReloadReport:
         """Apply the manifest as it is on disk now: all of it, or nothing.
 
         Raises ``ManifestError`` or ``ReloadFailed`` (carrying the report) and changes
-        nothing when the manifest is invalid or any new version fails to load. Every
-        outcome is logged as one line saying who asked (``actor``) and what changed.
+        nothing when the manifest is invalid or any new version fails to load, and
+        ``RemovesEveryModel`` when no model served now would be kept, unless
+        ``allow_remove_all``. Every outcome is logged as one line saying who asked
+        (``actor``) and what changed.
         """
         try:
-            report = await self._reload(dry_run)
+            report = await self._reload(dry_run, allow_remove_all)
         except RegistryError as exc:
             self.reload_outcomes[exc.code] += 1
             log_refused(actor, dry_run, exc)
@@ -176,7 +183,7 @@ class ModelRegistry:
         log_done(actor, outcome, report)
         return report
 
-    async def _reload(self, dry_run: bool) -> ReloadReport:
+    async def _reload(self, dry_run: bool, allow_remove_all: bool) -> ReloadReport:
         async with self._reload_lock:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -204,6 +211,13 @@ class ModelRegistry:
 
             if failed:
                 raise refusal(report(False))
+            if plan.removes_every_model and not allow_remove_all:
+                raise RemovesEveryModel(
+                    "reload refused, nothing changed: the manifest keeps none of the models "
+                    f"served now ({', '.join(sorted(current))}); ask for it explicitly with "
+                    "allow_remove_all=true",
+                    report=report(False).model_dump(),
+                )
             if dry_run:
                 return report(False)
             self._pending = plan.to_load

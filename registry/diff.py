@@ -20,9 +20,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import RegistryError
-from registry.loaders import WeightDigests, resolve_weights
 from registry.manifest import Manifest, ModelSpec, VersionSpec
 from registry.model import LoadedModel
+from registry.weightfiles import WeightDigests, resolve_weights
 
 
 class VersionKey(NamedTuple):
@@ -51,6 +51,15 @@ def fingerprint_manifest(
                 continue
             found[key] = fingerprint(model, version, digests.digest(path))
     return found, failed
+
+
+def loaded_fingerprint(model: LoadedModel) -> str:
+    """The fingerprint of what a version was actually loaded from.
+
+    NOTE: a file may change between planning and loading; the loaded bytes' own digest
+    makes the next reload see that change instead of trusting the planned one.
+    """
+    return fingerprint(model.spec, model.version, model.weights_sha256)
 
 
 def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> str:
@@ -82,6 +91,12 @@ class Plan:
     reloaded: tuple[VersionKey, ...]
     unchanged: tuple[VersionKey, ...]
     alias_moves: tuple[AliasMove, ...]
+
+    @property
+    def removes_every_model(self) -> bool:
+        """Every model served before is gone: what a truncated manifest looks like."""
+        kept = {key.model for key in self.unchanged + self.reloaded}
+        return bool(self.removed) and not kept
 
     @property
     def to_load(self) -> tuple[VersionKey, ...]:

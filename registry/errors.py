@@ -6,12 +6,15 @@ here imports FastAPI, so the loaders and the registry stay usable without a web 
 
     RegistryError                      500 internal
     ├── ManifestError                  422 invalid_manifest
+    │   └── UnsafeArchitecture         422 unsafe_architecture (not an nn.Module subclass)
     ├── WeightsError                   422 invalid_weights
     │   ├── WeightsNotFound            422 weights_not_found
     │   ├── WeightsOutsideRoot         422 weights_outside_root
-    │   └── ChecksumMismatch           422 checksum_mismatch
+    │   ├── ChecksumMismatch           422 checksum_mismatch
+    │   └── UnsafeWeights              422 unsafe_weights   (would run code if loaded)
     ├── ModelLoadFailed                500 model_load_failed
     ├── ReloadFailed                   422 reload_failed    (nothing was changed)
+    │   └── RemovesEveryModel          422 removes_every_model
     ├── NotFound                       404 not_found
     │   ├── ModelNotFound              404 model_not_found
     │   └── VersionNotFound            404 version_not_found
@@ -22,6 +25,8 @@ here imports FastAPI, so the loaders and the registry stay usable without a web 
     ├── InvalidInput                   422 invalid_input
     ├── UnsupportedMediaType           415 unsupported_media_type
     ├── PayloadTooLarge                413 payload_too_large
+    ├── RequestTimeout                 408 request_timeout  (the body came too slowly)
+    ├── ClientClosedRequest            499 client_closed_request (never sent: metrics, logs)
     ├── Unavailable                    503 unavailable      (carries Retry-After)
     │   ├── NotReady                   503 not_ready
     │   ├── ModelLoading               503 model_loading
@@ -53,6 +58,12 @@ class ManifestError(RegistryError):
     status_code, code = 422, "invalid_manifest"
 
 
+class UnsafeArchitecture(ManifestError):
+    """An ``architecture`` that is not an ``nn.Module`` subclass nor an allowed factory."""
+
+    code = "unsafe_architecture"
+
+
 class WeightsError(RegistryError):
     status_code, code = 422, "invalid_weights"
 
@@ -69,6 +80,12 @@ class ChecksumMismatch(WeightsError):
     code = "checksum_mismatch"
 
 
+class UnsafeWeights(WeightsError):
+    """The file holds something (a pickle, a shared library) that loading would execute."""
+
+    code = "unsafe_weights"
+
+
 class ModelLoadFailed(RegistryError):
     """Loading, building or warming up a version failed; the cause is in the message."""
 
@@ -79,6 +96,12 @@ class ReloadFailed(RegistryError):
     """A reload was refused as a whole; ``report`` says which version failed and why."""
 
     status_code, code = 422, "reload_failed"
+
+
+class RemovesEveryModel(ReloadFailed):
+    """Refused unless asked for explicitly: a reload whose manifest keeps no served model."""
+
+    code = "removes_every_model"
 
 
 class NotFound(RegistryError):
@@ -119,6 +142,21 @@ class UnsupportedMediaType(RegistryError):
 
 class PayloadTooLarge(RegistryError):
     status_code, code = 413, "payload_too_large"
+
+
+class RequestTimeout(RegistryError):
+    """The body did not arrive within ``REGISTRY_BODY_TIMEOUT_S``; the connection is closed."""
+
+    status_code, code = 408, "request_timeout"
+
+
+class ClientClosedRequest(RegistryError):
+    """The client hung up before its body arrived: its doing, not a server fault.
+
+    Recorded as nginx's 499 in metrics and the access log; the answer reaches nobody.
+    """
+
+    status_code, code = 499, "client_closed_request"
 
 
 class Unavailable(RegistryError):

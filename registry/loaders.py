@@ -1,97 +1,39 @@
 """From a manifest entry to a ``LoadedModel``: find, verify, load, warm up.
 
 Security lives here: weight paths are confined to the weights root (symlinks included),
-checksums are verified before a byte is deserialised, and nothing is unpickled except
-through ``torch.load(weights_only=True)``.
+checksums are verified on the very bytes that are deserialised, nothing is unpickled except
+through ``torch.load(weights_only=True)`` (``.pt2`` archives are checked first, see
+``registry.pt2``), and an architecture must be an ``nn.Module`` subclass unless the operator
+allows a factory by name.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import threading
+import io
+import logging
+import re
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch.export.passes import move_to_device_pass
 
 from registry.codec import NUMPY_DTYPES
-from registry.errors import (
-    ChecksumMismatch,
-    ModelLoadFailed,
-    RegistryError,
-    WeightsNotFound,
-    WeightsOutsideRoot,
-)
+from registry.errors import ModelLoadFailed, RegistryError, UnsafeArchitecture
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
+from registry.pt2 import check_exported_archive
+from registry.weightfiles import read_weights
+
+log = logging.getLogger(__name__)
 
 WARMUP_BATCH = 2  # NOTE: two rows prove the batch axis is dynamic, which batching needs.
-
-
-def resolve_weights(root: Path, version: VersionSpec) -> Path:
-    """The weight file's real path, refusing any that resolves outside ``root``."""
-    root = root.resolve()
-    path = (root / version.path).resolve()
-    if not path.is_relative_to(root):
-        raise WeightsOutsideRoot(
-            f"{str(version.path)!r} resolves outside the weights root", path=str(version.path)
-        )
-    if not path.is_file():
-        raise WeightsNotFound(f"no weight file {str(version.path)!r}", path=str(version.path))
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class WeightDigests:
-    """sha256 of weight files, hashed again only when a file's size, mtime or inode changes.
-
-    Reloads fingerprint every weight file; without this a manifest of large models would
-    be re-hashed on every poll.
-    """
-
-    def __init__(self) -> None:
-        self._known: dict[Path, tuple[tuple[int, int, int], str]] = {}
-        self._lock = threading.Lock()
-
-    def digest(self, path: Path) -> str:
-        status = path.stat()
-        stamp = (status.st_size, status.st_mtime_ns, status.st_ino)
-        with self._lock:
-            known = self._known.get(path)
-        if known is not None and known[0] == stamp:
-            return known[1]
-        digest = file_sha256(path)
-        with self._lock:
-            self._known[path] = (stamp, digest)
-        return digest
-
-
-def verify_weights(root: Path, version: VersionSpec, digests: WeightDigests | None = None) -> Path:
-    """Resolve the weight file and check its declared sha256; returns the path."""
-    path = resolve_weights(root, version)
-    if version.sha256 is None:
-        return path
-    actual = digests.digest(path) if digests else file_sha256(path)
-    if actual != version.sha256:
-        raise ChecksumMismatch(
-            f"sha256 of {str(version.path)!r} is {actual}, the manifest says {version.sha256}",
-            path=str(version.path),
-        )
-    return path
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -106,36 +48,52 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def import_architecture(reference: str) -> Callable[..., object]:
-    """``package.module:factory`` → the factory; the manifest is trusted operator config."""
+def import_architecture(
+    reference: str, factories: Collection[str] = ()
+) -> Callable[..., nn.Module]:
+    """``package.module:Name`` → an ``nn.Module`` subclass, checked before anything is called.
+
+    A plain callable passes only when the operator names it in ``factories``
+    (``REGISTRY_ARCHITECTURE_FACTORIES``): otherwise write access to the manifest would be
+    code execution (``architecture: "os:system"`` runs a shell command when called).
+    """
     module_name, _, attribute = reference.partition(":")
-    factory: object = getattr(importlib.import_module(module_name), attribute)
-    if not callable(factory):
-        raise TypeError(f"{reference} is not callable")
-    return factory
+    try:
+        target: object = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UnsafeArchitecture(f"architecture {reference!r} cannot be imported: {exc}") from exc
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        return target
+    if reference in factories and callable(target):
+        return target
+    raise UnsafeArchitecture(
+        f"architecture {reference!r} is not an nn.Module subclass; a factory function must be "
+        "listed in REGISTRY_ARCHITECTURE_FACTORIES to be called"
+    )
 
 
-def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_safetensors(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def read_state_dict(data: bytes, suffix: str) -> Mapping[str, torch.Tensor]:
+    if suffix == ".safetensors":
+        return load_safetensors(data)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
-        raise TypeError(f"{path.name} does not hold a flat state dict of tensors")
+        raise TypeError("the file does not hold a flat state dict of tensors")
     return state
 
 
-def _load_torchscript(path: Path, _: VersionSpec, device: torch.device) -> nn.Module:
+def _load_torchscript(data: bytes, _: VersionSpec, device: torch.device) -> nn.Module:
     with warnings.catch_warnings():
         # NOTE: TorchScript is deprecated upstream yet still what most users have on disk.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
-        module: nn.Module = torch.jit.load(str(path), map_location=device)
+        module: nn.Module = torch.jit.load(io.BytesIO(data), map_location=device)
     return module.eval()
 
 
-def _load_exported(path: Path, _: VersionSpec, device: torch.device) -> nn.Module:
-    program = torch.export.load(path)
+def _load_exported(data: bytes, _: VersionSpec, device: torch.device) -> nn.Module:
+    check_exported_archive(data)
+    program = torch.export.load(io.BytesIO(data))
     if device.type != "cpu":
         program = move_to_device_pass(program, device)
     # NOTE: an exported graph keeps the mode it was traced in; .eval() is not supported.
@@ -143,20 +101,36 @@ def _load_exported(path: Path, _: VersionSpec, device: torch.device) -> nn.Modul
     return module
 
 
-def _load_state_dict(path: Path, version: VersionSpec, device: torch.device) -> nn.Module:
+def _load_state_dict(
+    data: bytes, version: VersionSpec, device: torch.device, factories: Collection[str]
+) -> nn.Module:
     assert version.architecture is not None  # noqa: S101 (the manifest guarantees it)
-    module = import_architecture(version.architecture)(**version.architecture_args)
+    architecture = import_architecture(version.architecture, factories)
+    module = architecture(**version.architecture_args)
     if not isinstance(module, nn.Module):
         raise TypeError(f"{version.architecture} built {type(module).__name__}, not nn.Module")
-    module.load_state_dict(read_state_dict(path), strict=True)
+    module.load_state_dict(read_state_dict(data, version.path.suffix), strict=True)
     return module.to(device).eval()
 
 
-LOADERS: dict[str, Callable[[Path, VersionSpec, torch.device], nn.Module]] = {
-    "torchscript": _load_torchscript,
-    "exported": _load_exported,
-    "state_dict": _load_state_dict,
-}
+def deserialise(
+    data: bytes, version: VersionSpec, device: torch.device, factories: Collection[str] = ()
+) -> nn.Module:
+    """The module held by ``data``, read the one way its format allows."""
+    if version.format == "torchscript":
+        return _load_torchscript(data, version, device)
+    if version.format == "exported":
+        return _load_exported(data, version, device)
+    return _load_state_dict(data, version, device, factories)
+
+
+def check_loadable(version: VersionSpec, weights_root: Path, factories: Collection[str]) -> None:
+    """What ``load_version`` refuses before deserialising, without building a model."""
+    weights = read_weights(weights_root, version)
+    if version.format == "exported":
+        check_exported_archive(weights.data)
+    if version.architecture is not None:
+        import_architecture(version.architecture, factories)
 
 
 def memory_bytes(module: nn.Module) -> int:
@@ -168,17 +142,19 @@ def load_version(
     spec: ModelSpec,
     version: VersionSpec,
     weights_root: Path,
-    digests: WeightDigests | None = None,
+    *,
+    factories: Collection[str] = (),
 ) -> LoadedModel:
     """Verify, load and warm up one version; blocking, so run it off the event loop.
 
-    Any failure is a ``RegistryError`` naming the model and version.
+    The file is read once: its checksum, the archive check and deserialisation all see the
+    same bytes. Any failure is a ``RegistryError`` naming the model and version.
     """
     started = time.perf_counter()
     try:
-        path = verify_weights(weights_root, version, digests)
+        weights = read_weights(weights_root, version)
         device = resolve_device(spec.device)
-        module = LOADERS[version.format](path, version, device)
+        module = deserialise(weights.data, version, device, factories)
     except RegistryError as exc:
         exc.details.setdefault("model", spec.name)
         exc.details.setdefault("version", version.version)
@@ -192,7 +168,9 @@ def load_version(
         device=device,
         memory_bytes=memory_bytes(module),
         load_ms=(time.perf_counter() - started) * 1000,
+        weights_sha256=weights.sha256,
     )
+    del weights  # NOTE: the file's bytes, no longer needed once the module holds its tensors
     if spec.warmup:
         started = time.perf_counter()
         try:
@@ -221,10 +199,23 @@ def check_output(spec: ModelSpec, output: np.ndarray) -> None:
         )
 
 
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s'"`/:,()]+/)+(?=[^\s'"`/:,()])""")
+
+
+def redact_paths(text: str) -> str:
+    """``... /srv/models/x/model.pt ...`` → ``... model.pt ...``: a file's name, not its path.
+
+    Load errors reach ``GET /models``; the server's directory layout must not.
+    """
+    return _ABSOLUTE_PATH.sub("", text)
+
+
 def _load_failed(
     spec: ModelSpec, version: VersionSpec, stage: str, exc: Exception
 ) -> ModelLoadFailed:
-    reason = f"{type(exc).__name__}: {exc}".strip()
+    # NOTE: the full error, paths included, is for the operator's log only.
+    log.warning("%s:%s failed during %s", spec.name, version.version, stage, exc_info=exc)
+    reason = redact_paths(f"{type(exc).__name__}: {exc}".strip())
     return ModelLoadFailed(
         f"{spec.name}:{version.version} failed during {stage}: {reason}",
         model=spec.name,

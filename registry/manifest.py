@@ -148,11 +148,20 @@ class ModelSpec(BaseModel):
 class Manifest(BaseModel):
     model_config = _STRICT
 
-    models: tuple[ModelSpec, ...] = ()
+    models: tuple[ModelSpec, ...] = Field(default=(), validate_default=True)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _none_is_empty(cls, models: object) -> object:
+        return () if models is None else models  # NOTE: `models:` with nothing under it
 
     @field_validator("models")
     @classmethod
-    def _unique_names(cls, models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+    def _some_and_unique(cls, models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+        # NOTE: an empty manifest is far more often a file caught mid-write or truncated
+        # than a wish to serve nothing; applied, it would remove every model at once.
+        if not models:
+            raise ValueError("a manifest must declare at least one model")
         names = [m.name for m in models]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"duplicate model names {duplicates}")

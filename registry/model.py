@@ -27,6 +27,8 @@ class LoadedModel:
     memory_bytes: int
     load_ms: float
     warmup_ms: float = 0.0
+    weights_sha256: str = ""
+    """sha256 of the very bytes this version was deserialised from."""
     leases: int = 0
     retired: bool = False
     in_frozen_heap: bool = False

@@ -43,6 +43,27 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     """Largest request body accepted, enforced while the body streams (413 beyond)."""
 
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest a request body may take to arrive, from the first read (408 beyond, and the
+    connection is closed). The model is leased only once the body is in, so a slow client
+    holds a connection, never a model version.
+
+    10 s lets the largest body (16 MiB) through at 13 Mbit/s, and a typical one (a few KiB)
+    at modem speed, yet it is a third of the drain: at SIGTERM a client still sending is
+    answered (408) before the drain runs out."""
+
+    max_connections: int = Field(default=512, ge=1)
+    """Connections (or requests in progress) beyond which `registry serve` answers 503
+    (uvicorn's `limit_concurrency`; idle keep-alive connections count).
+
+    Below the usual 1024 open-file limit, so excess clients get a 503 rather than a failed
+    `accept`, and well above what one process can usefully serve at once."""
+
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    """Seconds `registry serve` keeps an idle connection open for the client's next request
+    (uvicorn's `timeout_keep_alive`). Behind a load balancer that reuses connections, set
+    it above the balancer's idle timeout (60 s on AWS ALB)."""
+
     request_timeout_s: float = Field(default=30.0, gt=0)
     """Longest a prediction may wait for its result, queueing included (504 beyond)."""
 
@@ -74,6 +95,11 @@ class Settings(BaseSettings):
 
     poll_interval_s: float = Field(default=0.0, ge=0)
     """Seconds between manifest polls for changes; 0 turns polling off."""
+
+    architecture_factories: frozenset[str] = frozenset()
+    """`module:function` references a manifest's `architecture` may name besides
+    `nn.Module` subclasses, as a JSON list. Anything else named there is refused before it
+    is called, so that write access to the manifest is not code execution."""
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from registry.diff import Plan, VersionKey
+from registry.diff import Plan, VersionKey, loaded_fingerprint
 from registry.manifest import Manifest, ModelSpec, VersionSpec, version_sort_key
 from registry.model import LoadedModel
 
@@ -78,7 +78,8 @@ def table_after(plan: Plan, current: Table, fresh: Mapping[VersionKey, LoadedMod
         for version in spec.versions:
             key = VersionKey(spec.name, version.version)
             if key in fresh:
-                versions[version.version] = VersionSlot(version, fresh[key], plan.fingerprints[key])
+                model = fresh[key]
+                versions[version.version] = VersionSlot(version, model, loaded_fingerprint(model))
             else:
                 versions[version.version] = current[spec.name].versions[version.version]
         table[spec.name] = ModelEntry(spec, versions)

@@ -18,10 +18,9 @@ from registry.core import ModelRegistry
 from registry.errors import RegistryError
 from registry.settings import Settings
 from registry.table import slots
+from registry.weightfiles import Stamp, stamp
 
 log = logging.getLogger(__name__)
-
-Stamp = tuple[int, int, int] | None
 
 
 class ReloadTriggers:
@@ -63,32 +62,37 @@ class ReloadTriggers:
             await self._registry.reload(actor=actor)
 
     async def _poll(self, interval_s: float) -> None:
-        """Reload when the manifest or a weight file changes; retry a failed one next tick."""
+        """Reload once the manifest or a weight file has changed and then held still.
+
+        NOTE: a change is applied only when two looks in a row agree, so a file caught
+        mid-write (empty, or cut at a model boundary, which is still valid YAML) is never
+        applied. A refused reload is tried again at the next tick.
+        """
         await self._registry.wait_loaded()
-        applied = await asyncio.to_thread(self._signature)
+        applied = previous = await asyncio.to_thread(self._signature)
         while True:
             await asyncio.sleep(interval_s)
             current = await asyncio.to_thread(self._signature)
-            if current == applied:
+            settled, previous = current == previous, current
+            if current == applied or not settled:
                 continue
-            log.info("manifest or weights changed on disk; reloading")
+            log.info("manifest or weights changed on disk and settled; reloading")
             try:
                 await self._registry.reload(actor="poll")
             except RegistryError:
-                continue  # e.g. a half-written manifest: keep serving, try again next tick
+                continue  # reload() has logged why
             applied = current
 
-    def _signature(self) -> tuple[Stamp, ...]:
-        """The manifest's and every served weight file's (size, mtime, inode)."""
+    def _signature(self) -> tuple[Stamp | None, ...]:
+        """The stamps of the manifest and of every served weight file."""
         root = self._settings.weights_root
         paths = [self._settings.manifest]
         paths += [root / slot.spec.path for _, slot in slots(self._registry.table)]
         return tuple(_stamp(path) for path in paths)
 
 
-def _stamp(path: Path) -> Stamp:
+def _stamp(path: Path) -> Stamp | None:
     try:
-        status = path.stat()
+        return stamp(path)
     except OSError:
         return None
-    return (status.st_size, status.st_mtime_ns, status.st_ino)

@@ -10,8 +10,9 @@ from registry.settings import Settings
 def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
     """Problems found, one line each naming model, version and reason; empty when valid.
 
-    Without ``load``, weights are only located and checksummed, which needs no torch
-    deserialisation and runs in CI in seconds.
+    Without ``load``, weights are located, checksummed and, for ``.pt2`` archives, checked
+    for anything that loading would unpickle; architectures are imported and checked. No
+    model is built, so it runs in CI in seconds.
     """
     try:
         manifest = load_manifest(settings.manifest)
@@ -21,17 +22,17 @@ def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
             return [problem_line(p) for p in problems]
         return [exc.message]
 
-    from registry.loaders import load_version, verify_weights
+    from registry.loaders import check_loadable, load_version
 
-    root = settings.weights_root
+    root, factories = settings.weights_root, settings.architecture_factories
     found: list[str] = []
     for model in manifest.models:
         for version in model.versions:
             try:
                 if load:
-                    load_version(model, version, root)
+                    load_version(model, version, root, factories=factories)
                 else:
-                    verify_weights(root, version)
+                    check_loadable(version, root, factories)
             except RegistryError as exc:
                 found.append(f"{model.name}:{version.version}: {exc.message}")
     return found

@@ -23,7 +23,7 @@ from torch import nn
 from registry.examples.data import Split, diabetes_split, digits_split
 from registry.examples.diabetes import DiabetesRegressor
 from registry.examples.digits import DigitsCNN, DigitsLinear, DigitsMLP
-from registry.loaders import file_sha256
+from registry.weightfiles import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "weights"

@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from registry.loaders import file_sha256
+from registry.weightfiles import file_sha256
 
 FEATURES, CLASSES = 4, 3
 TRIPWIRE = 13.0  # an input holding this value makes Tripwire raise
@@ -86,8 +86,17 @@ def affine_outputs(inputs: object, seed: int) -> np.ndarray:
     return out.numpy()
 
 
-def not_a_module() -> str:
-    return "not a module"
+def build_affine(seed: int = 0) -> Affine:
+    """A factory function: callable from a manifest only when the settings allow it."""
+    return Affine(seed=seed)
+
+
+class NeedsFile(nn.Module):
+    """Reads a file when built: its error message carries the file's full path."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        Path(file).read_bytes()
 
 
 def write_torchscript(root: Path, relative: str, module: nn.Module) -> str:

@@ -81,6 +81,20 @@ def test_a_failed_reload_is_an_error_envelope_and_changes_nothing(
     assert invalid.json()["error"]["code"] == "invalid_manifest"
 
 
+def test_a_reload_that_removes_every_model_must_be_asked_for(
+    client: TestClient, tmp_path: Path, weights: Path
+) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "other", ("1",))])
+    refused = client.post("/admin/reload", headers=AUTH)
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "removes_every_model"
+    assert client.post("/models/lin/predict", json={"inputs": [1, 2, 3, 4]}).status_code == 200
+    applied = client.post("/admin/reload?allow_remove_all=true", headers=AUTH)
+    assert applied.status_code == 200
+    assert sorted(applied.json()["removed"]) == ["lin:1", "lin:2"]
+    assert client.post("/models/lin/predict", json={"inputs": [1, 2, 3, 4]}).status_code == 404
+
+
 def test_polling_reloads_on_change_and_survives_a_half_written_manifest(
     tmp_path: Path, weights: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -244,10 +244,15 @@ def test_yaml_tags_that_construct_objects_are_refused(tmp_path: Path) -> None:
         load_manifest(hostile)
 
 
-def test_empty_file_is_an_empty_manifest(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text", ["", "# every model commented out\n", "models: []\n", "models:\n"]
+)
+def test_a_manifest_without_models_is_refused(tmp_path: Path, text: str) -> None:
+    """An empty file is a file caught mid-write far more often than an intent."""
     empty = tmp_path / "empty.yaml"
-    empty.write_text("", encoding="utf-8")
-    assert load_manifest(empty).models == ()
+    empty.write_text(text, encoding="utf-8")
+    with pytest.raises(ManifestError, match="at least one model"):
+        load_manifest(empty)
 
 
 def test_repository_manifest_is_valid() -> None:

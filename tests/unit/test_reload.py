@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry.core import ModelRegistry
-from registry.errors import ManifestError, ReloadFailed
+from registry.errors import ManifestError, ReloadFailed, RemovesEveryModel
 from registry.metrics import Metrics
 from registry.model import LoadedModel
 from tests.conftest import make_settings
@@ -117,14 +117,28 @@ async def test_alias_and_default_changes_load_nothing(
 async def test_added_and_removed_models(
     registry: ModelRegistry, tmp_path: Path, weights: Path
 ) -> None:
-    write_manifest(tmp_path, [affine_model(weights, "other", ("3",))])
+    entry = affine_model(weights, "lin", ("1",))
+    write_manifest(tmp_path, [entry, affine_model(weights, "other", ("3",))])
     report = await registry.reload(actor="test")
     assert report.added == ["other:3"]
-    assert sorted(report.removed) == ["lin:1", "lin:2"]
-    assert list(registry.table) == ["other"]
+    assert report.removed == ["lin:2"]
+    assert list(registry.table) == ["lin", "other"]
     np.testing.assert_allclose(
         (await predict(registry, "other"))[1], affine_outputs(X, 3), rtol=1e-6
     )
+
+
+async def test_removing_every_model_needs_to_be_asked_for(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "other", ("3",))])
+    with pytest.raises(RemovesEveryModel, match="keeps none of the models served now"):
+        await registry.reload(actor="test")
+    assert list(registry.table) == ["lin"]
+    assert registry.reload_outcomes["removes_every_model"] == 1
+    report = await registry.reload(actor="test", allow_remove_all=True)
+    assert sorted(report.removed) == ["lin:1", "lin:2"]
+    assert list(registry.table) == ["other"]
 
 
 def _invalid_yaml(directory: Path, _: Path) -> None:

@@ -19,11 +19,18 @@ router = APIRouter(prefix="/admin", tags=["admin"])
         422: {"model": ErrorEnvelope, "description": "Invalid manifest or a failed load"},
     },
 )
-async def reload(caller: AdminDep, registry: RegistryDep, dry_run: bool = False) -> ReloadReport:
+async def reload(
+    caller: AdminDep,
+    registry: RegistryDep,
+    dry_run: bool = False,
+    allow_remove_all: bool = False,
+) -> ReloadReport:
     """Re-read the manifest (a setting, never from the request) and apply the difference.
 
     Loads new and changed versions beside the live ones, then swaps them in at once;
     if any fails, nothing changes. A second reload waits for the first.
-    ``dry_run=true`` validates and returns the plan without loading anything.
+    ``dry_run=true`` validates and returns the plan without loading anything. A manifest
+    that keeps none of the models served now is refused (422 ``removes_every_model``)
+    unless ``allow_remove_all=true``.
     """
-    return await registry.reload(actor=caller, dry_run=dry_run)
+    return await registry.reload(actor=caller, dry_run=dry_run, allow_remove_all=allow_remove_all)

@@ -1,0 +1,107 @@
+"""What a ``torch.export`` archive (``.pt2``) may hold before torch is allowed to read it.
+
+``torch.export.load`` unpickles with ``weights_only=False`` in several places: weights
+and constants saved with ``use_pickle``, "opaque" constants (plain ``pickle.loads``),
+sample inputs whose safe load fails (it retries unsafely), and the whole legacy archive
+layout; it also loads AOTInductor shared libraries found in the archive. Any of these runs
+code chosen by whoever wrote the file. So the archive is checked against an allow-list
+first: only JSON, raw tensor bytes and sample inputs that load with
+``torch.load(weights_only=True)`` pass, which leaves torch nothing to unpickle unsafely.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+
+import torch
+
+from registry.errors import UnsafeWeights
+
+_FIXED = frozenset(
+    {
+        "archive_format",
+        "archive_version",
+        "byteorder",
+        ".data/version",
+        ".data/serialization_id",
+    }
+)
+_MODEL = re.compile(r"models/(?P<name>[\w.-]+)\.json")
+_SAMPLE_INPUTS = re.compile(r"data/sample_inputs/(?P<name>[\w.-]+)\.pt")
+_CONFIG = re.compile(r"data/(?P<kind>weights|constants)/(?P<name>[\w.-]+)_(?P=kind)_config\.json")
+_PAYLOAD = re.compile(r"data/(?P<kind>weights|constants)/(?P<file>[\w.-]+)")
+_EXTRA = re.compile(r"extra/.+")
+_TENSOR_FILE = {"weights": "weight_", "constants": "tensor_"}
+
+
+def check_exported_archive(data: bytes) -> None:
+    """Raise ``UnsafeWeights`` unless ``data`` is a ``.pt2`` torch can load without pickle."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = {info.filename: info for info in archive.infolist() if not info.is_dir()}
+            _check(archive, _strip_root(list(entries)))
+    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise UnsafeWeights(f"not a readable torch.export archive: {exc}") from exc
+
+
+def _strip_root(names: list[str]) -> dict[str, str]:
+    """``{"data/weights/weight_0": "model/data/weights/weight_0", ...}``: one root folder."""
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1 or any("/" not in name for name in names):
+        raise UnsafeWeights("a .pt2 archive keeps every record under one root folder")
+    return {name.split("/", 1)[1]: name for name in names}
+
+
+def _check(archive: zipfile.ZipFile, records: Mapping[str, str]) -> None:
+    if "archive_format" not in records or not any(_MODEL.fullmatch(r) for r in records):
+        raise UnsafeWeights(
+            "the legacy torch.export layout is refused (it is unpickled); "
+            "save it again with torch.export.save"
+        )
+    referenced: set[str] = set()
+    for record, full_name in records.items():
+        if record in _FIXED or _MODEL.fullmatch(record) or _EXTRA.fullmatch(record):
+            continue
+        if _SAMPLE_INPUTS.fullmatch(record):
+            _check_sample_inputs(archive.read(full_name), record)
+        elif match := _CONFIG.fullmatch(record):
+            config = json.loads(archive.read(full_name))
+            referenced |= _check_payload_config(config, match["kind"], record)
+        elif not _PAYLOAD.fullmatch(record):
+            raise UnsafeWeights(f"unexpected record {record!r} in the archive (not loaded)")
+    for record in records:
+        match = _PAYLOAD.fullmatch(record)
+        if match and not _CONFIG.fullmatch(record) and record not in referenced:
+            raise UnsafeWeights(f"record {record!r} is not a plain tensor of the archive")
+
+
+def _check_payload_config(config: object, kind: str, record: str) -> set[str]:
+    """Every entry is a raw tensor file: no ``use_pickle``, no custom or opaque objects."""
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise UnsafeWeights(f"{record} is not a payload config")
+    referenced = set()
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise UnsafeWeights(f"{record}: entry {name!r} is not an object")
+        path_name = entry.get("path_name")
+        if entry.get("use_pickle") is not False or entry.get("tensor_meta") is None:
+            raise UnsafeWeights(f"{kind} {name!r} is stored pickled, which is never loaded")
+        if not isinstance(path_name, str) or not path_name.startswith(_TENSOR_FILE[kind]):
+            raise UnsafeWeights(f"{kind} {name!r} is not a plain tensor ({path_name!r})")
+        referenced.add(f"data/{kind}/{path_name}")
+    return referenced
+
+
+def _check_sample_inputs(data: bytes, record: str) -> None:
+    """Sample inputs torch would re-read unsafely if this safe read failed."""
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UnsafeWeights(
+            f"{record} holds more than tensors and is never unpickled ({type(exc).__name__})"
+        ) from exc

@@ -1,0 +1,112 @@
+"""Weight files on disk: confinement to the weights root, stamps, digests, verified reads.
+
+Two rules keep a pinned ``sha256`` honest. The bytes that are hashed are the bytes that
+are deserialised (``read_weights`` reads the file once, into memory, and hashes that), so a
+file swapped between a check and a load is caught. And the digest cache is keyed by a
+stamp that an overwrite cannot keep: ``st_ctime`` moves on every write and on every
+``utime``, and no unprivileged call can set it back, unlike ``st_mtime``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.errors import ChecksumMismatch, WeightsNotFound, WeightsOutsideRoot
+from registry.manifest import VersionSpec
+
+Stamp = tuple[int, int, int, int, int]
+"""``(device, inode, size, mtime, ctime)``, nanoseconds: changes whenever the content can."""
+
+
+def resolve_weights(root: Path, version: VersionSpec) -> Path:
+    """The weight file's real path, refusing any that resolves outside ``root``."""
+    root = root.resolve()
+    path = (root / version.path).resolve()
+    if not path.is_relative_to(root):
+        raise WeightsOutsideRoot(
+            f"{str(version.path)!r} resolves outside the weights root", path=str(version.path)
+        )
+    if not path.is_file():
+        raise WeightsNotFound(f"no weight file {str(version.path)!r}", path=str(version.path))
+    return path
+
+
+def stamp(path: Path) -> Stamp:
+    status = path.stat()
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+class WeightDigests:
+    """sha256 of weight files, hashed again only when a file's ``stamp`` changes.
+
+    Reloads fingerprint every weight file; without this a manifest of large models would
+    be re-hashed on every poll.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[Stamp, str]] = {}
+        self._lock = threading.Lock()
+
+    def digest(self, path: Path) -> str:
+        current = stamp(path)
+        with self._lock:
+            known = self._known.get(path)
+        if known is not None and known[0] == current:
+            return known[1]
+        digest = file_sha256(path)
+        with self._lock:
+            self._known[path] = (current, digest)
+        return digest
+
+
+@dataclass(frozen=True, slots=True)
+class WeightBytes:
+    """A weight file's content as read once, with the sha256 of exactly these bytes."""
+
+    data: bytes
+    sha256: str
+
+
+def read_weights(root: Path, version: VersionSpec) -> WeightBytes:
+    """Read a confined weight file whole and check its declared sha256 on what was read.
+
+    NOTE: the file is opened without following a final symlink, so one swapped in after
+    ``resolve_weights`` cannot lead outside the root. Holding the bytes costs the file's
+    size once more during a load; it is what makes the checksum cover what is loaded.
+    """
+    path = resolve_weights(root, version)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise WeightsNotFound(
+            f"cannot open weight file {str(version.path)!r}: {exc.strerror}",
+            path=str(version.path),
+        ) from exc
+    with os.fdopen(descriptor, "rb") as file:
+        data = file.read()
+    weights = WeightBytes(data, hashlib.sha256(data).hexdigest())
+    check_sha256(version, weights.sha256)
+    return weights
+
+
+def check_sha256(version: VersionSpec, actual: str) -> None:
+    if version.sha256 is not None and actual != version.sha256:
+        raise ChecksumMismatch(
+            f"sha256 of {str(version.path)!r} is {actual}, the manifest says {version.sha256}",
+            path=str(version.path),
+        )

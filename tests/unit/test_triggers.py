@@ -1,0 +1,80 @@
+"""The poller applies a manifest only once it has held still for two looks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.errors import ManifestError
+from registry.settings import Settings
+from registry.triggers import ReloadTriggers
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class ScriptedRegistry:
+    """Stands in for the registry: records reloads, fails those it is told to."""
+
+    def __init__(self, failing: set[str]) -> None:
+        self.reloads: list[str] = []
+        self.failing = failing
+        self.current = ""
+        self.table: dict[str, object] = {}
+
+    async def wait_loaded(self) -> list[object]:
+        return []
+
+    async def reload(self, *, actor: str) -> None:
+        assert actor == "poll"
+        self.reloads.append(self.current)
+        if self.current in self.failing:
+            raise ManifestError("refused")
+
+
+async def poll_through(looks: list[str], failing: frozenset[str] = frozenset()) -> list[str]:
+    """Run the poller over a scripted series of file states; the reloads it started."""
+    registry = ScriptedRegistry(set(failing))
+    settings = Settings(manifest=Path("models.yaml"), poll_interval_s=0.001)
+    triggers = ReloadTriggers(registry, settings)  # type: ignore[arg-type]
+    script: Iterator[str] = iter(looks)
+    done = asyncio.Event()
+
+    def signature() -> tuple[str]:
+        state = next(script, None)
+        if state is None:
+            done.set()
+            state = looks[-1]
+        registry.current = state
+        return (state,)
+
+    triggers._signature = signature  # type: ignore[method-assign,assignment]
+    triggers.start()
+    await asyncio.wait_for(done.wait(), timeout=30)
+    await triggers.stop()
+    return registry.reloads
+
+
+async def test_a_file_still_changing_is_not_applied() -> None:
+    # initial look, then a file caught mid-write twice, then the finished file
+    reloads = await poll_through(["v0", "cut-1", "cut-2", "v1", "v1", "v1", "v1"])
+    assert reloads == ["v1"]
+
+
+async def test_every_settled_change_is_applied_once() -> None:
+    reloads = await poll_through(["v0", "v0", "v1", "v1", "v1", "v2", "v2", "v2"])
+    assert reloads == ["v1", "v2"]
+
+
+async def test_a_refused_reload_is_tried_again_until_the_file_changes() -> None:
+    reloads = await poll_through(["v0", "bad", "bad", "bad", "v1", "v1", "v1"], frozenset({"bad"}))
+    assert reloads[:2] == ["bad", "bad"]
+    assert reloads[-1] == "v1"
+    assert reloads.count("v1") == 1

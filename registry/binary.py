@@ -1,64 +1,126 @@
 """Tensors as bytes: raw little-endian with an ``X-Shape`` header, or ``.npy``.
 
 For clients that already hold arrays, JSON is pure overhead: 64 floats are ~1 KB of text
-to print and parse, 256 bytes raw. Inputs must already have the model's dtype (nothing is
-guessed from bytes); ``.npy`` inputs may be any dtype of the same kind (float64 for float32).
+to print and parse, 256 bytes raw. Raw inputs must already have the model's dtype (nothing
+is guessed from bytes); ``.npy`` inputs may be any dtype whose values fit it (float64 for
+float32, int64 for uint8), by the rules in ``registry.codec``. Either way the declared
+shape (``X-Shape``, the ``.npy`` header) is checked against the model, its batch size cap
+included, before anything is allocated, and NaN or infinity is refused like in JSON.
+``.npy`` bodies are read here, header first, never by ``np.load`` (which would open a zip
+archive, or allocate whatever shape a header claims).
 """
 
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from registry.batching import Array
-from registry.codec import NUMPY_DTYPES, Instances, shape_instances
+from registry.codec import (
+    MAX_AXES,
+    NUMPY_DTYPES,
+    Instances,
+    accepts,
+    as_shape,
+    fit_dtype,
+    instance_shape,
+)
 from registry.errors import InvalidInput
 from registry.manifest import TensorSpec
 
 RAW = "application/octet-stream"
 NPY = "application/x-npy"
 
+_NPY_HEADERS: dict[tuple[int, int], Callable[..., tuple[Any, bool, np.dtype[Any]]]] = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
-def decode_raw(body: bytes, shape_header: str | None, spec: TensorSpec) -> Instances:
+
+def decode_raw(
+    body: bytes, shape_header: str | None, spec: TensorSpec, *, max_rows: int
+) -> Instances:
     if not shape_header:
         raise InvalidInput(
             "a raw tensor body needs an 'X-Shape' header, e.g. 'X-Shape: 1,64'",
             expected_shape=list(spec.shape),
         )
-    try:
-        shape = tuple(int(part) for part in shape_header.split(","))
-    except ValueError:
+    shape = _parse_shape(shape_header)
+    if shape is None:
         raise InvalidInput(
-            f"'X-Shape' must be comma-separated integers, not {shape_header!r}",
+            f"'X-Shape' must be comma-separated integers (non-negative, at most {MAX_AXES}), "
+            f"not {shape_header[:200]!r}",
             expected_shape=list(spec.shape),
-        ) from None
-    dtype = NUMPY_DTYPES[spec.dtype]
-    expected_bytes = int(np.prod(shape)) * dtype.itemsize
-    if any(n < 0 for n in shape) or len(body) != expected_bytes:
+        )
+    batched = instance_shape(shape, spec, max_rows=max_rows)
+    expected_bytes = math.prod(shape) * NUMPY_DTYPES[spec.dtype].itemsize
+    if len(body) != expected_bytes:
         raise InvalidInput(
             f"X-Shape {list(shape)} of {spec.dtype} is {expected_bytes} bytes; "
             f"the body has {len(body)}",
             expected_shape=list(spec.shape),
             expected_dtype=spec.dtype,
         )
-    return shape_instances(from_little_endian(body, dtype).reshape(shape), spec)
+    array = tensor_from_bytes(body, spec).reshape(shape)
+    return Instances(array if batched else array[np.newaxis], batched)
 
 
-def decode_npy(body: bytes, spec: TensorSpec) -> Instances:
+def decode_npy(body: bytes, spec: TensorSpec, *, max_rows: int) -> Instances:
+    stream = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InvalidInput(f"the body is not a .npy array: {exc}") from exc
-    dtype = NUMPY_DTYPES[spec.dtype]
-    if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+        version = np.lib.format.read_magic(stream)
+        read_header = _NPY_HEADERS.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        dims, fortran_order, source = read_header(stream)
+    except (ValueError, TypeError, EOFError, SyntaxError, RecursionError) as exc:
         raise InvalidInput(
-            f".npy array of {array.dtype} does not cast to {spec.dtype}",
+            f"the body is not a .npy array: {exc}", expected_shape=list(spec.shape)
+        ) from exc
+    if not accepts(source, spec):
+        raise InvalidInput(
+            f".npy array of {source} does not cast to {spec.dtype}",
             expected_shape=list(spec.shape),
             expected_dtype=spec.dtype,
         )
-    return shape_instances(array.astype(dtype, copy=False), spec)
+    shape = as_shape(dims)
+    if shape is None:
+        raise InvalidInput(
+            f"the .npy header's shape {dims} is not an array shape",
+            expected_shape=list(spec.shape),
+        )
+    batched = instance_shape(shape, spec, max_rows=max_rows)
+    data = memoryview(body)[stream.tell() :]
+    expected_bytes = math.prod(shape) * source.itemsize
+    if len(data) != expected_bytes:
+        raise InvalidInput(
+            f"the .npy header declares {list(shape)} of {source}, {expected_bytes} bytes; "
+            f"{len(data)} follow it",
+            expected_shape=list(spec.shape),
+        )
+    flat = np.frombuffer(data, dtype=source)
+    array = fit_dtype(flat.reshape(shape, order="F" if fortran_order else "C"), spec)
+    return Instances(array if batched else array[np.newaxis], batched)
+
+
+def tensor_from_bytes(data: bytes, spec: TensorSpec, what: str = "'inputs'") -> Array:
+    """Little-endian bytes of the spec's dtype as a flat, writable, native-order array.
+
+    NOTE: a copy, because torch refuses to wrap a read-only buffer safely. Floats must be
+    finite and bools 0 or 1, like everywhere else (``registry.codec.fit_dtype``).
+    """
+    dtype = NUMPY_DTYPES[spec.dtype]
+    if dtype.kind == "b" and data and np.frombuffer(data, np.uint8).max() > 1:
+        raise InvalidInput(
+            f"{what} holds bytes other than 0 and 1 for bool",
+            expected_shape=list(spec.shape),
+            expected_dtype=spec.dtype,
+        )
+    return fit_dtype(np.frombuffer(data, dtype=dtype.newbyteorder("<")), spec, what)
 
 
 def encode_raw(outputs: Array) -> tuple[bytes, dict[str, str]]:
@@ -72,13 +134,12 @@ def encode_npy(outputs: Array) -> bytes:
     return buffer.getvalue()
 
 
-def from_little_endian(data: bytes, dtype: np.dtype[Any]) -> Array:
-    """A flat, writable array in native byte order.
-
-    NOTE: a copy, because torch refuses to wrap a read-only buffer safely.
-    """
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
-
-
 def to_little_endian(array: Array) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _parse_shape(header: str) -> tuple[int, ...] | None:
+    parts = [part.strip() for part in header.split(",", MAX_AXES)]
+    if not all(part.isascii() and part.isdigit() and len(part) <= 19 for part in parts):
+        return None  # NOTE: not '-1', '', '²', '1_0' nor 5,000 digits (int() refuses those)
+    return as_shape([int(part) for part in parts])

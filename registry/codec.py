@@ -3,10 +3,32 @@
 orjson parses the body and NumPy builds the array in one call: no per-number pydantic
 validation. Shape and dtype are checked against the manifest so a client learns exactly
 what was expected (422) instead of meeting a model error (500).
+
+What a model accepts is decided here once, for every route and encoding (native JSON,
+raw, ``.npy``, V2 JSON and V2 binary), by ``fit_dtype`` and ``instance_shape``:
+
+- A value must fit the declared dtype exactly enough: a float goes only into a float
+  dtype, an integer into an integer or float dtype, ``true``/``false`` into any dtype (as
+  1/0, which is exact: NumPy's ``same_kind`` rule, the one ``.npy`` casts always had). An
+  integer outside the dtype's range (300 into int8, -1 into uint8, 2**64-1 into int64) or
+  a float beyond its largest finite value (3.5e38 into float32) is a 422, never wrapped or
+  turned into infinity. Strings, ``null`` and objects are not numbers (422); ragged
+  nesting is a 422.
+- Non-finite floats (NaN, ±infinity) are refused (422) whatever the encoding: JSON cannot
+  carry them (orjson refuses the literals, 400 ``invalid_json``), so raw bytes and ``.npy``
+  files do not get them in either; a bool tensor's raw bytes must be 0 or 1.
+- One request holds at most the model's ``batching.max_batch_size`` instances: more is a
+  413 ``payload_too_large`` with ``max_batch_size``, decided from the declared shape
+  (``X-Shape``, the ``.npy`` header, V2 ``shape``, a JSON batch's length) before the
+  tensor is built.
+
+The checks are vectorised (one reduction over the array where the dtype needs one), so a
+valid request pays microseconds for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +36,27 @@ import numpy as np
 import orjson
 
 from registry.batching import Array
-from registry.errors import InvalidInput, InvalidJSON
+from registry.errors import InvalidInput, InvalidJSON, PayloadTooLarge
 from registry.manifest import TensorSpec
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name)
     for name in ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8")
 } | {"bool": np.dtype(np.bool_)}
+
+MAX_AXES = 64  # NumPy's limit on an array's dimensions
+_MAX_DIM = 2**63 - 1
+
+# NOTE: which array kinds each dtype kind takes: bool into anything, integers into integers
+# or floats, floats into floats only; values are then range-checked (``_fits``).
+_ACCEPTS = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
+_LIMITS: dict[np.dtype[Any], tuple[float, float]] = {
+    dtype: (float(-np.finfo(dtype).max), float(np.finfo(dtype).max))
+    if dtype.kind == "f"
+    else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    for dtype in NUMPY_DTYPES.values()
+    if dtype.kind != "b"
+}
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -42,7 +78,7 @@ def parse_json(body: bytes) -> Any:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
 
 
-def decode_inputs(body: bytes, spec: TensorSpec) -> Instances:
+def decode_inputs(body: bytes, spec: TensorSpec, *, max_rows: int) -> Instances:
     """``{"inputs": instance or [instances]}`` → an array of shape ``(batch, *spec.shape)``."""
     document = parse_json(body)
     if not isinstance(document, dict) or "inputs" not in document:
@@ -50,58 +86,163 @@ def decode_inputs(body: bytes, spec: TensorSpec) -> Instances:
             "the body must be a JSON object with an 'inputs' field",
             expected_shape=list(spec.shape),
         )
-    return to_instances(document["inputs"], spec)
+    return to_instances(document["inputs"], spec, max_rows=max_rows)
 
 
-def to_instances(inputs: object, spec: TensorSpec) -> Instances:
-    return shape_instances(_to_array(inputs, spec), spec)
+def to_instances(inputs: object, spec: TensorSpec, *, max_rows: int) -> Instances:
+    rows = _batch_rows(inputs, len(spec.shape))
+    if rows is not None and rows > max_rows:  # NOTE: before NumPy reads a huge list
+        raise too_many_rows(rows, max_rows)
+    return shape_instances(to_array(inputs, spec), spec, max_rows=max_rows)
 
 
-def shape_instances(array: Array, spec: TensorSpec) -> Instances:
+def shape_instances(
+    array: Array, spec: TensorSpec, *, max_rows: int, what: str = "'inputs'"
+) -> Instances:
     """One instance of the declared shape, or a batch of them; anything else is a 422."""
-    if array.shape == spec.shape:
-        return Instances(array[np.newaxis], batched=False)
-    if array.ndim == len(spec.shape) + 1 and array.shape[1:] == spec.shape and len(array):
+    if instance_shape(array.shape, spec, max_rows=max_rows, what=what):
         return Instances(array, batched=True)
-    if array.size == 0:
-        raise InvalidInput("'inputs' is empty", expected_shape=list(spec.shape))
+    return Instances(array[np.newaxis], batched=False)
+
+
+def instance_shape(
+    shape: tuple[int, ...], spec: TensorSpec, *, max_rows: int, what: str = "'inputs'"
+) -> bool:
+    """Whether ``shape`` is a batch (True) or one instance (False) of ``spec``.
+
+    Anything else is a 422, an empty batch included; more than ``max_rows`` instances a
+    413. Callers check a declared shape with this before allocating anything for it.
+    """
+    if shape == spec.shape:
+        return False
+    if len(shape) == len(spec.shape) + 1 and shape[1:] == spec.shape:
+        rows = shape[0]
+        if rows > max_rows:
+            raise too_many_rows(rows, max_rows)
+        if rows > 0:
+            return True
+    if 0 in shape:
+        raise InvalidInput(f"{what} is empty", expected_shape=list(spec.shape))
     raise InvalidInput(
-        f"'inputs' has shape {list(array.shape)}; expected one instance of shape "
+        f"{what} has shape {list(shape)}; expected one instance of shape "
         f"{list(spec.shape)} or a batch of shape [n, {', '.join(map(str, spec.shape))}]",
         expected_shape=list(spec.shape),
-        received_shape=list(array.shape),
+        received_shape=list(shape),
     )
 
 
-def _to_array(inputs: object, spec: TensorSpec) -> Array:
-    dtype = NUMPY_DTYPES[spec.dtype]
-    if not isinstance(inputs, list | int | float):
+def as_shape(dims: Sequence[object]) -> tuple[int, ...] | None:
+    """``dims`` as a shape NumPy can hold (at most 64 non-negative int64s), else None."""
+    if len(dims) > MAX_AXES:
+        return None
+    shape = tuple(n for n in dims if type(n) is int and 0 <= n <= _MAX_DIM)
+    return shape if len(shape) == len(dims) else None
+
+
+def too_many_rows(rows: int, max_rows: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request holds {rows} instances; this model takes at most {max_rows} "
+        "per request (its batching.max_batch_size)",
+        max_batch_size=max_rows,
+        received_rows=rows,
+    )
+
+
+def _batch_rows(inputs: object, ndim: int) -> int | None:
+    """``len(inputs)`` when it nests like a batch (lists ``ndim + 1`` deep at its start)."""
+    if not isinstance(inputs, list):
+        return None
+    probe: object = inputs
+    for _ in range(ndim + 1):
+        if not isinstance(probe, list) or not probe:
+            return None
+        probe = probe[0]
+    return len(inputs)
+
+
+def to_array(values: object, spec: TensorSpec, what: str = "'inputs'") -> Array:
+    """JSON numbers (a number or nested lists) as an array of the spec's dtype, or a 422.
+
+    The one conversion both JSON front ends use (native ``inputs``, V2 ``data``), so they
+    accept exactly the same values.
+    """
+    if not isinstance(values, list | int | float):  # NOTE: bool is an int
         raise InvalidInput(
-            f"'inputs' must be a number or nested lists of numbers ({spec.dtype}), "
-            f"not {type(inputs).__name__}",
+            f"{what} must be a number or nested lists of numbers ({spec.dtype}), "
+            f"not {_json_type(values)}",
             expected_shape=list(spec.shape),
         )
     try:
-        parsed = np.asarray(inputs)
-    except ValueError as exc:  # ragged nesting
+        parsed = np.asarray(values)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidInput(
-            "'inputs' is ragged: every instance must have the same shape",
+            f"{what} is ragged (or nested too deep): every instance must have the same shape",
             expected_shape=list(spec.shape),
         ) from exc
-    if parsed.dtype.kind not in "biuf" or (parsed.dtype.kind == "f" and dtype.kind in "biu"):
-        if parsed.size == 0:
-            return parsed.astype(dtype)
+    return fit_dtype(parsed, spec, what)
+
+
+def fit_dtype(array: Array, spec: TensorSpec, what: str = "'inputs'") -> Array:
+    """``array`` as a writable, C-ordered array of the spec's dtype; 422 if a value doesn't fit."""
+    dtype = NUMPY_DTYPES[spec.dtype]
+    if array.dtype.kind not in _ACCEPTS[dtype.kind]:
+        if array.size == 0:
+            return array.astype(dtype)
         raise InvalidInput(
-            f"'inputs' must hold {spec.dtype} values; received {_describe_kind(parsed)}",
+            f"{what} must hold {spec.dtype} values; received {_describe_kind(array)}",
             expected_shape=list(spec.shape),
             expected_dtype=spec.dtype,
         )
-    return parsed.astype(dtype, copy=False)
+    if array.size and not _fits(array, dtype):
+        raise InvalidInput(
+            f"{what} holds {_misfit(array, dtype)}",
+            expected_shape=list(spec.shape),
+            expected_dtype=spec.dtype,
+        )
+    return array.astype(dtype, order="C", copy=not array.flags.writeable)
+
+
+def accepts(source: np.dtype[Any], spec: TensorSpec) -> bool:
+    """Whether arrays of ``source`` may be cast to the spec's dtype (values permitting)."""
+    return source.kind in _ACCEPTS[NUMPY_DTYPES[spec.dtype].kind]
+
+
+def _fits(array: Array, dtype: np.dtype[Any]) -> bool:
+    """Every value is in ``dtype``'s range (and finite): one or two reductions at most."""
+    source = array.dtype
+    if source.kind == "b":
+        return True
+    low, high = _LIMITS[dtype]
+    if source.kind == "f":
+        return bool(np.abs(array).max() <= high)  # NOTE: False for NaN
+    if source == dtype or (dtype.kind == "f" and dtype.itemsize >= 4):
+        return True  # NOTE: every int64 and uint64 is finite in float32
+    if np.can_cast(source, dtype, "safe"):
+        return True
+    return bool(low <= int(array.min()) and int(array.max()) <= high)
+
+
+def _misfit(array: Array, dtype: np.dtype[Any]) -> str:
+    low, high = _LIMITS[dtype]
+    if dtype.kind == "f":
+        return f"a value that is not a finite {dtype} (NaN, infinity, or beyond ±{high:.7g})"
+    return f"values from {array.min()} to {array.max()}; {dtype} holds {low} to {high}"
 
 
 def _describe_kind(array: Array) -> str:
-    return {"f": "floating-point numbers", "U": "strings", "O": "mixed or non-numeric values"}.get(
-        array.dtype.kind, str(array.dtype)
+    return {
+        "b": "booleans",
+        "i": "integers",
+        "u": "integers",
+        "f": "floating-point numbers",
+        "U": "strings",
+        "O": "mixed or non-numeric values",
+    }.get(array.dtype.kind, str(array.dtype))
+
+
+def _json_type(value: object) -> str:
+    return {dict: "an object", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
     )
 
 

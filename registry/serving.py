@@ -2,8 +2,9 @@
 
 Both front ends call this: the FastAPI routes (documented, dependency-injected) and the
 ASGI fast path in front of them, so they cannot drift apart. Inputs come as JSON (the
-default), raw little-endian bytes with ``X-Shape``, or ``.npy``; the answer follows
-``Accept`` in the same three forms.
+default), raw little-endian bytes with ``X-Shape``, or ``.npy``, at most the model's
+``batching.max_batch_size`` instances (413 past it: one request never makes a forward pass
+larger than the batcher would); the answer follows ``Accept`` in the same three forms.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ async def predict(
     accept: str | None = None,
 ) -> Prediction:
     """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
-    instances = decode(body, content_type, shape, model.spec.input)
+    instances = decode(
+        body, content_type, shape, model.spec.input, max_rows=model.spec.batching.max_batch_size
+    )
     outputs = await run(model, instances.array, timeout_s)
     headers = provenance(model)
     answer = outputs if instances.batched else outputs[0]
@@ -72,14 +75,17 @@ async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:
         ) from None
 
 
-def decode(body: bytes, content_type: str | None, shape: str | None, spec: TensorSpec) -> Instances:
+def decode(
+    body: bytes, content_type: str | None, shape: str | None, spec: TensorSpec, *, max_rows: int
+) -> Instances:
+    """The request's instances; at most ``max_rows`` of them (the model's batch size cap)."""
     media = _media(content_type)
     if media in (JSON, "", "*/*", "text/plain"):
-        return decode_inputs(body, spec)
+        return decode_inputs(body, spec, max_rows=max_rows)
     if media == RAW:
-        return decode_raw(body, shape, spec)
+        return decode_raw(body, shape, spec, max_rows=max_rows)
     if media == NPY:
-        return decode_npy(body, spec)
+        return decode_npy(body, spec, max_rows=max_rows)
     raise UnsupportedMediaType(
         f"cannot read {media!r}; send {JSON}, {RAW} (with X-Shape) or {NPY}",
         supported=[JSON, RAW, NPY],

@@ -77,7 +77,7 @@ def decode_infer(
     if size is None:
         flat = _json_data(tensor.get("data"), binary, count, spec)
     else:
-        flat = _binary_data(size, binary, count, "data" in tensor, spec)
+        flat = _binary_data(size, binary, count, tensor.get("data") is not None, spec)
     array = flat.reshape(shape)
     return document, Instances(array if batched else array[np.newaxis], batched)
 

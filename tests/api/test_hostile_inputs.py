@@ -389,6 +389,22 @@ def test_a_null_optional_field_counts_as_absent(client: TestClient) -> None:
     response = client.post("/v2/models/lin/infer", content=body)
     assert response.status_code == 200, response.text
     assert "id" not in response.json()
+    raw = X[0].tobytes()
+    tensor = {
+        "name": "input",
+        "shape": [4],
+        "datatype": "FP32",
+        "data": None,
+        "parameters": {"binary_data_size": len(raw)},
+    }
+    head = orjson.dumps({"inputs": [tensor], "outputs": [{"name": None, "parameters": None}]})
+    binary = client.post(
+        "/v2/models/lin/infer",
+        content=head + raw,
+        headers={"inference-header-content-length": str(len(head))},
+    )
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["outputs"][0]["name"] == "output"
 
 
 # --- values that do not fit the dtype (defect 7) ------------------------------------------

@@ -214,7 +214,8 @@ def _fits(array: Array, dtype: np.dtype[Any]) -> bool:
         return True
     low, high = _LIMITS[dtype]
     if source.kind == "f":
-        return bool(np.abs(array).max() <= high)  # NOTE: False for NaN
+        # NOTE: False for NaN; float() so that NumPy never casts ``high`` to a narrower type
+        return float(np.abs(array).max()) <= high
     if source == dtype or (dtype.kind == "f" and dtype.itemsize >= 4):
         return True  # NOTE: every int64 and uint64 is finite in float32
     if np.can_cast(source, dtype, "safe"):

@@ -207,6 +207,13 @@ HOSTILE_NATIVE = [
     ),
     pytest.param(npy_header((4,), "{'a': 1}"), NPY, 422, "not a .npy array", id="npy-bad-descr"),
     pytest.param(
+        npy(X).replace(b"'shape': (", b"'shape': \xf8", 1),
+        NPY,
+        422,
+        "not a .npy array",
+        id="npy-header-garbled",
+    ),
+    pytest.param(
         npy(np.zeros(4, dtype=[("a", "<f4")])), NPY, 422, "does not cast", id="npy-structured"
     ),
     pytest.param(
@@ -487,6 +494,8 @@ NON_FITTING_BINARY = [
     pytest.param("float32", npy(np.array([np.inf, 0, 0, 0], "f4")), NPY, id="npy-inf"),
     pytest.param("float32", npy(np.array([1e39, 0, 0, 0])), NPY, id="npy-f64-overflow"),
     pytest.param("float64", npy(np.array([-np.inf, 0, 0, 0])), NPY, id="npy-f64-inf"),
+    pytest.param("float64", npy(np.array([np.nan, 0, 0, 0], "f4")), NPY, id="npy-f32-nan-into-f64"),
+    pytest.param("float32", npy(np.array([np.inf, 0, 0, 0], "f2")), NPY, id="npy-f16-inf-into-f32"),
     pytest.param("int8", npy(np.array([300, 0, 0, 0])), NPY, id="npy-i64-300-into-i8"),
     pytest.param("uint8", npy(np.array([-1, 0, 0, 0])), NPY, id="npy-negative-into-u8"),
     pytest.param("int8", npy(np.array([200, 0, 0, 0], "u1")), NPY, id="npy-u8-200-into-i8"),
@@ -540,6 +549,8 @@ def test_v2_binary_values_that_do_not_fit_are_refused(
         pytest.param("uint8", np.array([255, 0, 1, 2]), id="i64-into-u8"),
         pytest.param("int8", np.array([-128, 127, 0, 1], "i2"), id="i16-into-i8"),
         pytest.param("float32", np.array([1.5, -2, 0, 3.25]), id="f64-into-f32"),
+        pytest.param("float64", np.array([1.5, -2, 0, 3.25], "f4"), id="f32-into-f64"),
+        pytest.param("float32", np.array([1.5, -2, 0, 65504], "f2"), id="f16-into-f32"),
         pytest.param("float16", np.array([1, 2, 3, 4], "i8"), id="i64-into-f16"),
         pytest.param("float32", np.array([True, False, True, True]), id="bool-into-f32"),
         pytest.param("float32", np.array([1.5, -2, 0, 3.25], ">f4"), id="big-endian"),

@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # NOTE: torch first and pinned, so pip takes the CPU wheel instead of a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+SOAK_SECONDS ?= 300
 
-.PHONY: all install serve test unit lint fmt typecheck weights validate bench clean
+.PHONY: all install serve test unit lint fmt typecheck weights validate bench soak clean
 
 all: lint test
 
@@ -46,6 +47,10 @@ weights: install
 
 bench: install
 	$(PY) -m bench
+
+# A bounded mixed workload against a real server; `make soak SOAK_SECONDS=60` for a short one.
+soak: install
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS) --json bench/results/soak-$$(date +%Y%m%d-%H%M%S).json
 
 validate: install
 	$(PY) -m registry validate models.yaml

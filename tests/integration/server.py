@@ -39,15 +39,18 @@ class Server:
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        # NOTE: one client for every look: a new one loads the CA bundle each time, which
+        # cost seconds of CPU that the starting server needed.
+        with httpx.Client(timeout=1) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited {self.process.returncode}:\n{self.output()}")
+                try:
+                    if client.get(f"{self.url}/readyz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
         raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.output()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 40) -> int:

@@ -76,6 +76,16 @@ def client(settings: Settings, fatal: FatalRecorder, fast_path: bool) -> Iterato
         yield test_client
 
 
+@pytest.fixture
+def small_body_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterator[TestClient]:
+    """``lin`` behind a 200-byte body limit, through either door."""
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1",))])
+    settings = make_settings(tmp_path, max_body_bytes=200, fast_path=fast_path)
+    with TestClient(create_app(settings)) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
 def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while client.get("/readyz").status_code != 200:

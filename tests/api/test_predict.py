@@ -122,15 +122,6 @@ def test_bad_input_gets_its_error_and_the_next_request_succeeds(
     assert client.post("/models/lin/predict", json={"inputs": X}).status_code == 200
 
 
-@pytest.fixture
-def small_body_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterator[TestClient]:
-    write_manifest(tmp_path, [affine_model(weights, "lin", ("1",))])
-    settings = make_settings(tmp_path, max_body_bytes=200, fast_path=fast_path)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client)
-        yield client
-
-
 def test_body_over_the_limit_is_413_declared_or_chunked(small_body_client: TestClient) -> None:
     big = b'{"inputs": [' + b"1.0, " * 100 + b"1.0]}"
     declared = small_body_client.post(

@@ -1,0 +1,90 @@
+"""Hostile requests beyond the tensor codecs: names, nesting, duplicate keys, bodies.
+
+Each gets a 4xx in its protocol's error shape through both doors, and the server keeps
+answering good requests afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+GOOD = [0.5, -1.0, 2.0, 0.25]
+
+
+def nested_json(depth: int) -> bytes:
+    return b'{"inputs": ' + b"[" * depth + b"1.0" + b"]" * depth + b"}"
+
+
+def assert_error(response: object, status: int, v2: bool = False) -> None:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    error = response.json()["error"]  # type: ignore[attr-defined]
+    assert isinstance(error, str) if v2 else {"code", "message"} <= set(error)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/..%2F..%2Fetc%2Fpasswd/predict",
+        "/models/%2E%2E/predict",
+        "/models/lin%00/predict",
+        "/models/lin/versions/..%2F1/predict",
+        "/models/lin/versions/%2E%2E/predict",
+        "/models/" + "a" * 5000 + "/predict",
+    ],
+)
+def test_path_like_names_are_not_found(client: TestClient, path: str) -> None:
+    response = client.post(path, json={"inputs": GOOD})
+    assert response.status_code == 404, response.text
+    assert client.post("/models/lin/predict", json={"inputs": GOOD}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/models/..%2Flin/infer", "/v2/models/lin/versions/%2E%2E/infer", "/v2/models/%00/ready"],
+)
+def test_path_like_names_are_not_found_under_v2(client: TestClient, path: str) -> None:
+    body = {"inputs": [{"name": "input", "shape": [4], "datatype": "FP32", "data": GOOD}]}
+    response = client.post(path, json=body) if path.endswith("infer") else client.get(path)
+    assert_error(response, 404, v2=True)
+
+
+@pytest.mark.parametrize(("depth", "status"), [(64, 422), (300, 422), (5000, 400)])
+def test_deeply_nested_inputs(client: TestClient, depth: int, status: int) -> None:
+    """Deeper than orjson reads is invalid JSON; anything it reads is the wrong shape."""
+    headers = {"content-type": "application/json"}
+    response = client.post("/models/lin/predict", content=nested_json(depth), headers=headers)
+    assert_error(response, status)
+
+
+def test_duplicate_keys_take_the_last_value_on_both_routes(client: TestClient) -> None:
+    """orjson keeps the last of repeated keys; the answer is that value's, never a 5xx."""
+    headers = {"content-type": "application/json"}
+    last_good = b'{"inputs": "not numbers", "inputs": [0.5, -1.0, 2.0, 0.25]}'
+    first_good = b'{"inputs": [0.5, -1.0, 2.0, 0.25], "inputs": "not numbers"}'
+    expected = client.post("/models/lin/predict", json={"inputs": GOOD}).json()
+    assert client.post("/models/lin/predict", content=last_good, headers=headers).json() == (
+        expected
+    )
+    assert_error(client.post("/models/lin/predict", content=first_good, headers=headers), 422)
+    v2_twice = (
+        b'{"inputs": [{"name": "input", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4],'
+        b' "data": [0.5, -1.0, 2.0, 0.25]}], "inputs": 7}'
+    )
+    assert_error(client.post("/v2/models/lin/infer", content=v2_twice, headers=headers), 422, True)
+
+
+def test_chunked_bodies_over_the_limit_are_413_on_every_route(
+    small_body_client: TestClient,
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(50):
+            yield b"[1.0, 2.0, 3.0, 4.0]," * 2
+
+    native = small_body_client.post("/models/lin/predict", content=chunks())
+    assert_error(native, 413)
+    v2 = small_body_client.post("/v2/models/lin/infer", content=chunks())
+    assert_error(v2, 413, v2=True)
+    assert small_body_client.post("/models/lin/predict", json={"inputs": GOOD}).status_code == 200

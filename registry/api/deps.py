@@ -1,7 +1,8 @@
 """Dependencies as named types, so routes read like prose.
 
 The registry comes from Starlette lifespan state (never a module global); a model comes
-as a lease that is held until the route returns.
+as a lease that is held until the route returns. A route that reads a body takes
+``BodyDep`` before its model, so that the lease starts only once the body is in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
 
+from registry.api.limits import client_gone
 from registry.core import ModelRegistry
 from registry.errors import AdminDisabled, Unauthorized
 from registry.metrics import Metrics
@@ -35,6 +38,21 @@ async def get_metrics(request: Request) -> Metrics:
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body; ``BodySizeLimit`` bounds its size and how long it may take.
+
+    NOTE: FastAPI solves a route's dependencies in the order of its parameters, so a route
+    that names this before its model holds no lease while a slow client is still sending.
+    """
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise client_gone() from None
+
+
+BodyDep = Annotated[bytes, Depends(read_body)]
 
 
 async def get_default_model(

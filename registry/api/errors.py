@@ -17,10 +17,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from registry.codec import dumps
-from registry.errors import RegistryError, Unauthorized, Unavailable
+from registry.errors import (
+    PayloadTooLarge,
+    RegistryError,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+)
 from registry.logs import request_id
 
 log = logging.getLogger(__name__)
+
+# NOTE: the rest of such a body is never read; the connection is closed, not kept alive.
+_ENDS_CONNECTION = (PayloadTooLarge, RequestTimeout)
 
 
 def error_response(
@@ -41,12 +50,15 @@ def render_registry_error(exc: RegistryError, method: str, path: str) -> Respons
     """The envelope for a domain error; a server fault is also logged with the request id.
 
     503s (loading, queue full, draining) are expected states, not faults: not logged.
+    A refused body (413, 408) closes the connection.
     """
     headers = None
     if isinstance(exc, Unavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, _ENDS_CONNECTION):
+        headers = {"Connection": "close"}
     if exc.status_code >= 500 and not isinstance(exc, Unavailable):
         log.error(
             "%s %s failed: %s: %s",

@@ -3,21 +3,26 @@
 FastAPI's per-request machinery (routing, dependency solving, exception middleware) costs
 several times a small model's forward pass. This serves exactly
 ``POST /models/{name}/predict`` and ``POST /models/{name}/versions/{version}/predict``
-with the same lease, the same ``serving.predict``, the same body limit and the same
-error envelope as the FastAPI routes, which stay as the documented contract and serve
-these paths when the fast path is off (``REGISTRY_FAST_PATH=false``). Everything else
-passes through.
+with the same lease, the same ``serving.predict``, the same body limit and deadline and
+the same error envelope as the FastAPI routes, which stay as the documented contract and
+serve these paths when the fast path is off (``REGISTRY_FAST_PATH=false``). Everything
+else passes through.
+
+As there, the whole body is read before the model is leased: a client still sending (or
+trickling on purpose) holds a connection, never a version that a reload retired. So every
+body error (413, 408, 499) comes before a lookup error (404, 503), through either door.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry.api.asgi import header, match_predict
 from registry.api.errors import error_response, render_registry_error
-from registry.api.limits import declared_length, too_large
+from registry.api.limits import Deadlines, client_gone, declared_length, timed_out, too_large
 from registry.core import ModelRegistry
 from registry.errors import RegistryError
 from registry.serving import predict
@@ -30,6 +35,7 @@ class PredictFastPath:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.deadlines = Deadlines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = None
@@ -43,9 +49,9 @@ class PredictFastPath:
         registry: ModelRegistry = state["registry"]
         settings: Settings = state["settings"]
         try:
+            received = await self._read_body(receive, scope, settings.body_timeout_s)
             with registry.lease(*target) as model:
                 state["served"] = (model.name, model.version.version)
-                received = await _read_body(receive, scope, self.max_body_bytes)
                 answer = await predict(
                     model,
                     received,
@@ -68,21 +74,30 @@ class PredictFastPath:
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": answer.body})
 
-
-async def _read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
-    """The whole body, refused (413) past ``limit`` before more than that is buffered."""
-    if (declared := declared_length(scope)) is not None and declared > limit:
-        raise too_large(limit)
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+    async def _read_body(self, receive: Receive, scope: Scope, timeout_s: float) -> bytes:
+        """The whole body: 413 past the limit before more than that is buffered, 408 past
+        the deadline, 499 when the client hangs up first."""
+        limit = self.max_body_bytes
+        if (declared := declared_length(scope)) is not None and declared > limit:
             raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        deadlines = self.deadlines
+        task = deadlines.watch(deadlines.after(timeout_s))
+        try:
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise client_gone()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except asyncio.CancelledError:
+            if deadlines.timed_out(task):
+                raise timed_out(timeout_s) from None
+            raise
+        finally:
+            deadlines.unwatch(task)

@@ -1,29 +1,109 @@
-"""Refuse oversized bodies before they are buffered: a pure ASGI middleware.
+"""Refuse oversized or slow bodies before they are buffered or wait forever: pure ASGI.
 
 The declared ``Content-Length`` is checked up front; a chunked body (or one that lies
 about its length) is counted as it streams and cut off at the limit, so a client cannot
-make the server hold more than ``max_body_bytes`` of one request in memory.
+make the server hold more than ``max_body_bytes`` of one request in memory. A body must
+also arrive whole within ``REGISTRY_BODY_TIMEOUT_S`` of the first read, or the request is
+answered 408 and the connection closed, so a client trickling bytes cannot hold a
+connection (and, before this, a model) for ever. The fast path reads its own body with the
+same ``Deadlines``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.asgi import header
-from registry.api.errors import error_response
-from registry.errors import PayloadTooLarge
+from registry.api.errors import render_registry_error
+from registry.errors import ClientClosedRequest, PayloadTooLarge, RegistryError, RequestTimeout
+from registry.settings import Settings
+
+_Task = asyncio.Task[Any]
+_EARLY_S = 0.001  # NOTE: a timer may fire up to the clock's resolution before its time
 
 
-class BodyTooLarge(Exception):
-    """Raised from ``receive`` past the limit; never reaches a client as such."""
+class Deadlines:
+    """Body reads in progress, and one timer that cancels those past their deadline.
+
+    An ``asyncio.timeout`` per request arms and cancels a timer handle each time, several
+    microseconds, as much as the rest of the fast path's own work for a small model. Here
+    a read registers its task in a dict; one timer, armed only while some read is in
+    progress and always for the earliest deadline, cancels the late ones. A reader that
+    catches ``CancelledError`` asks ``timed_out`` whether the cancellation was this one's
+    (then it is undone, and the reader answers 408) or someone else's (re-raise it).
+    """
+
+    def __init__(self) -> None:
+        self._reading: dict[_Task, float] = {}
+        self._expired: set[_Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def after(timeout_s: float) -> float:
+        """The deadline ``timeout_s`` from now, on the running loop's clock."""
+        return asyncio.get_running_loop().time() + timeout_s
+
+    def watch(self, deadline: float) -> _Task:
+        """Register the current task until ``unwatch``; it is cancelled past ``deadline``."""
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - only ever called from a request's task
+            raise RuntimeError("Deadlines.watch() needs a running task")
+        self._reading[task] = deadline
+        if self._timer is None:
+            self._arm(task.get_loop(), deadline)
+        return task
+
+    def unwatch(self, task: _Task) -> None:
+        # NOTE: the timer stays armed; when it fires with nothing late, it re-arms or stops.
+        self._reading.pop(task, None)
+        self._expired.discard(task)
+
+    def timed_out(self, task: _Task) -> bool:
+        """Whether ``task``'s ``CancelledError`` is its deadline's; if so, it is undone."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        # NOTE: a cancellation from elsewhere too (the server's, at shutdown) still stands.
+        return task.uncancel() == 0
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time() + _EARLY_S
+        earliest: float | None = None
+        for task, deadline in self._reading.items():
+            if task in self._expired:
+                continue
+            if deadline <= now:
+                self._expired.add(task)
+                task.cancel("request body deadline")
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
+
+
+class _Refused(Exception):
+    """Raised from ``receive`` to stop the app; never reaches a client as such."""
 
 
 class BodySizeLimit:
+    """The size limit and the deadline for every route that reads a body.
+
+    The deadline is the application's ``Settings.body_timeout_s``, read from the request's
+    lifespan state, as the routes read their settings.
+    """
+
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.deadlines = Deadlines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -32,46 +112,58 @@ class BodySizeLimit:
         limit = self.max_body_bytes
         declared = declared_length(scope)
         if declared is not None and declared > limit:
-            await self._reject(scope, receive, send)
+            await self._refuse(too_large(limit), scope, receive, send)
             return
-
+        timeout_s = body_timeout_s(scope)
+        deadlines = self.deadlines
+        deadline: float | None = None
         received = 0
-        exceeded = False
+        complete = False
+        refusal: RegistryError | None = None
         response_started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal deadline, received, complete, refusal
+            if complete or timeout_s is None:
+                message = await receive()
+            else:
+                if deadline is None:
+                    deadline = deadlines.after(timeout_s)
+                task = deadlines.watch(deadline)
+                try:
+                    message = await receive()
+                except asyncio.CancelledError:
+                    if not deadlines.timed_out(task):
+                        raise
+                    refusal = timed_out(timeout_s)
+                    raise _Refused from None
+                finally:
+                    deadlines.unwatch(task)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    exceeded = True
-                    raise BodyTooLarge
+                    refusal = too_large(limit)
+                    raise _Refused
+                complete = not message.get("more_body", False)
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
-            if exceeded and not response_started:
-                # NOTE: a route may have turned BodyTooLarge into its own 400; 413 wins.
+            if refusal is not None and not response_started:
+                # NOTE: a route may have turned _Refused into its own 400 or 500; ours wins.
                 return
             response_started = response_started or message["type"] == "http.response.start"
             await send(message)
 
-        with contextlib.suppress(BodyTooLarge):
-            await self.app(scope, counting_receive, guarded_send)
-        if exceeded and not response_started:
-            await self._reject(scope, receive, send)
+        with contextlib.suppress(_Refused):
+            await self.app(scope, guarded_receive, guarded_send)
+        if refusal is not None and not response_started:
+            await self._refuse(refusal, scope, receive, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = too_large(self.max_body_bytes)
-        response = error_response(
-            error.status_code,
-            error.code,
-            error.message,
-            {"Connection": "close"},
-            path=scope["path"],
-            max_body_bytes=self.max_body_bytes,
-        )
+    async def _refuse(
+        self, error: RegistryError, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        response = render_registry_error(error, scope["method"], scope["path"])
         await response(scope, receive, send)
 
 
@@ -80,5 +172,21 @@ def declared_length(scope: Scope) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+def body_timeout_s(scope: Scope) -> float | None:
+    """The application's body deadline; None (no deadline) outside its lifespan."""
+    settings: Settings | None = scope.get("state", {}).get("settings")
+    return settings.body_timeout_s if settings is not None else None
+
+
 def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the request body exceeds {limit} bytes", max_body_bytes=limit)
+
+
+def timed_out(timeout_s: float) -> RequestTimeout:
+    return RequestTimeout(
+        f"the request body did not arrive within {timeout_s:g} s", body_timeout_s=timeout_s
+    )
+
+
+def client_gone() -> ClientClosedRequest:
+    return ClientClosedRequest("the client closed the connection before its body arrived")

@@ -2,10 +2,17 @@
 
 One pass around each request: take ``X-Request-ID`` or make one, echo it, time the
 request, and, for prediction routes, count it by model, version and status.
+
+Two outcomes are not server faults and are never counted or logged as 5xx: a client that
+hangs up before its body arrived is recorded as nginx's 499 (``ClientClosedRequest``),
+and a request that the server itself gives up on at shutdown, once the drain time is
+spent, is answered 503 ``shutting_down`` instead of a 500 with a ``CancelledError``
+traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -16,6 +23,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.asgi import header, is_prediction
+from registry.api.errors import render_registry_error
+from registry.errors import ShuttingDown
 from registry.logs import request_id
 from registry.metrics import UNKNOWN, Metrics
 
@@ -40,16 +49,30 @@ class Observe:
         rid = incoming if incoming and _ACCEPTABLE_ID.match(incoming) else next(self._fresh_ids)
         token = request_id.set(rid)
         status = 500
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # NOTE: only the server cancels a request's task: uvicorn, once the drain time
+            # is spent at shutdown. Everything below has unwound (leases returned); what is
+            # left is to answer, if nothing was sent yet, and end the task cleanly rather
+            # than hand the server a CancelledError to log as a 500 with its traceback.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if not responded:
+                error = ShuttingDown("the server is shutting down")
+                response = render_registry_error(error, scope["method"], scope["path"])
+                response.headers["Connection"] = "close"
+                await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             counted = scope["method"] == "POST" and is_prediction(scope["path"])

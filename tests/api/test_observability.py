@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Message
+
+from tests.api.test_slow_clients import call, status_of
 
 X = [1.0, 2.0, 3.0, 4.0]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -91,3 +97,32 @@ def test_request_id_is_kept_or_made_and_echoed(client: TestClient) -> None:
         "/models/ghost/predict", json={"inputs": X}, headers={"X-Request-ID": "e-1"}
     )
     assert error.headers["x-request-id"] == "e-1"
+
+
+@pytest.mark.parametrize("path", ["/models/lin/predict", "/v2/models/lin/infer"])
+def test_a_client_that_hangs_up_mid_body_is_499_never_a_server_error(
+    client: TestClient, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nginx's 499 (client closed request), counted before any version was chosen."""
+    before = scrape(client)
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'{"inputs": [1.0,', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    sent = call(client, path, b"x" * 100, receive)
+    after = scrape(client)
+    assert status_of(sent) == 499  # the server drops it: nobody is left to read it
+    assert requests_total(after, "(unknown)", "(unknown)", 499) == 1 + requests_total(
+        before, "(unknown)", "(unknown)", 499
+    )
+    server_errors = [
+        labels
+        for (name, labels), value in after.items()
+        if name == "registry_requests_total" and dict(labels)["status"].startswith("5")
+    ]
+    assert server_errors == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

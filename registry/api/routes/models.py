@@ -8,7 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from registry import serving
-from registry.api.deps import DefaultModelDep, RegistryDep, SettingsDep, VersionedModelDep
+from registry.api.deps import (
+    BodyDep,
+    DefaultModelDep,
+    RegistryDep,
+    SettingsDep,
+    VersionedModelDep,
+)
 from registry.api.schemas import (
     ErrorEnvelope,
     ModelInfo,
@@ -30,6 +36,7 @@ _Route = Callable[..., Awaitable[Response]]
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": PredictResponse, "description": "Outputs of the resolved version"},
     404: {"model": ErrorEnvelope, "description": "Unknown model or version"},
+    408: {"model": ErrorEnvelope, "description": "Body slower than REGISTRY_BODY_TIMEOUT_S"},
     413: {"model": ErrorEnvelope, "description": "Body over REGISTRY_MAX_BODY_BYTES"},
     422: {"model": ErrorEnvelope, "description": "Inputs of the wrong shape or dtype"},
     503: {"model": ErrorEnvelope, "description": "Loading, queue full or shutting down"},
@@ -70,24 +77,29 @@ async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
     return _model_info(entry, registry.draining)
 
 
+# NOTE: the body comes before the model: no lease is held while a client is still sending.
 @_predict_route("/models/{name}/predict")
-async def predict(request: Request, model: DefaultModelDep, settings: SettingsDep) -> Response:
+async def predict(
+    body: BodyDep, model: DefaultModelDep, request: Request, settings: SettingsDep
+) -> Response:
     """Predict with the default version."""
-    return await _predict(request, model, settings)
+    return await _predict(body, model, request, settings)
 
 
 @_predict_route("/models/{name}/versions/{version}/predict")
 async def predict_version(
-    request: Request, model: VersionedModelDep, settings: SettingsDep
+    body: BodyDep, model: VersionedModelDep, request: Request, settings: SettingsDep
 ) -> Response:
     """Predict with a version number or an alias; the answer names the concrete version."""
-    return await _predict(request, model, settings)
+    return await _predict(body, model, request, settings)
 
 
-async def _predict(request: Request, model: LoadedModel, settings: Settings) -> Response:
+async def _predict(
+    body: bytes, model: LoadedModel, request: Request, settings: Settings
+) -> Response:
     answer = await serving.predict(
         model,
-        await request.body(),
+        body,
         timeout_s=settings.request_timeout_s,
         content_type=request.headers.get("content-type"),
         shape=request.headers.get("x-shape"),

@@ -12,7 +12,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from registry import __version__
-from registry.api.deps import DefaultModelDep, RegistryDep, SettingsDep, VersionedModelDep
+from registry.api.deps import (
+    BodyDep,
+    DefaultModelDep,
+    RegistryDep,
+    SettingsDep,
+    VersionedModelDep,
+)
 from registry.errors import NotReady
 from registry.model import LoadedModel
 from registry.serving import provenance, run
@@ -59,16 +65,19 @@ async def version_ready(model: VersionedModelDep) -> dict[str, Any]:
     return {"name": model.name, "ready": True}
 
 
+# NOTE: the body comes before the model: no lease is held while a client is still sending.
 @router.post("/models/{name}/infer")
-async def infer(request: Request, model: DefaultModelDep, settings: SettingsDep) -> Response:
-    return await _infer(request, model, settings)
+async def infer(
+    body: BodyDep, model: DefaultModelDep, request: Request, settings: SettingsDep
+) -> Response:
+    return await _infer(body, model, request, settings)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer_version(
-    request: Request, model: VersionedModelDep, settings: SettingsDep
+    body: BodyDep, model: VersionedModelDep, request: Request, settings: SettingsDep
 ) -> Response:
-    return await _infer(request, model, settings)
+    return await _infer(body, model, request, settings)
 
 
 def _metadata(model: LoadedModel) -> dict[str, Any]:
@@ -88,10 +97,13 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
     }
 
 
-async def _infer(request: Request, model: LoadedModel, settings: Settings) -> Response:
+async def _infer(
+    received: bytes, model: LoadedModel, request: Request, settings: Settings
+) -> Response:
     header = request.headers.get("inference-header-content-length")
-    length = int(header) if header and header.isdigit() else None
-    document, instances = decode_infer(await request.body(), length, model.spec.input)
+    document, instances = decode_infer(
+        received, header, model.spec.input, max_rows=model.spec.batching.max_batch_size
+    )
     outputs = await run(model, instances.array, settings.request_timeout_s)
     body, json_length = encode_infer(
         model.name, model.version.version, document, outputs, instances.batched

@@ -2,7 +2,9 @@
 
 ``serve`` runs uvicorn on an app built here from flags over the environment, so flags
 win without rewriting the environment, and so the exit status can say why it stopped:
-0 after a signal, 1 when strict start-up failed, 3 when start-up never finished.
+0 after a signal, 1 when the manifest is invalid (one line per problem, as ``validate``
+prints them, and nothing served) or strict start-up failed, 3 when start-up never
+finished.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry import __version__
 from registry.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.types import ASGIApp
 
 EXIT_OK, EXIT_INVALID, EXIT_MODELS_FAILED, EXIT_STARTUP_FAILED = 0, 1, 1, 3
 
@@ -66,6 +73,9 @@ def serve(args: argparse.Namespace) -> int:
     from registry.logs import configure_logging
 
     settings = _settings(args)
+    if problems := manifest_problems(settings.manifest):
+        _print_problems(problems)
+        return EXIT_INVALID
     configure_logging(settings)
     exit_code = EXIT_OK
 
@@ -74,19 +84,58 @@ def serve(args: argparse.Namespace) -> int:
         exit_code = EXIT_MODELS_FAILED
         server.should_exit = True
 
-    config = uvicorn.Config(
-        create_app(settings, on_fatal=on_fatal),
+    server = uvicorn.Server(uvicorn_config(create_app(settings, on_fatal=on_fatal), settings))
+    with _signals_end_cleanly():
+        server.run()
+    return exit_code if server.started else EXIT_STARTUP_FAILED
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """The server's own limits, from settings: drain, connections, keep-alive.
+
+    NOTE: slow request bodies are bounded by the app itself (``REGISTRY_BODY_TIMEOUT_S``),
+    so through either door; these apply to ``registry serve`` (uvicorn's own flags, such
+    as ``--limit-concurrency``, set them for ``uvicorn ... --factory``).
+    """
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    with _signals_end_cleanly():
-        server.run()
-    return exit_code if server.started else EXIT_STARTUP_FAILED
+
+
+def manifest_problems(manifest: Path) -> list[str]:
+    """What is wrong with the manifest itself, one line each; its weights are not read.
+
+    NOTE: ``serve`` checks this before uvicorn starts, so an invalid manifest is a few
+    clear lines and exit 1, not a start-up traceback. Weight files are the start-up
+    loader's business: with ``REGISTRY_STRICT_STARTUP=false`` a missing one must not stop
+    the rest being served.
+    """
+    from registry.errors import RegistryError
+    from registry.manifest import load_manifest, problem_line
+
+    try:
+        load_manifest(manifest)
+    except RegistryError as exc:
+        problems = exc.details.get("problems")
+        if isinstance(problems, list):
+            return [f"invalid manifest {str(manifest)!r}: {problem_line(p)}" for p in problems]
+        return [exc.message]
+    return []
+
+
+def _print_problems(problems: Sequence[str]) -> None:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)  # noqa: T201
 
 
 @contextmanager
@@ -110,8 +159,7 @@ def validate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     problems = validate_manifest(settings, load=args.load)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)  # noqa: T201
+    _print_problems(problems)
     if problems:
         return EXIT_INVALID
     print(f"ok: {settings.manifest} is valid")  # noqa: T201

@@ -129,3 +129,37 @@ def test_metrics_over_http_count_exactly_what_was_sent(tmp_path: Path) -> None:
         if s.name == "registry_requests_total"
     }
     assert counts == {("lin", "2", "200"): 7, ("lin", "1", "200"): 4, ("lin", "2", "422"): 1}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "lines"),
+    [
+        (
+            "models: [{name: x, versions: []}]\n",
+            [
+                "error: invalid manifest '{path}': x: input: Field required",
+                "error: invalid manifest '{path}': x: versions: Tuple should have at least 1 item",
+            ],
+        ),
+        ("models: [\n", ["error: manifest '{path}' is not valid YAML"]),
+        (None, ["error: cannot read manifest '{path}'"]),
+    ],
+    ids=["invalid", "not-yaml", "missing"],
+)
+def test_serve_with_a_bad_manifest_prints_clear_lines_and_no_traceback(
+    tmp_path: Path, manifest: str | None, lines: list[str]
+) -> None:
+    path = tmp_path / "models.yaml"
+    if manifest is not None:
+        path.write_text(manifest, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    command = [sys.executable, "-m", "registry", "serve", "--manifest", str(path)]
+    command += ["--port", str(free_port())]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    for line in lines:
+        assert line.format(path=path) in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "Started server" not in done.stderr  # uvicorn never ran

@@ -3,7 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
+from registry.cli import uvicorn_config
 from registry.settings import Settings
 
 
@@ -22,6 +25,42 @@ def test_defaults_are_safe() -> None:
     assert settings.fast_path is True
     assert settings.access_log is False
     assert settings.weights_root == (Path("models.yaml").parent / "weights").resolve()
+
+
+def test_slow_clients_are_bounded_by_default() -> None:
+    """A body deadline inside the drain; connections and keep-alive bounded in uvicorn."""
+    settings = Settings()
+    assert settings.body_timeout_s == 10
+    assert settings.body_timeout_s < settings.drain_timeout_s
+    config = uvicorn_config(_app, settings)
+    assert config.limit_concurrency == settings.max_connections == 512
+    assert config.timeout_keep_alive == settings.keep_alive_timeout_s == 5
+    assert config.timeout_graceful_shutdown == 30
+
+
+def test_slow_client_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRY_BODY_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("REGISTRY_MAX_CONNECTIONS", "64")
+    monkeypatch.setenv("REGISTRY_KEEP_ALIVE_TIMEOUT_S", "75")
+    config = uvicorn_config(_app, Settings())
+    assert Settings().body_timeout_s == 2.5
+    assert (config.limit_concurrency, config.timeout_keep_alive) == (64, 75)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BODY_TIMEOUT_S", "0"), ("MAX_CONNECTIONS", "0"), ("KEEP_ALIVE_TIMEOUT_S", "0")],
+)
+def test_slow_client_limits_cannot_be_turned_off_by_zero(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"REGISTRY_{name}", value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+async def _app(_scope: Scope, _receive: Receive, _send: Send) -> None:
+    raise AssertionError("never called")
 
 
 @pytest.mark.parametrize("token", ["", "   "])

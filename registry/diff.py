@@ -94,9 +94,13 @@ class Plan:
 
     @property
     def removes_every_model(self) -> bool:
-        """Every model served before is gone: what a truncated manifest looks like."""
-        kept = {key.model for key in self.unchanged + self.reloaded}
-        return bool(self.removed) and not kept
+        """No model named before is named still: what a truncated or wrong file looks like.
+
+        NOTE: by name, so replacing a model's only version with a new one is not removal.
+        """
+        before = {key.model for key in self.removed + self.unchanged + self.reloaded}
+        after = {model.name for model in self.manifest.models}
+        return bool(before) and not before & after
 
     @property
     def to_load(self) -> tuple[VersionKey, ...]:

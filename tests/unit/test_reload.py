@@ -141,6 +141,14 @@ async def test_removing_every_model_needs_to_be_asked_for(
     assert list(registry.table) == ["other"]
 
 
+async def test_replacing_every_version_of_a_model_is_not_removing_it(
+    registry: ModelRegistry, tmp_path: Path, weights: Path
+) -> None:
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("3",))])
+    report = await registry.reload(actor="test")
+    assert (report.added, sorted(report.removed)) == (["lin:3"], ["lin:1", "lin:2"])
+
+
 def _invalid_yaml(directory: Path, _: Path) -> None:
     (directory / "models.yaml").write_text("models: [\n  - name: lin\n", encoding="utf-8")
 

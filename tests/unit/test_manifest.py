@@ -244,9 +244,7 @@ def test_yaml_tags_that_construct_objects_are_refused(tmp_path: Path) -> None:
         load_manifest(hostile)
 
 
-@pytest.mark.parametrize(
-    "text", ["", "# every model commented out\n", "models: []\n", "models:\n"]
-)
+@pytest.mark.parametrize("text", ["", "# every model commented out\n", "models: []\n", "models:\n"])
 def test_a_manifest_without_models_is_refused(tmp_path: Path, text: str) -> None:
     """An empty file is a file caught mid-write far more often than an intent."""
     empty = tmp_path / "empty.yaml"

@@ -33,11 +33,21 @@ from registry.table import ModelEntry, VersionState
 router = APIRouter(tags=["models"])
 _Route = Callable[..., Awaitable[Response]]
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": PredictResponse, "description": "Outputs of the resolved version"},
+    200: {
+        "model": PredictResponse,
+        "content": {"application/octet-stream": _BINARY, "application/x-npy": _BINARY},
+        "description": "Outputs of the resolved version, as JSON or as `Accept` asks",
+    },
+    400: {"model": ErrorEnvelope, "description": "The body is not JSON"},
     404: {"model": ErrorEnvelope, "description": "Unknown model or version"},
     408: {"model": ErrorEnvelope, "description": "Body slower than REGISTRY_BODY_TIMEOUT_S"},
-    413: {"model": ErrorEnvelope, "description": "Body over REGISTRY_MAX_BODY_BYTES"},
+    413: {
+        "model": ErrorEnvelope,
+        "description": "Body over REGISTRY_MAX_BODY_BYTES, or more rows than max_batch_size",
+    },
+    415: {"model": ErrorEnvelope, "description": "Neither JSON, a raw tensor nor .npy"},
     422: {"model": ErrorEnvelope, "description": "Inputs of the wrong shape or dtype"},
     503: {"model": ErrorEnvelope, "description": "Loading, queue full or shutting down"},
     504: {"model": ErrorEnvelope, "description": "Inference timed out"},
@@ -45,7 +55,11 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 _PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "application/octet-stream": _BINARY | {"description": "Raw tensor; X-Shape"},
+            "application/x-npy": _BINARY,
+        },
     }
 }
 

@@ -7,7 +7,7 @@ Errors here are the protocol's ``{"error": "message"}`` (see ``api/errors.py``).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 
@@ -19,6 +19,17 @@ from registry.api.deps import (
     SettingsDep,
     VersionedModelDep,
 )
+from registry.api.v2_schemas import (
+    INFER_BODY,
+    INFER_RESPONSES,
+    Liveness,
+    ModelMetadata,
+    ModelReadiness,
+    ServerMetadata,
+    ServerReadiness,
+    TensorMetadata,
+    errors,
+)
 from registry.errors import NotReady
 from registry.model import LoadedModel
 from registry.serving import provenance, run
@@ -26,75 +37,83 @@ from registry.settings import Settings
 from registry.v2 import DATATYPES, INPUT, OUTPUT, decode_infer, encode_infer
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+_Route = Callable[..., Awaitable[Response]]
+
+
+_MODEL_ERRORS = errors(404, 422, 503)
 
 
 @router.get("")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "registry", "version": __version__, "extensions": ["binary_tensor_data"]}
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="registry", version=__version__, extensions=["binary_tensor_data"])
 
 
 @router.get("/health/live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live() -> Liveness:
+    return Liveness(live=True)
 
 
-@router.get("/health/ready")
-async def ready(registry: RegistryDep) -> dict[str, bool]:
+@router.get("/health/ready", responses=errors(503))
+async def ready(registry: RegistryDep) -> ServerReadiness:
     if not registry.ready:
         raise NotReady("models are still loading")
-    return {"ready": True}
+    return ServerReadiness(ready=True)
 
 
-@router.get("/models/{name}")
-async def model_metadata(model: DefaultModelDep) -> dict[str, Any]:
+@router.get("/models/{name}", responses=_MODEL_ERRORS)
+async def model_metadata(model: DefaultModelDep) -> ModelMetadata:
     return _metadata(model)
 
 
-@router.get("/models/{name}/versions/{version}")
-async def version_metadata(model: VersionedModelDep) -> dict[str, Any]:
+@router.get("/models/{name}/versions/{version}", responses=_MODEL_ERRORS)
+async def version_metadata(model: VersionedModelDep) -> ModelMetadata:
     return _metadata(model)
 
 
-@router.get("/models/{name}/ready")
-async def model_ready(model: DefaultModelDep) -> dict[str, Any]:
-    return {"name": model.name, "ready": True}
+@router.get("/models/{name}/ready", responses=_MODEL_ERRORS)
+async def model_ready(model: DefaultModelDep) -> ModelReadiness:
+    return ModelReadiness(name=model.name, ready=True)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
-async def version_ready(model: VersionedModelDep) -> dict[str, Any]:
-    return {"name": model.name, "ready": True}
+@router.get("/models/{name}/versions/{version}/ready", responses=_MODEL_ERRORS)
+async def version_ready(model: VersionedModelDep) -> ModelReadiness:
+    return ModelReadiness(name=model.name, ready=True)
+
+
+def _infer_route(path: str) -> Callable[[_Route], _Route]:
+    """A POST route that reads its own body, yet documents the request it expects."""
+    return router.post(
+        path, response_model=None, responses=INFER_RESPONSES, openapi_extra=INFER_BODY
+    )
 
 
 # NOTE: the body comes before the model: no lease is held while a client is still sending.
-@router.post("/models/{name}/infer")
+@_infer_route("/models/{name}/infer")
 async def infer(
     body: BodyDep, model: DefaultModelDep, request: Request, settings: SettingsDep
 ) -> Response:
     return await _infer(body, model, request, settings)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@_infer_route("/models/{name}/versions/{version}/infer")
 async def infer_version(
     body: BodyDep, model: VersionedModelDep, request: Request, settings: SettingsDep
 ) -> Response:
     return await _infer(body, model, request, settings)
 
 
-def _metadata(model: LoadedModel) -> dict[str, Any]:
+def _metadata(model: LoadedModel) -> ModelMetadata:
     spec = model.spec
-    return {
-        "name": model.name,
-        "versions": [v.version for v in spec.versions],
-        "platform": f"pytorch_{model.version.format}",
-        "inputs": [
-            {
-                "name": INPUT,
-                "datatype": DATATYPES[spec.input.dtype],
-                "shape": [-1, *spec.input.shape],
-            }
-        ],
-        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1]}],
-    }
+    tensor = TensorMetadata(
+        name=INPUT, datatype=DATATYPES[spec.input.dtype], shape=[-1, *spec.input.shape]
+    )
+    return ModelMetadata(
+        name=model.name,
+        versions=[v.version for v in spec.versions],
+        platform=f"pytorch_{model.version.format}",
+        inputs=[tensor],
+        outputs=[TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1])],
+    )
 
 
 async def _infer(

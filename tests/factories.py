@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 import yaml
 from safetensors.torch import save_file
@@ -22,6 +23,7 @@ from registry.weightfiles import file_sha256
 
 FEATURES, CLASSES = 4, 3
 TRIPWIRE = 13.0  # an input holding this value makes Tripwire raise
+LIN_INPUT = [0.5, -1.0, 2.0, 0.25]
 
 
 class Affine(nn.Module):
@@ -180,3 +182,18 @@ def write_manifest(directory: Path, models: Iterable[Mapping[str, Any]]) -> Path
     path = directory / "models.yaml"
     path.write_text(yaml.safe_dump({"models": list(models)}, sort_keys=False), encoding="utf-8")
     return path
+
+
+def lin_routes(version: str) -> list[tuple[str, bytes]]:
+    """``lin``'s four prediction routes (native and V2, default and ``version``), each with
+    a valid one-instance body."""
+    native = orjson.dumps({"inputs": LIN_INPUT})
+    v2 = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [FEATURES], "datatype": "FP32", "data": LIN_INPUT}]}
+    )
+    return [
+        ("/models/lin/predict", native),
+        (f"/models/lin/versions/{version}/predict", native),
+        ("/v2/models/lin/infer", v2),
+        (f"/v2/models/lin/versions/{version}/infer", v2),
+    ]

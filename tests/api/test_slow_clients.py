@@ -21,19 +21,11 @@ from starlette.types import Message
 from registry.app import create_app
 from registry.core import ModelRegistry
 from tests.conftest import make_settings, wait_ready
-from tests.factories import affine_model, write_manifest
+from tests.factories import LIN_INPUT, affine_model, lin_routes, write_manifest
 
-X = [1.0, 2.0, 3.0, 4.0]
-NATIVE = json.dumps({"inputs": X}).encode()
-V2 = json.dumps(
-    {"inputs": [{"name": "input", "shape": [4], "datatype": "FP32", "data": X}]}
-).encode()
-ROUTES = [
-    ("/models/lin/predict", NATIVE),
-    ("/models/lin/versions/1/predict", NATIVE),
-    ("/v2/models/lin/infer", V2),
-    ("/v2/models/lin/versions/1/infer", V2),
-]
+X = LIN_INPUT
+ROUTES = lin_routes("1")
+NATIVE, V2 = ROUTES[0][1], ROUTES[2][1]
 ROUTE_IDS = ["predict", "predict-version", "v2-infer", "v2-infer-version"]
 Receive = Callable[[], Awaitable[Message]]
 

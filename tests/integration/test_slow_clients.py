@@ -21,24 +21,16 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.factories import affine_model, affine_outputs, write_manifest
+from tests.factories import LIN_INPUT, affine_model, affine_outputs, lin_routes, write_manifest
 from tests.integration.server import Server, serving, start
 
 pytestmark = pytest.mark.integration
 
 ADMIN = {"REGISTRY_ADMIN_TOKEN": "secret"}
 AUTH = {"Authorization": "Bearer secret"}
-X = [0.5, -1.0, 2.0, 0.25]
-NATIVE = json.dumps({"inputs": X}).encode()
-V2 = json.dumps(
-    {"inputs": [{"name": "input", "shape": [4], "datatype": "FP32", "data": X}]}
-).encode()
-ROUTES = [
-    ("/models/lin/predict", NATIVE),
-    ("/models/lin/versions/stable/predict", NATIVE),
-    ("/v2/models/lin/infer", V2),
-    ("/v2/models/lin/versions/stable/infer", V2),
-]
+X = LIN_INPUT
+ROUTES = lin_routes("stable")
+NATIVE, V2 = ROUTES[0][1], ROUTES[2][1]
 
 
 class Trickler:

@@ -69,7 +69,11 @@ class PredictFastPath:
             response = error_response(500, "internal", "internal server error", path=path)
             await response(scope, receive, send)
             return
-        raw_headers = [(b"content-type", answer.media_type.encode())]
+        # NOTE: a declared length, as the FastAPI door sends: no chunked framing to parse.
+        raw_headers = [
+            (b"content-length", str(len(answer.body)).encode()),
+            (b"content-type", answer.media_type.encode()),
+        ]
         raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         await send({"type": "http.response.body", "body": answer.body})

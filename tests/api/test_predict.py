@@ -277,3 +277,10 @@ def test_after_the_lifespan_no_model_object_is_reachable(
     gc.collect()
     assert len(refs) == 4
     assert [ref() for ref in refs] == [None] * 4
+
+
+def test_answers_declare_their_length_through_both_doors(client: TestClient) -> None:
+    """A declared length, never chunked framing, whichever door answered."""
+    response = client.post("/models/lin/predict", json={"inputs": [0.5, -1.0, 2.0, 0.25]})
+    assert response.headers["content-length"] == str(len(response.content))
+    assert "transfer-encoding" not in response.headers

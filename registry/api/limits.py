@@ -168,8 +168,12 @@ class BodySizeLimit:
 
 
 def declared_length(scope: Scope) -> int | None:
+    """The declared ``Content-Length``, if it is one: ASCII digits only.
+
+    NOTE: ``str.isdigit`` also accepts ``²`` and other digits ``int`` refuses.
+    """
     value = header(scope, b"content-length")
-    return int(value) if value is not None and value.isdigit() else None
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
 def body_timeout_s(scope: Scope) -> float | None:

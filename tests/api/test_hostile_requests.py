@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from registry.api.limits import declared_length
+
 GOOD = [0.5, -1.0, 2.0, 0.25]
 
 
@@ -88,3 +90,10 @@ def test_chunked_bodies_over_the_limit_are_413_on_every_route(
     v2 = small_body_client.post("/v2/models/lin/infer", content=chunks())
     assert_error(v2, 413, v2=True)
     assert small_body_client.post("/models/lin/predict", json={"inputs": GOOD}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1e3", "-1"])
+def test_a_content_length_that_is_not_ascii_digits_is_not_trusted(value: str) -> None:
+    """No server error for a header Python's ``isdigit`` accepts and ``int`` refuses."""
+    scope = {"type": "http", "headers": [(b"content-length", value.encode())]}
+    assert declared_length(scope) is None

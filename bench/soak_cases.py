@@ -24,17 +24,16 @@ import numpy as np
 import orjson
 
 from registry.batching import Array
-from registry.codec import NUMPY_DTYPES
+from registry.dtypes import DTYPES
 from registry.loaders import load_version
 from registry.manifest import ModelSpec, load_manifest
-from registry.v2 import DATATYPES
 
 RTOL, ATOL = 1e-4, 1e-5
 # NOTE: finite in JSON and in float64, infinite once cast to the model's dtype.
 OVERFLOW = {"float32": 3.5e38, "float16": 7.0e4}
 SOAK_ALIAS = "soak"  # moved between two versions by every reload
 MEDIA = {"json": "application/json", "raw": "application/octet-stream", "npy": "application/x-npy"}
-FROM_V2 = {v2: np.dtype(name) for name, v2 in DATATYPES.items()}
+FROM_V2 = {row.v2: row.numpy for row in DTYPES.values()}
 V2_ID = "soak"
 NPY_GARBAGE = b"\x93NUMPY\x01\x00 this is not an array header"
 
@@ -128,7 +127,7 @@ def sample_inputs(spec: ModelSpec) -> Array:
     """Held-out rows of the data set the example models were trained on, else seeded noise."""
     from registry.examples.data import diabetes_split, digits_split
 
-    shape, dtype = spec.input.shape, NUMPY_DTYPES[spec.input.dtype]
+    shape, dtype = spec.input.shape, DTYPES[spec.input.dtype].numpy
     rows: Array
     if int(np.prod(shape)) == 64 and dtype.kind == "f":
         rows = digits_split().x_test
@@ -210,7 +209,7 @@ def v2_body(
     tensor: dict[str, Any] = {
         "name": "input",
         "shape": list(x.shape),
-        "datatype": datatype or DATATYPES[model.dtype],
+        "datatype": datatype or DTYPES[model.dtype].v2,
     }
     raw = little_endian(x) if binary_input else b""
     if binary_input:
@@ -434,7 +433,7 @@ def _chunked(request: Request) -> Request:
 
 
 def _other_datatype(model: ModelCase) -> str:
-    return "FP64" if DATATYPES[model.dtype] != "FP64" else "FP32"
+    return "FP64" if DTYPES[model.dtype].v2 != "FP64" else "FP32"
 
 
 BAD_CASES: tuple[BadCase, ...] = (

@@ -22,13 +22,13 @@ import numpy as np
 from registry.batching import Array
 from registry.codec import (
     MAX_AXES,
-    NUMPY_DTYPES,
     Instances,
     accepts,
     as_shape,
     fit_dtype,
     instance_shape,
 )
+from registry.dtypes import DTYPES
 from registry.errors import InvalidInput
 from registry.manifest import TensorSpec
 
@@ -57,7 +57,7 @@ def decode_raw(
             expected_shape=list(spec.shape),
         )
     batched = instance_shape(shape, spec, max_rows=max_rows)
-    expected_bytes = math.prod(shape) * NUMPY_DTYPES[spec.dtype].itemsize
+    expected_bytes = math.prod(shape) * DTYPES[spec.dtype].numpy.itemsize
     if len(body) != expected_bytes:
         raise InvalidInput(
             f"X-Shape {list(shape)} of {spec.dtype} is {expected_bytes} bytes; "
@@ -113,7 +113,7 @@ def tensor_from_bytes(data: bytes, spec: TensorSpec, what: str = "'inputs'") -> 
     NOTE: a copy, because torch refuses to wrap a read-only buffer safely. Floats must be
     finite and bools 0 or 1, like everywhere else (``registry.codec.fit_dtype``).
     """
-    dtype = NUMPY_DTYPES[spec.dtype]
+    dtype = DTYPES[spec.dtype].numpy
     if dtype.kind == "b" and data and np.frombuffer(data, np.uint8).max() > 1:
         raise InvalidInput(
             f"{what} holds bytes other than 0 and 1 for bool",

@@ -36,13 +36,9 @@ import numpy as np
 import orjson
 
 from registry.batching import Array
+from registry.dtypes import DTYPES
 from registry.errors import InvalidInput, InvalidJSON, PayloadTooLarge
 from registry.manifest import TensorSpec
-
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(name)
-    for name in ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8")
-} | {"bool": np.dtype(np.bool_)}
 
 MAX_AXES = 64  # NumPy's limit on an array's dimensions
 _MAX_DIM = 2**63 - 1
@@ -54,7 +50,7 @@ _LIMITS: dict[np.dtype[Any], tuple[float, float]] = {
     dtype: (float(-np.finfo(dtype).max), float(np.finfo(dtype).max))
     if dtype.kind == "f"
     else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
-    for dtype in NUMPY_DTYPES.values()
+    for dtype in (row.numpy for row in DTYPES.values())
     if dtype.kind != "b"
 }
 
@@ -184,7 +180,7 @@ def to_array(values: object, spec: TensorSpec, what: str = "'inputs'") -> Array:
 
 def fit_dtype(array: Array, spec: TensorSpec, what: str = "'inputs'") -> Array:
     """``array`` as a writable, C-ordered array of the spec's dtype; 422 if a value doesn't fit."""
-    dtype = NUMPY_DTYPES[spec.dtype]
+    dtype = DTYPES[spec.dtype].numpy
     if array.dtype.kind not in _ACCEPTS[dtype.kind]:
         if array.size == 0:
             return array.astype(dtype)
@@ -204,7 +200,7 @@ def fit_dtype(array: Array, spec: TensorSpec, what: str = "'inputs'") -> Array:
 
 def accepts(source: np.dtype[Any], spec: TensorSpec) -> bool:
     """Whether arrays of ``source`` may be cast to the spec's dtype (values permitting)."""
-    return source.kind in _ACCEPTS[NUMPY_DTYPES[spec.dtype].kind]
+    return source.kind in _ACCEPTS[DTYPES[spec.dtype].numpy.kind]
 
 
 def _fits(array: Array, dtype: np.dtype[Any]) -> bool:

@@ -24,7 +24,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch.export.passes import move_to_device_pass
 
-from registry.codec import NUMPY_DTYPES
+from registry.dtypes import DTYPES, of_array
 from registry.errors import ModelLoadFailed, RegistryError, UnsafeArchitecture
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
@@ -182,15 +182,20 @@ def load_version(
 
 
 def warmup_batch(spec: ModelSpec) -> np.ndarray:
-    return np.zeros((WARMUP_BATCH, *spec.input.shape), dtype=NUMPY_DTYPES[spec.input.dtype])
+    return np.zeros((WARMUP_BATCH, *spec.input.shape), dtype=DTYPES[spec.input.dtype].numpy)
 
 
 def check_output(spec: ModelSpec, output: np.ndarray) -> None:
-    """Refuse at load time what would break every request: no batch axis, wrong label count."""
+    """Refuse at load time what would break every request: no batch axis, an output dtype
+    outside the table, a wrong label count."""
     if output.ndim == 0 or output.shape[0] != WARMUP_BATCH:
         raise ValueError(
             f"output shape {list(output.shape)} lacks the batch axis (expected {WARMUP_BATCH} rows)"
         )
+    try:
+        of_array(output.dtype)
+    except KeyError as exc:
+        raise ValueError(f"output {exc.args[0]}: no answer could be encoded") from None
     labels = spec.output.labels
     if labels is not None and output.shape[1:] != (len(labels),):
         raise ValueError(

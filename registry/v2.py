@@ -16,21 +16,11 @@ import orjson
 
 from registry.batching import Array
 from registry.binary import tensor_from_bytes, to_little_endian
-from registry.codec import MAX_AXES, NUMPY_DTYPES, Instances, as_shape, instance_shape, to_array
-from registry.errors import BadRequest, InvalidInput, InvalidJSON
+from registry.codec import MAX_AXES, Instances, as_shape, instance_shape, to_array
+from registry.dtypes import DTYPES, of_array
+from registry.errors import BadRequest, InvalidInput, InvalidJSON, ModelFailed
 from registry.manifest import TensorSpec
 
-DATATYPES = {
-    "float32": "FP32",
-    "float64": "FP64",
-    "float16": "FP16",
-    "int64": "INT64",
-    "int32": "INT32",
-    "int16": "INT16",
-    "int8": "INT8",
-    "uint8": "UINT8",
-    "bool": "BOOL",
-}
 INPUT, OUTPUT = "input", "output"
 
 
@@ -60,10 +50,10 @@ def decode_infer(
         raise InvalidInput("the input's 'name' must be a string")
     parameters = _parameters(tensor, "the input's")
     datatype = tensor.get("datatype")
-    if datatype != DATATYPES[spec.dtype]:
+    if datatype != DTYPES[spec.dtype].v2:
         raise InvalidInput(
-            f"input datatype is {_short(datatype)}; the model takes {DATATYPES[spec.dtype]}",
-            expected_dtype=DATATYPES[spec.dtype],
+            f"input datatype is {_short(datatype)}; the model takes {DTYPES[spec.dtype].v2}",
+            expected_dtype=DTYPES[spec.dtype].v2,
         )
     declared = tensor.get("shape")
     shape = as_shape(declared) if isinstance(declared, list) else None
@@ -166,11 +156,11 @@ def _binary_data(
         raise InvalidInput(
             f"'binary_data_size' is {size}, but {len(binary)} bytes follow the JSON header"
         )
-    expected = count * NUMPY_DTYPES[spec.dtype].itemsize
+    expected = count * DTYPES[spec.dtype].numpy.itemsize
     if size != expected:
         raise InvalidInput(
             f"'binary_data_size' is {size} bytes; the input's shape of "
-            f"{DATATYPES[spec.dtype]} is {expected} bytes"
+            f"{DTYPES[spec.dtype].v2} is {expected} bytes"
         )
     return tensor_from_bytes(binary, spec, "input")
 
@@ -193,7 +183,7 @@ def encode_infer(
     tensor: dict[str, Any] = {
         "name": wanted[0].get("name") or OUTPUT,
         "shape": list(answer.shape),
-        "datatype": DATATYPES.get(str(answer.dtype), "FP32"),
+        "datatype": _datatype(answer),
     }
     document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [tensor]}
     if request.get("id") is not None:
@@ -205,3 +195,13 @@ def encode_infer(
     tensor["parameters"] = {"binary_data_size": len(raw)}
     head = orjson.dumps(document)
     return head + raw, len(head)
+
+
+def _datatype(answer: Array) -> str:
+    """The output's own datatype; an output outside the table is the model's fault."""
+    try:
+        return of_array(answer.dtype).v2
+    except KeyError as exc:
+        raise ModelFailed(
+            f"the model's output has dtype {answer.dtype}, not a V2 datatype"
+        ) from exc

@@ -74,6 +74,13 @@ class SlowToBuild(nn.Module):
         return x * 1
 
 
+class ComplexOut(nn.Module):
+    """Answers in complex numbers, which no protocol here can encode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.complex64)
+
+
 class NoBatchAxis(nn.Module):
     """Returns a scalar: refused at warm-up because batching needs a batch axis."""
 

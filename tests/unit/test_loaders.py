@@ -146,6 +146,12 @@ def test_warmup_refuses_outputs_without_a_batch_axis(weights: Path) -> None:
         load_single(weights, entry["versions"][0])
 
 
+def test_warmup_refuses_an_output_dtype_no_answer_could_carry(weights: Path) -> None:
+    entry = echo_model(weights, "m", "ComplexOut")
+    with pytest.raises(ModelLoadFailed, match=r"warm-up.*complex64 has no place"):
+        load_single(weights, entry["versions"][0])
+
+
 def test_warmup_refuses_a_label_count_that_does_not_match(weights: Path) -> None:
     with pytest.raises(ModelLoadFailed, match="does not match 2 labels"):
         load_single(weights, affine_version(weights), output={"labels": ["a", "b"]})

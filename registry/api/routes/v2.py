@@ -30,11 +30,12 @@ from registry.api.v2_schemas import (
     TensorMetadata,
     errors,
 )
+from registry.dtypes import DTYPES
 from registry.errors import NotReady
 from registry.model import LoadedModel
 from registry.serving import provenance, run
 from registry.settings import Settings
-from registry.v2 import DATATYPES, INPUT, OUTPUT, decode_infer, encode_infer
+from registry.v2 import INPUT, OUTPUT, decode_infer, encode_infer
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 _Route = Callable[..., Awaitable[Response]]
@@ -105,7 +106,7 @@ async def infer_version(
 def _metadata(model: LoadedModel) -> ModelMetadata:
     spec = model.spec
     tensor = TensorMetadata(
-        name=INPUT, datatype=DATATYPES[spec.input.dtype], shape=[-1, *spec.input.shape]
+        name=INPUT, datatype=DTYPES[spec.input.dtype].v2, shape=[-1, *spec.input.shape]
     )
     return ModelMetadata(
         name=model.name,

@@ -45,7 +45,7 @@ async def predict(
     outputs = await run(model, instances.array, timeout_s)
     headers = provenance(model)
     answer = outputs if instances.batched else outputs[0]
-    wanted = _media(accept)
+    wanted = preferred_answer(accept)
     if wanted == RAW:
         raw, shape_headers = encode_raw(answer)
         return Prediction(raw, RAW, headers | shape_headers)
@@ -90,6 +90,45 @@ def decode(
         f"cannot read {media!r}; send {JSON}, {RAW} (with X-Shape) or {NPY}",
         supported=[JSON, RAW, NPY],
     )
+
+
+_ANSWERS = (JSON, RAW, NPY)
+
+
+def preferred_answer(accept: str | None) -> str:
+    """The answer type ``Accept`` prefers by q-value; JSON when it accepts none we make.
+
+    ``application/json;q=0.1, application/x-npy`` is ``.npy``. Each type takes the q of the
+    most specific range that names it (exact, then ``application/*``, then ``*/*``), as
+    RFC 9110 says; equal preferences go to JSON, then raw, then ``.npy``. Falling back to
+    JSON rather than answering 406 keeps clients with a browser's ``Accept`` working.
+    """
+    if not accept or accept == "*/*":
+        return JSON
+    ranges = []
+    for part in accept.split(","):
+        media, _, parameters = part.partition(";")
+        ranges.append((media.strip().lower(), _quality(parameters)))
+    q, _, answer = max((_q_for(answer, ranges), -i, answer) for i, answer in enumerate(_ANSWERS))
+    return answer if q > 0 else JSON
+
+
+def _q_for(answer: str, ranges: list[tuple[str, float]]) -> float:
+    family = answer.split("/", 1)[0] + "/*"
+    specificity = {answer: 2, family: 1, "*/*": 0}
+    named = [(specificity[media], q) for media, q in ranges if media in specificity]
+    return max(named)[1] if named else 0.0
+
+
+def _quality(parameters: str) -> float:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return min(max(float(value), 0.0), 1.0)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 def _media(header: str | None) -> str:

@@ -102,3 +102,13 @@ def test_bad_binary_input(
     assert response.status_code == status
     assert message in response.json()["error"]["message"]
     assert client.post("/models/lin/predict", json={"inputs": X.tolist()}).status_code == 200
+
+
+def test_accept_with_q_values_picks_the_preferred_form(client: TestClient) -> None:
+    response = client.post(
+        "/models/lin/predict",
+        json={"inputs": [0.5, -1.0, 2.0, 0.25]},
+        headers={"accept": "application/json;q=0.1, application/x-npy"},
+    )
+    assert response.headers["content-type"] == "application/x-npy"
+    assert np.load(io.BytesIO(response.content)).shape == (3,)

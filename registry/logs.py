@@ -28,7 +28,11 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"timestamp", "level", "logger", "message", ...extras}`` on one line."""
+    """``{"timestamp", "level", "logger", "message", ...extras}`` on one line.
+
+    Everything the standard formatter prints has a key: ``exception`` for a traceback,
+    ``stack`` for ``stack_info``; extras passed with ``extra=`` are keys of their own.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, object] = {
@@ -40,6 +44,10 @@ class JsonFormatter(logging.Formatter):
         document |= {k: v for k, v in vars(record).items() if k not in _STANDARD}
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            document["exception"] = record.exc_text
+        if record.stack_info:
+            document["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(document, default=str).decode()
 
 

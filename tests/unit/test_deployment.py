@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).parents[2]
@@ -39,8 +41,12 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_readiness_healthcheck() 
     assert len(stages) >= 2
     assert all("-slim" in stage for stage in stages)
     final = final_stage()
-    words = [word for word, _ in final]
-    assert "COPY" in words
+    copies = sorted(args for word, args in final if word == "COPY")
+    assert copies == [  # NOTE: the built venv, the manifest and weights; no source tree
+        "--from=build /opt/venv /opt/venv",
+        "models.yaml ./models.yaml",
+        "weights ./weights",
+    ]
     assert not any(w == "RUN" and ("pip install" in a or "apt-get" in a) for w, a in final)
     user = [args for word, args in final if word == "USER"]
     assert user
@@ -63,10 +69,50 @@ def test_dockerfile_defaults_to_cpu_torch_with_a_build_argument() -> None:
     assert "${TORCH_INDEX_URL}" in installs[0]
 
 
-def test_dockerignore_keeps_secrets_and_the_venv_out() -> None:
-    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-    assert ignored[ignored.index("*") :][0] == "*"  # deny by default
-    assert not any(line.startswith("!.") for line in ignored)
+def docker_ignores(path: str) -> bool:
+    """Whether ``.dockerignore`` keeps ``path`` out of the build context.
+
+    Docker's rule: patterns are matched in order, the last match wins, ``!`` re-includes,
+    and a pattern that matches a directory matches everything below it.
+    """
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        include = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes) or (
+            pattern.startswith("**/") and fnmatch.fnmatchcase(parts[-1], pattern[3:])
+        ):
+            ignored = not include
+    return ignored
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".env",
+        ".venv/bin/python",
+        ".git/config",
+        "tests/conftest.py",
+        "bench/results/x.json",
+        "registry/__pycache__/app.cpython-311.pyc",
+        "scripts/train_examples.py",
+    ],
+)
+def test_dockerignore_keeps_secrets_the_venv_and_tests_out(path: str) -> None:
+    assert docker_ignores(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["pyproject.toml", "README.md", "registry/app.py", "models.yaml", "weights/digits/1/model.pt"],
+)
+def test_dockerignore_lets_in_what_the_image_copies(path: str) -> None:
+    assert not docker_ignores(path)
 
 
 def test_compose_mounts_read_only_publishes_loopback_and_keeps_no_secret() -> None:

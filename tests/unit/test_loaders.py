@@ -163,11 +163,22 @@ def test_cuda_without_cuda_is_a_load_error(weights: Path) -> None:
         load_single(weights, affine_version(weights), device="cuda")
 
 
-def test_auto_device_falls_back_to_cpu(weights: Path) -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_auto_device_falls_back_to_cpu_without_cuda(weights: Path) -> None:
     spec = spec_of(model_entry("m", [affine_version(weights)], device="auto"))
     model = load_version(spec, spec.versions[0], weights)
-    expected_type = "cuda" if torch.cuda.is_available() else "cpu"
-    assert model.device.type == expected_type
+    assert model.device == torch.device("cpu")
+    np.testing.assert_allclose(model.predict_batch(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_auto_device_takes_the_gpu_and_answers_as_the_cpu_does(weights: Path) -> None:
+    spec = spec_of(model_entry("m", [affine_version(weights)], device="auto"))
+    model = load_version(spec, spec.versions[0], weights)
+    assert model.device.type == "cuda"
+    np.testing.assert_allclose(
+        model.predict_batch(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-5, atol=1e-6
+    )
 
 
 def _calls(name: str) -> list[tuple[Path, ast.Call]]:

@@ -9,7 +9,16 @@ import numpy as np
 import torch
 
 from registry.batching import Array, Batcher
+from registry.dtypes import DType, of_array
 from registry.manifest import ModelSpec, VersionSpec
+
+
+@dataclass(frozen=True, slots=True)
+class OutputInfo:
+    """What one instance's output looks like, as seen on a real forward pass."""
+
+    shape: tuple[int, ...]
+    dtype: DType
 
 
 @dataclass(eq=False)
@@ -29,6 +38,8 @@ class LoadedModel:
     warmup_ms: float = 0.0
     weights_sha256: str = ""
     """sha256 of the very bytes this version was deserialised from."""
+    output: OutputInfo | None = None
+    """Learned at warm-up, or on the first forward pass when warm-up is off."""
     leases: int = 0
     retired: bool = False
     in_frozen_heap: bool = False
@@ -55,7 +66,10 @@ class LoadedModel:
             output = self.module(tensor)
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"{self.key} returned {type(output).__name__}, expected a Tensor")
-        return output.detach().to("cpu").numpy()
+        answer = output.detach().to("cpu").numpy()
+        if self.output is None and answer.ndim:
+            self.output = OutputInfo(tuple(answer.shape[1:]), of_array(answer.dtype))
+        return answer
 
     def start(self) -> None:
         """Attach a batcher; call on the event loop that will serve this version."""

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from registry.app import create_app
 from tests.conftest import make_settings, wait_ready
-from tests.factories import affine_model, write_manifest
+from tests.factories import affine_model, echo_model, write_manifest
 
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
 
@@ -76,3 +76,22 @@ def test_a_body_over_the_limit_is_a_protocol_error(tmp_path: Path, weights: Path
     assert "exceeds 100 bytes" in response.json()["error"]
     assert native.status_code == 413
     assert native.json()["error"]["code"] == "payload_too_large"
+
+
+def test_output_metadata_is_what_a_forward_pass_showed(tmp_path: Path, weights: Path) -> None:
+    """Recorded at warm-up, or at the first answer when warm-up is off: never guessed."""
+    counts = echo_model(weights, "counts", "Tripwire") | {"input": {"shape": [2], "dtype": "int64"}}
+    cold = echo_model(weights, "cold", "Tripwire") | {"input": {"shape": [3]}, "warmup": False}
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1",)), counts, cold])
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        wait_ready(client)
+        outputs = {
+            name: client.get(f"/v2/models/{name}").json()["outputs"]
+            for name in ("lin", "counts", "cold")
+        }
+        client.post("/v2/models/cold/infer", json=infer_body([1.0, 2.0, 3.0], [3]))
+        after = client.get("/v2/models/cold").json()["outputs"]
+    assert outputs["lin"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}]
+    assert outputs["counts"] == [{"name": "output", "datatype": "INT64", "shape": [-1, 2]}]
+    assert outputs["cold"] == []
+    assert after == [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}]

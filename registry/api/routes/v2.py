@@ -113,8 +113,17 @@ def _metadata(model: LoadedModel) -> ModelMetadata:
         versions=[v.version for v in spec.versions],
         platform=f"pytorch_{model.version.format}",
         inputs=[tensor],
-        outputs=[TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1])],
+        outputs=_outputs(model),
     )
+
+
+def _outputs(model: LoadedModel) -> list[TensorMetadata]:
+    """The output as a forward pass showed it; none listed before the first, when the
+    manifest turns warm-up off (nothing is guessed)."""
+    if model.output is None:
+        return []
+    shape = [-1, *model.output.shape]
+    return [TensorMetadata(name=OUTPUT, datatype=model.output.dtype.v2, shape=shape)]
 
 
 async def _infer(

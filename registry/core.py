@@ -265,6 +265,10 @@ class ModelRegistry:
             del model  # NOTE: the last reference, before the pass that may free its cycles
             heap.collect_everything()
 
+    async def settled(self) -> None:
+        """Wait until every retired version with no lease left has been released."""
+        await asyncio.gather(*self._background)
+
     def freeze_heap(self) -> None:
         """Take what is alive now out of the collector's sight (see ``registry.heap``)."""
         heap.freeze(live_models(self._table))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -104,13 +105,17 @@ def test_polling_reloads_on_change_and_survives_a_half_written_manifest(
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         (tmp_path / "models.yaml").write_text("models:\n  - name: lin\n    inp", encoding="utf-8")
-        time.sleep(0.3)
+        until(lambda: "reload by poll refused" in caplog.text, caplog)
         assert client.post("/models/lin/predict", json={"inputs": [1, 2, 3, 4]}).status_code == 200
-        assert "reload by poll refused" in caplog.text
 
         write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2"))])
-        deadline = time.monotonic() + 10
-        while client.get("/models/lin").json()["default_version"] != "2":
-            assert time.monotonic() < deadline, caplog.text
-            time.sleep(0.05)
+        until(lambda: client.get("/models/lin").json()["default_version"] == "2", caplog)
         assert "reload by poll applied" in caplog.text
+
+
+def until(condition: Callable[[], bool], caplog: pytest.LogCaptureFixture) -> None:
+    """Wait for the poller's background work to show (it owns no event a test could await)."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.02)

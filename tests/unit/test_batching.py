@@ -53,13 +53,21 @@ async def occupied(batcher: Batcher, forward: GatedForward, inputs: Array) -> as
     return running
 
 
+async def until_queued(batcher: Batcher, depth: int) -> None:
+    """Let the submitting tasks run until ``depth`` requests wait in the queue."""
+    for _ in range(1000):
+        if batcher.queue_depth >= depth:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{batcher.queue_depth} queued, expected {depth}")
+
+
 async def test_idle_request_runs_at_once_and_queued_ones_share_a_pass() -> None:
     forward = GatedForward()
     batcher = await started(forward, max_batch_size=8)
     first = await occupied(batcher, forward, rows(1))
     rest = [asyncio.create_task(batcher.submit(rows(v, v + 0.5))) for v in (2, 3, 4)]
-    await asyncio.sleep(0.05)
-    assert batcher.queue_depth == 3
+    await until_queued(batcher, 3)
     forward.gate.set()
     results = await asyncio.gather(first, *rest)
     assert forward.batches == [1, 6]
@@ -72,10 +80,11 @@ async def test_idle_request_runs_at_once_and_queued_ones_share_a_pass() -> None:
 async def test_batches_never_exceed_max_batch_size() -> None:
     forward = GatedForward()
     batcher = await started(forward, max_batch_size=4)
-    tasks = [asyncio.create_task(batcher.submit(rows(v, v))) for v in range(6)]
-    await asyncio.sleep(0.05)
+    first = await occupied(batcher, forward, rows(0, 0))
+    tasks = [asyncio.create_task(batcher.submit(rows(v, v))) for v in range(1, 6)]
+    await until_queued(batcher, 5)
     forward.gate.set()
-    await asyncio.gather(*tasks)
+    await asyncio.gather(first, *tasks)
     assert max(forward.batches) <= 4
     assert sum(forward.batches) == 12
     await batcher.stop()
@@ -86,7 +95,7 @@ async def test_a_failed_batch_fails_its_waiters_and_the_next_batch_succeeds() ->
     batcher = await started(forward, max_batch_size=8)
     blocker = await occupied(batcher, forward, rows(0))
     doomed = [asyncio.create_task(batcher.submit(rows(v))) for v in (-1, 5)]
-    await asyncio.sleep(0.05)
+    await until_queued(batcher, 2)
     forward.gate.set()
     await blocker
     for task in doomed:
@@ -101,7 +110,7 @@ async def test_queue_bound_answers_queue_full() -> None:
     batcher = await started(forward, max_batch_size=1, max_queue=2)
     running = await occupied(batcher, forward, rows(0))
     queued = [asyncio.create_task(batcher.submit(rows(v))) for v in (1, 2)]
-    await asyncio.sleep(0.01)
+    await until_queued(batcher, 2)
     with pytest.raises(QueueFull) as caught:
         await batcher.submit(rows(3))
     assert caught.value.details["max_queue"] == 2
@@ -116,7 +125,7 @@ async def test_a_cancelled_request_is_skipped_while_queued() -> None:
     running = await occupied(batcher, forward, rows(0))
     abandoned = asyncio.create_task(batcher.submit(rows(1)))
     kept = asyncio.create_task(batcher.submit(rows(2)))
-    await asyncio.sleep(0.01)
+    await until_queued(batcher, 2)
     abandoned.cancel()
     forward.gate.set()
     await running
@@ -130,7 +139,7 @@ async def test_stop_fails_what_is_queued_and_refuses_new_work() -> None:
     batcher = await started(forward, max_batch_size=1)
     running = await occupied(batcher, forward, rows(0))
     queued = asyncio.create_task(batcher.submit(rows(1)))
-    await asyncio.sleep(0.01)
+    await until_queued(batcher, 1)
     forward.gate.set()
     await batcher.stop()
     with pytest.raises(ShuttingDown):

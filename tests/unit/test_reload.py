@@ -252,7 +252,7 @@ async def test_a_leased_version_drains_before_release(
         np.testing.assert_allclose(
             await held.predict(X), affine_outputs(X, 2), rtol=1e-6
         )  # still serves
-    await asyncio.sleep(0.1)
+    await registry.settled()
     assert registry.draining == []
     with pytest.raises(RuntimeError, match="not started"):
         await held.predict(X)
@@ -292,7 +292,7 @@ async def test_fifty_reload_cycles_leave_no_retired_model_reachable(
         del current
         give_lin_2_new_weights(tmp_path, weights, seed=100 + cycle)
         assert (await registry.reload(actor="test")).reloaded == ["lin:2"]
-    await asyncio.sleep(0.1)
+    await registry.settled()
     gc.collect()
     assert len(refs) == 100
     assert sum(ref() is not None for ref in refs) == 0

@@ -27,7 +27,7 @@ from registry.errors import ManifestError
 
 ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 VersionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$", to_lower=True)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 ArchitectureRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 Device = Annotated[str, StringConstraints(pattern=r"^(cpu|auto|cuda(:\d+)?)$")]
 
@@ -111,10 +111,14 @@ class ModelSpec(BaseModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     device: Device = "cpu"
     warmup: bool = True
-    versions: tuple[VersionSpec, ...] = Field(min_length=1)
+    versions: tuple[VersionSpec, ...]
 
     @model_validator(mode="after")
     def _versions_consistent(self) -> Self:
+        # NOTE: here, not as the field's min_length, which pydantic also reports when the
+        # only version is invalid: one mistake would read as two.
+        if not self.versions:
+            raise ValueError("a model needs at least one version")
         names = [v.version for v in self.versions]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"duplicate versions {duplicates}")

@@ -100,7 +100,11 @@ INVALID = [
         id="duplicate-names",
     ),
     pytest.param(
-        with_change("models.0.versions", []), "digits", "versions", "at least 1", id="no-versions"
+        with_change("models.0.versions", []),
+        "digits",
+        "(model)",
+        "at least one version",
+        id="no-versions",
     ),
     pytest.param(
         with_change("models.0.versions.1.version", "1"),
@@ -257,3 +261,21 @@ def test_repository_manifest_is_valid() -> None:
     manifest = load_manifest(Path(__file__).parents[2] / "models.yaml")
     assert {m.name for m in manifest.models} == {"digits", "digits-cnn", "diabetes"}
     assert all(v.sha256 for m in manifest.models for v in m.versions)
+
+
+def test_an_uppercase_sha256_is_read_as_lowercase() -> None:
+    digest = "AB" * 32
+    entry = {"version": "1", "format": "torchscript", "path": "m.pt", "sha256": digest}
+    manifest = parse_manifest(
+        {"models": [{"name": "m", "input": {"shape": [1]}, "versions": [entry]}]}
+    )
+    assert manifest.models[0].versions[0].sha256 == digest.lower()
+
+
+def test_one_bad_version_is_one_problem() -> None:
+    entry = {"version": "1", "format": "torchscript", "path": "../m.pt"}
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest({"models": [{"name": "m", "input": {"shape": [1]}, "versions": [entry]}]})
+    problems = caught.value.details["problems"]
+    assert isinstance(problems, list)
+    assert [p["key"] for p in problems] == ["versions[0].path"]

@@ -124,15 +124,6 @@ def deserialise(
     return _load_state_dict(data, version, device, factories)
 
 
-def check_loadable(version: VersionSpec, weights_root: Path, factories: Collection[str]) -> None:
-    """What ``load_version`` refuses before deserialising, without building a model."""
-    weights = read_weights(weights_root, version)
-    if version.format == "exported":
-        check_exported_archive(weights.data)
-    if version.architecture is not None:
-        import_architecture(version.architecture, factories)
-
-
 def memory_bytes(module: nn.Module) -> int:
     tensors = [*module.parameters(), *module.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)

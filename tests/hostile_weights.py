@@ -33,14 +33,21 @@ def marker_pickle(marker: Path) -> bytes:
 
 
 def _rewrite_zip(path: Path, change: Callable[[dict[str, bytes]], None]) -> None:
-    with zipfile.ZipFile(path) as archive:
+    buffer = io.BytesIO(path.read_bytes())
+    _rewrite_zip_in(buffer, change)
+    path.write_bytes(buffer.getvalue())
+
+
+def _rewrite_zip_in(buffer: io.BytesIO, change: Callable[[dict[str, bytes]], None]) -> None:
+    """Rewrite the zip archive held in ``buffer`` with ``change`` applied to its records."""
+    with zipfile.ZipFile(buffer) as archive:
         records = {name: archive.read(name) for name in archive.namelist()}
     change(records)
-    buffer = io.BytesIO()
+    buffer.seek(0)
+    buffer.truncate()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in records.items():
             archive.writestr(name, data)
-    path.write_bytes(buffer.getvalue())
 
 
 def _exported(root: Path, relative: str, change: Callable[[dict[str, bytes]], None]) -> Path:
@@ -73,6 +80,23 @@ def exported_sample_inputs(root: Path, relative: str, marker: Path) -> Path:
         records[name] = marker_pickle(marker)
 
     return _exported(root, relative, change)
+
+
+def exported_sample_inputs_archive(root: Path, relative: str, marker: Path) -> Path:
+    """Sample inputs kept a real torch.save archive, its ``data.pkl`` swapped for a payload."""
+
+    def change(records: dict[str, bytes]) -> None:
+        name = next(n for n in records if "/data/sample_inputs/" in n)
+        saved = io.BytesIO(records[name])
+        _rewrite_zip_in(saved, lambda inner: _swap_data_pkl(inner, marker))
+        records[name] = saved.getvalue()
+
+    return _exported(root, relative, change)
+
+
+def _swap_data_pkl(records: dict[str, bytes], marker: Path) -> None:
+    name = next(n for n in records if n.endswith("/data.pkl"))
+    records[name] = marker_pickle(marker)
 
 
 def exported_opaque_constant(root: Path, relative: str, marker: Path) -> Path:
@@ -134,6 +158,7 @@ HOSTILE_FILES: dict[str, tuple[str, str, Crafter]] = {
     # name: (format, path suffix, writer)
     "exported-pickled-weight": ("exported", ".pt2", exported_pickled_weight),
     "exported-sample-inputs": ("exported", ".pt2", exported_sample_inputs),
+    "exported-sample-inputs-archive": ("exported", ".pt2", exported_sample_inputs_archive),
     "exported-opaque-constant": ("exported", ".pt2", exported_opaque_constant),
     "exported-shared-library": ("exported", ".pt2", exported_shared_library),
     "torchscript-pickle": ("torchscript", ".pt", torchscript_pickle),

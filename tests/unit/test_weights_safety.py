@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -122,7 +124,7 @@ def test_an_architecture_that_is_not_a_module_class_is_never_called(
     with pytest.raises(UnsafeArchitecture, match=r"not an nn\.Module subclass"):
         load(weights, version)
     manifest = write_manifest(tmp_path, [model_entry("m", [version])])
-    assert main(["validate", str(manifest)]) == 1
+    assert main(["validate", str(manifest), "--load"]) == 1
     assert not marker.exists()
 
 
@@ -205,3 +207,33 @@ def test_load_errors_name_the_cause_without_server_paths(weights: Path, tmp_path
 )
 def test_redact_paths(text: str, redacted: str) -> None:
     assert redact_paths(text) == redacted
+
+
+def test_validate_without_load_never_imports_torch() -> None:
+    """Cheap enough for CI: the repository's manifest, checked in a fresh interpreter."""
+    repository = Path(__file__).parents[2]
+    script = (
+        "import sys; from registry.cli import main; "
+        f"code = main(['validate', {str(repository / 'models.yaml')!r}]); "
+        "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=repository,
+        timeout=60,
+    )
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
+
+
+def test_validate_without_load_names_a_missing_architecture_module(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_state_dict(weights, "m/1/model.pt", Affine())
+    version = state_dict_version("1", "m/1/model.pt", "Affine")
+    version["architecture"] = "no_such_package.models:Net"
+    manifest = write_manifest(tmp_path, [model_entry("m", [version])])
+    assert main(["validate", str(manifest)]) == 1
+    assert "no module 'no_such_package.models'" in capsys.readouterr().err

@@ -135,10 +135,11 @@ def test_metrics_over_http_count_exactly_what_was_sent(tmp_path: Path) -> None:
     ("manifest", "lines"),
     [
         (
-            "models: [{name: x, versions: []}]\n",
+            "models: [{name: x, input: {shape: [0]}, "
+            "versions: [{version: '1', format: torchscript, path: ../a.pt}]}]\n",
             [
-                "error: invalid manifest '{path}': x: input: Field required",
-                "error: invalid manifest '{path}': x: versions: Tuple should have at least 1 item",
+                "error: invalid manifest '{path}': x: input.shape[0]: Input should be greater",
+                "error: invalid manifest '{path}': x: versions[0].path: must be a relative path",
             ],
         ),
         ("models: [\n", ["error: manifest '{path}' is not valid YAML"]),

@@ -158,6 +158,7 @@ class ModelRegistry:
                 version,
                 self._settings.weights_root,
                 factories=self._settings.architecture_factories,
+                digests=self._digests,
             )
         )
 

@@ -29,7 +29,7 @@ from registry.errors import ModelLoadFailed, RegistryError, UnsafeArchitecture
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
 from registry.pt2 import check_exported_archive
-from registry.weightfiles import read_weights
+from registry.weightfiles import WeightDigests, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def load_version(
     weights_root: Path,
     *,
     factories: Collection[str] = (),
+    digests: WeightDigests | None = None,
 ) -> LoadedModel:
     """Verify, load and warm up one version; blocking, so run it off the event loop.
 
@@ -143,7 +144,7 @@ def load_version(
     """
     started = time.perf_counter()
     try:
-        weights = read_weights(weights_root, version)
+        weights = read_weights(weights_root, version, digests)
         device = resolve_device(spec.device)
         module = deserialise(weights.data, version, device, factories)
     except RegistryError as exc:

@@ -36,7 +36,10 @@ def resolve_weights(root: Path, version: VersionSpec) -> Path:
 
 
 def stamp(path: Path) -> Stamp:
-    status = path.stat()
+    return stamp_of(path.stat())
+
+
+def stamp_of(status: os.stat_result) -> Stamp:
     return (
         status.st_dev,
         status.st_ino,
@@ -69,9 +72,13 @@ class WeightDigests:
         if known is not None and known[0] == current:
             return known[1]
         digest = file_sha256(path)
-        with self._lock:
-            self._known[path] = (current, digest)
+        self.remember(path, current, digest)
         return digest
+
+    def remember(self, path: Path, stamp: Stamp, digest: str) -> None:
+        """Record a digest computed elsewhere (a load that read the file anyway)."""
+        with self._lock:
+            self._known[path] = (stamp, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +89,16 @@ class WeightBytes:
     sha256: str
 
 
-def read_weights(root: Path, version: VersionSpec) -> WeightBytes:
+def read_weights(
+    root: Path, version: VersionSpec, digests: WeightDigests | None = None
+) -> WeightBytes:
     """Read a confined weight file whole and check its declared sha256 on what was read.
 
     NOTE: the file is opened without following a final symlink, so one swapped in after
     ``resolve_weights`` cannot lead outside the root. Holding the bytes costs the file's
-    size once more during a load; it is what makes the checksum cover what is loaded.
+    size once more during a load; it is what makes the checksum cover what is loaded. The
+    digest goes into ``digests`` under the stamp taken before the read, so the next
+    reload's fingerprinting does not hash the file again (any write since moves the stamp).
     """
     path = resolve_weights(root, version)
     try:
@@ -98,9 +109,12 @@ def read_weights(root: Path, version: VersionSpec) -> WeightBytes:
             path=str(version.path),
         ) from exc
     with os.fdopen(descriptor, "rb") as file:
+        before = stamp_of(os.fstat(file.fileno()))
         data = file.read()
     weights = WeightBytes(data, hashlib.sha256(data).hexdigest())
     check_sha256(version, weights.sha256)
+    if digests is not None:
+        digests.remember(path, before, weights.sha256)
     return weights
 
 

@@ -77,6 +77,24 @@ async def test_an_unchanged_manifest_touches_nothing(registry: ModelRegistry) ->
     assert models_of(registry) == before  # the very same objects
 
 
+async def test_the_first_reload_hashes_no_file_start_up_already_read(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import registry.weightfiles as weightfiles
+
+    hashed: list[Path] = []
+    real = weightfiles.file_sha256
+
+    def counted(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(weightfiles, "file_sha256", counted)
+    report = await registry.reload(actor="test")
+    assert sorted(report.unchanged) == ["lin:1", "lin:2"]
+    assert hashed == []
+
+
 async def test_changed_weights_reload_that_version_only(
     registry: ModelRegistry, tmp_path: Path, weights: Path
 ) -> None:

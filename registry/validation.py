@@ -9,7 +9,7 @@ from registry.errors import RegistryError, UnsafeArchitecture
 from registry.manifest import VersionSpec, load_manifest, problem_line
 from registry.pt2 import check_exported_archive
 from registry.settings import Settings
-from registry.weightfiles import read_weights
+from registry.weightfiles import read_weights, resolve_weights
 
 
 def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
@@ -50,9 +50,12 @@ def check_without_loading(version: VersionSpec, weights_root: Path) -> None:
     NOTE: whether the architecture is an ``nn.Module`` subclass needs its module imported,
     which imports torch; ``--load`` and every real load check it before calling anything.
     """
-    weights = read_weights(weights_root, version)
     if version.format == "exported":
-        check_exported_archive(weights.data)
+        check_exported_archive(read_weights(weights_root, version).data)
+    elif version.sha256 is not None:
+        read_weights(weights_root, version)  # NOTE: the checksum needs the bytes
+    else:
+        resolve_weights(weights_root, version)  # confined and present: nothing to read
     if version.architecture is not None:
         module = version.architecture.partition(":")[0]
         try:

@@ -27,6 +27,7 @@ from registry.codec import (
     as_shape,
     fit_dtype,
     instance_shape,
+    parse_count,
 )
 from registry.dtypes import DTYPES
 from registry.errors import InvalidInput
@@ -139,7 +140,5 @@ def to_little_endian(array: Array) -> bytes:
 
 
 def _parse_shape(header: str) -> tuple[int, ...] | None:
-    parts = [part.strip() for part in header.split(",", MAX_AXES)]
-    if not all(part.isascii() and part.isdigit() and len(part) <= 19 for part in parts):
-        return None  # NOTE: not '-1', '', '²', '1_0' nor 5,000 digits (int() refuses those)
-    return as_shape([int(part) for part in parts])
+    dims = [parse_count(part) for part in header.split(",", MAX_AXES)]
+    return as_shape(dims)  # NOTE: None for '-1', '', '²', '1_0' or 5,000 digits

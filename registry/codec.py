@@ -135,6 +135,16 @@ def as_shape(dims: Sequence[object]) -> tuple[int, ...] | None:
     return shape if len(shape) == len(dims) else None
 
 
+def parse_count(text: str) -> int | None:
+    """A non-negative count a client wrote in a header, else None.
+
+    NOTE: ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses) and at
+    most 19 of them (an int64), so no header costs a huge ``int()`` or a 500.
+    """
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else None
+
+
 def too_many_rows(rows: int, max_rows: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"the request holds {rows} instances; this model takes at most {max_rows} "

@@ -16,7 +16,7 @@ import orjson
 
 from registry.batching import Array
 from registry.binary import tensor_from_bytes, to_little_endian
-from registry.codec import MAX_AXES, Instances, as_shape, instance_shape, to_array
+from registry.codec import MAX_AXES, Instances, as_shape, instance_shape, parse_count, to_array
 from registry.dtypes import DTYPES, of_array
 from registry.errors import BadRequest, InvalidInput, InvalidJSON, ModelFailed
 from registry.manifest import TensorSpec
@@ -76,13 +76,12 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """The JSON header and the binary tensors after it (400 if the length is not sane)."""
     if header_length is None:
         return body, b""
-    text = header_length.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+    length = parse_count(header_length)
+    if length is None:
         raise BadRequest(
             "'Inference-Header-Content-Length' must be the JSON header's length in bytes, "
             f"a non-negative integer, not {header_length[:40]!r}"
         )
-    length = int(text)
     if length > len(body):
         raise BadRequest(
             f"'Inference-Header-Content-Length' is {length} but the body has only {len(body)} bytes"

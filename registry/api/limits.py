@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.asgi import header
 from registry.api.errors import render_registry_error
+from registry.codec import parse_count
 from registry.errors import ClientClosedRequest, PayloadTooLarge, RegistryError, RequestTimeout
 from registry.settings import Settings
 
@@ -168,12 +169,9 @@ class BodySizeLimit:
 
 
 def declared_length(scope: Scope) -> int | None:
-    """The declared ``Content-Length``, if it is one: ASCII digits only.
-
-    NOTE: ``str.isdigit`` also accepts ``²`` and other digits ``int`` refuses.
-    """
+    """The declared ``Content-Length``, if it is a count (else the body is counted as read)."""
     value = header(scope, b"content-length")
-    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+    return parse_count(value) if value is not None else None
 
 
 def body_timeout_s(scope: Scope) -> float | None:

@@ -15,14 +15,13 @@ body error (413, 408, 499) comes before a lookup error (404, 503), through eithe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry.api.asgi import header, match_predict
 from registry.api.errors import error_response, render_registry_error
-from registry.api.limits import Deadlines, client_gone, declared_length, timed_out, too_large
+from registry.api.limits import Deadlines, client_gone, declared_length, too_large
 from registry.core import ModelRegistry
 from registry.errors import RegistryError
 from registry.serving import predict
@@ -85,23 +84,16 @@ class PredictFastPath:
         if (declared := declared_length(scope)) is not None and declared > limit:
             raise too_large(limit)
         deadlines = self.deadlines
-        task = deadlines.watch(deadlines.after(timeout_s))
-        try:
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise client_gone()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        except asyncio.CancelledError:
-            if deadlines.timed_out(task):
-                raise timed_out(timeout_s) from None
-            raise
-        finally:
-            deadlines.unwatch(task)
+        deadline = deadlines.after(timeout_s)
+        chunks, size = [], 0
+        while True:
+            message = await deadlines.receive(receive, deadline, timeout_s)
+            if message["type"] == "http.disconnect":
+                raise client_gone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -48,6 +48,18 @@ class Deadlines:
         """The deadline ``timeout_s`` from now, on the running loop's clock."""
         return asyncio.get_running_loop().time() + timeout_s
 
+    async def receive(self, receive: Receive, deadline: float, timeout_s: float) -> Message:
+        """``receive()``, or ``RequestTimeout`` (408) once ``deadline`` has passed."""
+        task = self.watch(deadline)
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if self.timed_out(task):
+                raise timed_out(timeout_s) from None
+            raise
+        finally:
+            self.unwatch(task)
+
     def watch(self, deadline: float) -> _Task:
         """Register the current task until ``unwatch``; it is cancelled past ``deadline``."""
         task = asyncio.current_task()
@@ -130,16 +142,11 @@ class BodySizeLimit:
             else:
                 if deadline is None:
                     deadline = deadlines.after(timeout_s)
-                task = deadlines.watch(deadline)
                 try:
-                    message = await receive()
-                except asyncio.CancelledError:
-                    if not deadlines.timed_out(task):
-                        raise
-                    refusal = timed_out(timeout_s)
+                    message = await deadlines.receive(receive, deadline, timeout_s)
+                except RequestTimeout as exc:
+                    refusal = exc
                     raise _Refused from None
-                finally:
-                    deadlines.unwatch(task)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

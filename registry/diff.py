@@ -85,7 +85,6 @@ class Plan:
     """The difference between the loaded table and a manifest, before any loading."""
 
     manifest: Manifest
-    fingerprints: Mapping[VersionKey, str]
     added: tuple[VersionKey, ...]
     removed: tuple[VersionKey, ...]
     reloaded: tuple[VersionKey, ...]
@@ -131,7 +130,6 @@ def plan(
     removed = tuple(k for k in loaded if k not in wanted_set)
     return Plan(
         manifest=manifest,
-        fingerprints=fingerprints,
         added=added,
         removed=removed,
         reloaded=reloaded,

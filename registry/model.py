@@ -67,8 +67,9 @@ class LoadedModel:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"{self.key} returned {type(output).__name__}, expected a Tensor")
         answer = output.detach().to("cpu").numpy()
+        dtype = of_array(answer.dtype)  # NOTE: an answer no protocol can carry fails here
         if self.output is None and answer.ndim:
-            self.output = OutputInfo(tuple(answer.shape[1:]), of_array(answer.dtype))
+            self.output = OutputInfo(tuple(answer.shape[1:]), dtype)
         return answer
 
     def start(self) -> None:

@@ -120,17 +120,9 @@ def manifest_problems(manifest: Path) -> list[str]:
     loader's business: with ``REGISTRY_STRICT_STARTUP=false`` a missing one must not stop
     the rest being served.
     """
-    from registry.errors import RegistryError
-    from registry.manifest import load_manifest, problem_line
+    from registry.validation import read_manifest
 
-    try:
-        load_manifest(manifest)
-    except RegistryError as exc:
-        problems = exc.details.get("problems")
-        if isinstance(problems, list):
-            return [f"invalid manifest {str(manifest)!r}: {problem_line(p)}" for p in problems]
-        return [exc.message]
-    return []
+    return read_manifest(manifest, prefix=f"invalid manifest {str(manifest)!r}: ")[1]
 
 
 def _print_problems(problems: Sequence[str]) -> None:

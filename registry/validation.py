@@ -6,10 +6,22 @@ import importlib.util
 from pathlib import Path
 
 from registry.errors import RegistryError, UnsafeArchitecture
-from registry.manifest import VersionSpec, load_manifest, problem_line
+from registry.manifest import Manifest, VersionSpec, load_manifest, problem_line
 from registry.pt2 import check_exported_archive
 from registry.settings import Settings
 from registry.weightfiles import read_weights, resolve_weights
+
+
+def read_manifest(path: Path, *, prefix: str = "") -> tuple[Manifest | None, list[str]]:
+    """The manifest, or what is wrong with it: one line per problem (``prefix`` before each
+    ``<model>: <key>: <reason>``), or the one reason the file could not be read."""
+    try:
+        return load_manifest(path), []
+    except RegistryError as exc:
+        problems = exc.details.get("problems")
+        if isinstance(problems, list):
+            return None, [prefix + problem_line(p) for p in problems]
+        return None, [exc.message]
 
 
 def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
@@ -19,13 +31,9 @@ def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
     for anything that loading would unpickle; torch is never imported, so it runs in CI in
     well under a second.
     """
-    try:
-        manifest = load_manifest(settings.manifest)
-    except RegistryError as exc:
-        problems = exc.details.get("problems")
-        if isinstance(problems, list):
-            return [problem_line(p) for p in problems]
-        return [exc.message]
+    manifest, problems = read_manifest(settings.manifest)
+    if manifest is None:
+        return problems
 
     root, factories = settings.weights_root, settings.architecture_factories
     found: list[str] = []

@@ -6,8 +6,10 @@ NumPy for speed); they still describe it so ``/docs`` shows the contract.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 Nested = list[Any] | float | int | bool
@@ -86,3 +88,23 @@ class ErrorBody(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorBody
+
+
+BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+"""A bytes body or answer in the OpenAPI document."""
+
+Route = Callable[..., Awaitable[Response]]
+
+
+def own_body_post(
+    router: APIRouter,
+    path: str,
+    *,
+    responses: Mapping[int | str, dict[str, Any]],
+    body: dict[str, Any],
+) -> Callable[[Route], Route]:
+    """A POST route that reads its own body (orjson, raw bytes), yet documents what it takes
+    (``body``, an OpenAPI ``requestBody``) and answers."""
+    return router.post(
+        path, response_model=None, responses=dict(responses), openapi_extra={"requestBody": body}
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from registry.api.schemas import Nested
+from registry.api.schemas import BINARY, Nested
 
 Parameters = dict[str, Any]
 
@@ -98,22 +98,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 INFER_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": InferRequest.model_json_schema()},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Triton's binary extension: the JSON header "
-                "(Inference-Header-Content-Length bytes), then each tensor's bytes",
-            },
+    "required": True,
+    "content": {
+        "application/json": {"schema": InferRequest.model_json_schema()},
+        "application/octet-stream": BINARY
+        | {
+            "description": "Triton's binary extension: the JSON header "
+            "(Inference-Header-Content-Length bytes), then each tensor's bytes"
         },
-    }
+    },
 }
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": InferResponse,
-        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        "content": {"application/octet-stream": BINARY},
         "description": "JSON, or the binary extension when an output asks for binary_data",
     },
     **errors(400, 404, 408, 413, 415, 422, 503, 504),

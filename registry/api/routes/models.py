@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,6 +16,7 @@ from registry.api.deps import (
     VersionedModelDep,
 )
 from registry.api.schemas import (
+    BINARY,
     ErrorEnvelope,
     ModelInfo,
     ModelList,
@@ -23,6 +24,7 @@ from registry.api.schemas import (
     PredictResponse,
     TensorSchema,
     VersionInfo,
+    own_body_post,
 )
 from registry.errors import ModelNotFound
 from registry.manifest import VersionSpec
@@ -31,13 +33,11 @@ from registry.settings import Settings
 from registry.table import ModelEntry, VersionState
 
 router = APIRouter(tags=["models"])
-_Route = Callable[..., Awaitable[Response]]
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": PredictResponse,
-        "content": {"application/octet-stream": _BINARY, "application/x-npy": _BINARY},
+        "content": {"application/octet-stream": BINARY, "application/x-npy": BINARY},
         "description": "Outputs of the resolved version, as JSON or as `Accept` asks",
     },
     400: {"model": ErrorEnvelope, "description": "The body is not JSON"},
@@ -53,22 +53,14 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorEnvelope, "description": "Inference timed out"},
 }
 _PREDICT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()},
-            "application/octet-stream": _BINARY | {"description": "Raw tensor; X-Shape"},
-            "application/x-npy": _BINARY,
-        },
-    }
+    "required": True,
+    "content": {
+        "application/json": {"schema": PredictRequest.model_json_schema()},
+        "application/octet-stream": BINARY | {"description": "Raw tensor; X-Shape"},
+        "application/x-npy": BINARY,
+    },
 }
-
-
-def _predict_route(path: str) -> Callable[[_Route], _Route]:
-    """A POST route that reads its own body, yet documents the JSON it expects."""
-    return router.post(
-        path, response_model=None, responses=_PREDICT_RESPONSES, openapi_extra=_PREDICT_BODY
-    )
+_predict_route = partial(own_body_post, router, responses=_PREDICT_RESPONSES, body=_PREDICT_BODY)
 
 
 @router.get("/models")

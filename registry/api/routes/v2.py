@@ -7,7 +7,7 @@ Errors here are the protocol's ``{"error": "message"}`` (see ``api/errors.py``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from functools import partial
 
 from fastapi import APIRouter, Request, Response
 
@@ -19,6 +19,7 @@ from registry.api.deps import (
     SettingsDep,
     VersionedModelDep,
 )
+from registry.api.schemas import own_body_post
 from registry.api.v2_schemas import (
     INFER_BODY,
     INFER_RESPONSES,
@@ -38,7 +39,6 @@ from registry.settings import Settings
 from registry.v2 import INPUT, OUTPUT, decode_infer, encode_infer
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
-_Route = Callable[..., Awaitable[Response]]
 
 
 _MODEL_ERRORS = errors(404, 422, 503)
@@ -81,11 +81,7 @@ async def version_ready(model: VersionedModelDep) -> ModelReadiness:
     return ModelReadiness(name=model.name, ready=True)
 
 
-def _infer_route(path: str) -> Callable[[_Route], _Route]:
-    """A POST route that reads its own body, yet documents the request it expects."""
-    return router.post(
-        path, response_model=None, responses=INFER_RESPONSES, openapi_extra=INFER_BODY
-    )
+_infer_route = partial(own_body_post, router, responses=INFER_RESPONSES, body=INFER_BODY)
 
 
 # NOTE: the body comes before the model: no lease is held while a client is still sending.

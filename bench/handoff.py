@@ -24,6 +24,7 @@ import uvloop
 from bench import MAX_BATCH, MODELS
 from registry.batching import Array, Batcher
 from registry.examples.mlp import MLP
+from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 
 WIDTHS = MODELS["tiny"]
@@ -50,7 +51,7 @@ async def compare(requests: int, repeats: int) -> None:
         return output
 
     sample = np.random.default_rng(0).standard_normal((1, WIDTHS[0]), dtype=np.float32)
-    batcher = Batcher(forward, BatchingSpec(max_batch_size=MAX_BATCH), key="tiny:1")
+    batcher = Batcher(forward, BatchingSpec(max_batch_size=MAX_BATCH), key=VersionKey("tiny", "1"))
     batcher.start()
 
     async def direct(inputs: Array) -> Array:

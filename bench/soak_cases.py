@@ -105,7 +105,7 @@ def load_reference(manifest: Path, weights_root: Path) -> list[ModelCase]:
         expected = {}
         for version in spec.versions:
             model = load_version(spec, version, weights_root)
-            expected[version.version] = model.predict_batch(inputs)
+            expected[version.version] = model.forward_blocking(inputs)
         cases.append(
             ModelCase(
                 name=spec.name,

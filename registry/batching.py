@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.errors import ModelFailed, QueueFull, ShuttingDown
+from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Batcher:
     queued, or its share of the output discarded if already running.
     """
 
-    def __init__(self, forward: Forward, config: BatchingSpec, *, key: str) -> None:
+    def __init__(self, forward: Forward, config: BatchingSpec, *, key: VersionKey) -> None:
         self._forward = forward
         self._config = config
         self._key = key
@@ -149,8 +150,8 @@ class Batcher:
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = sum(len(p.inputs) for p in live)
             except Exception:
-                log.exception("inference failed", extra={"model": self._key})
-                outcome = ModelFailed("the model raised during inference", model=self._key)
+                log.exception("inference failed", extra={"model": str(self._key)})
+                outcome = ModelFailed("the model raised during inference", model=str(self._key))
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
         self._loop.call_soon_threadsafe(_deliver, live or batch, outcome)
 

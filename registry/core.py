@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 
 from registry import diff, heap
-from registry.diff import ReloadReport, VersionKey, fingerprint_manifest, loaded_fingerprint
+from registry.diff import ReloadReport, fingerprint_manifest, loaded_fingerprint
 from registry.errors import (
     ModelLoading,
     ModelNotFound,
@@ -33,6 +33,7 @@ from registry.errors import (
     ShuttingDown,
     VersionNotFound,
 )
+from registry.keys import VersionKey
 from registry.loaders import load_version
 from registry.manifest import ModelSpec, VersionSpec, load_manifest
 from registry.model import LoadedModel

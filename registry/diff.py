@@ -14,23 +14,15 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import RegistryError
+from registry.keys import VersionKey
 from registry.manifest import Manifest, ModelSpec, VersionSpec
 from registry.model import LoadedModel
 from registry.weightfiles import WeightDigests, resolve_weights
-
-
-class VersionKey(NamedTuple):
-    model: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.model}:{self.version}"
 
 
 def fingerprint_manifest(
@@ -59,7 +51,7 @@ def loaded_fingerprint(model: LoadedModel) -> str:
     NOTE: a file may change between planning and loading; the loaded bytes' own digest
     makes the next reload see that change instead of trusting the planned one.
     """
-    return fingerprint(model.spec, model.version, model.weights_sha256)
+    return fingerprint(model.spec, model.version_spec, model.weights_sha256)
 
 
 def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> str:

@@ -155,7 +155,7 @@ def load_version(
         raise _load_failed(spec, version, "loading", exc) from exc
     model = LoadedModel(
         spec=spec,
-        version=version,
+        version_spec=version,
         module=module,
         device=device,
         memory_bytes=memory_bytes(module),
@@ -166,7 +166,7 @@ def load_version(
     if spec.warmup:
         started = time.perf_counter()
         try:
-            check_output(spec, model.predict_batch(warmup_batch(spec)))
+            check_output(spec, model.forward_blocking(warmup_batch(spec)))
         except Exception as exc:
             raise _load_failed(spec, version, "warm-up", exc) from exc
         model.warmup_ms = (time.perf_counter() - started) * 1000

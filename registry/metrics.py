@@ -82,7 +82,7 @@ class LiveState(Collector):
         # one series each, so its leases are added up rather than emitted twice.
         leases: Counter[tuple[str, str]] = Counter()
         for retired in self._registry.draining:
-            leases[retired.name, retired.version.version] += retired.leases
+            leases[retired.name, retired.version] += retired.leases
         for key, slot in slots(table):
             spec = table[key.model].spec
             aliases = sorted(a for a, target in spec.aliases.items() if target == key.version)

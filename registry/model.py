@@ -10,6 +10,7 @@ import torch
 
 from registry.batching import Array, Batcher
 from registry.dtypes import DType, of_array
+from registry.keys import VersionKey
 from registry.manifest import ModelSpec, VersionSpec
 
 
@@ -30,7 +31,7 @@ class LoadedModel:
     """
 
     spec: ModelSpec
-    version: VersionSpec
+    version_spec: VersionSpec
     module: Callable[[torch.Tensor], object]
     device: torch.device
     memory_bytes: int
@@ -50,15 +51,23 @@ class LoadedModel:
         return self.spec.name
 
     @property
-    def key(self) -> str:
-        return f"{self.spec.name}:{self.version.version}"
+    def version(self) -> str:
+        return self.version_spec.version
+
+    @property
+    def key(self) -> VersionKey:
+        return VersionKey(self.spec.name, self.version_spec.version)
 
     @property
     def queue_depth(self) -> int:
         return self._batcher.queue_depth if self._batcher else 0
 
-    def predict_batch(self, inputs: Array) -> Array:
-        """Run one forward pass on a batch; blocking, so only on a worker thread."""
+    def forward_blocking(self, inputs: Array) -> Array:
+        """One forward pass on a batch, on the calling thread.
+
+        NOTE: it blocks for as long as the model computes: a route awaits ``infer``, which
+        queues behind other requests and runs this on the version's inference thread.
+        """
         tensor = torch.from_numpy(np.ascontiguousarray(inputs))
         if self.device.type != "cpu":
             tensor = tensor.to(self.device, non_blocking=True)
@@ -74,10 +83,10 @@ class LoadedModel:
 
     def start(self) -> None:
         """Attach a batcher; call on the event loop that will serve this version."""
-        self._batcher = Batcher(self.predict_batch, self.spec.batching, key=self.key)
+        self._batcher = Batcher(self.forward_blocking, self.spec.batching, key=self.key)
         self._batcher.start()
 
-    async def predict(self, inputs: Array) -> Array:
+    async def infer(self, inputs: Array) -> Array:
         """Queue a batch of instances behind other requests and await its outputs."""
         if self._batcher is None:
             raise RuntimeError(f"{self.key} is not started")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from registry.diff import Plan, ReloadReport, VersionKey
+from registry.diff import Plan, ReloadReport
 from registry.errors import RegistryError, ReloadFailed
+from registry.keys import VersionKey
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
 

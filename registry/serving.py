@@ -52,26 +52,26 @@ async def predict(
     if wanted == NPY:
         return Prediction(encode_npy(answer), NPY, headers)
     document = encode_prediction(
-        model.name, model.version.version, outputs, instances.batched, model.spec.output.labels
+        model.name, model.version, outputs, instances.batched, model.spec.output.labels
     )
     return Prediction(document, JSON, headers)
 
 
 def provenance(model: LoadedModel) -> dict[str, str]:
     """The headers every prediction carries, so a client knows what answered."""
-    return {"X-Model-Name": model.name, "X-Model-Version": model.version.version}
+    return {"X-Model-Name": model.name, "X-Model-Version": model.version}
 
 
 async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:
     """Queue behind other requests for this version; 504 past ``timeout_s``."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await model.predict(inputs)
+            return await model.infer(inputs)
     except TimeoutError:
         raise InferenceTimeout(
             f"{model.key} did not answer within {timeout_s} s",
             model=model.name,
-            version=model.version.version,
+            version=model.version,
         ) from None
 
 

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from registry.diff import Plan, VersionKey, loaded_fingerprint
+from registry.diff import Plan, loaded_fingerprint
+from registry.keys import VersionKey
 from registry.manifest import Manifest, ModelSpec, VersionSpec, version_sort_key
 from registry.model import LoadedModel
 

@@ -182,7 +182,7 @@ def encode_infer(
     tensor: dict[str, Any] = {
         "name": wanted[0].get("name") or OUTPUT,
         "shape": list(answer.shape),
-        # NOTE: ``LoadedModel.predict_batch`` fails a pass whose dtype is outside the table
+        # NOTE: ``LoadedModel.forward_blocking`` fails a pass whose dtype is outside the table
         "datatype": of_array(answer.dtype).v2,
     }
     document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [tensor]}

@@ -59,7 +59,7 @@ async def get_default_model(
     name: str, registry: RegistryDep, request: Request
 ) -> AsyncIterator[LoadedModel]:
     with registry.lease(name) as model:
-        request.state.served = (model.name, model.version.version)  # for metrics and logs
+        request.state.served = (model.name, model.version)  # for metrics and logs
         yield model
 
 
@@ -67,7 +67,7 @@ async def get_model_version(
     name: str, version: str, registry: RegistryDep, request: Request
 ) -> AsyncIterator[LoadedModel]:
     with registry.lease(name, version) as model:
-        request.state.served = (model.name, model.version.version)
+        request.state.served = (model.name, model.version)
         yield model
 
 

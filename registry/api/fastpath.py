@@ -50,7 +50,7 @@ class PredictFastPath:
         try:
             received = await self._read_body(receive, scope, settings.body_timeout_s)
             with registry.lease(*target) as model:
-                state["served"] = (model.name, model.version.version)
+                state["served"] = (model.name, model.version)
                 answer = await predict(
                     model,
                     received,

@@ -34,7 +34,7 @@ def in_process(name: str, version: str, inputs: np.ndarray) -> np.ndarray:
     model = load_version(
         spec, next(v for v in spec.versions if v.version == version), REPOSITORY / "weights"
     )
-    return model.predict_batch(inputs)
+    return model.forward_blocking(inputs)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from registry.batching import Array, Batcher
 from registry.errors import ModelFailed, QueueFull, ShuttingDown
+from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +42,7 @@ def rows(*values: float) -> Array:
 
 
 async def started(forward: GatedForward, **config: int) -> Batcher:
-    batcher = Batcher(forward, BatchingSpec(**config), key="m:1")
+    batcher = Batcher(forward, BatchingSpec(**config), key=VersionKey("m", "1"))
     batcher.start()
     return batcher
 

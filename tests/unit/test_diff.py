@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.diff import AliasMove, VersionKey, fingerprint, plan
+from registry.diff import AliasMove, fingerprint, plan
+from registry.keys import VersionKey
 from registry.manifest import Manifest, parse_manifest
 
 

@@ -69,9 +69,9 @@ def test_each_format_loads_warms_up_and_predicts(weights: Path, fmt: str, relati
     assert model.memory_bytes == (FEATURES * 3 + 3) * 4
     assert model.load_ms > 0
     assert model.warmup_ms > 0
-    np.testing.assert_allclose(model.predict_batch(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-6)
+    np.testing.assert_allclose(model.forward_blocking(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-6)
     np.testing.assert_allclose(
-        model.predict_batch(INPUTS[:1]), affine_outputs(INPUTS[:1], 1), rtol=1e-6
+        model.forward_blocking(INPUTS[:1]), affine_outputs(INPUTS[:1], 1), rtol=1e-6
     )
 
 
@@ -169,7 +169,7 @@ def test_auto_device_falls_back_to_cpu_without_cuda(weights: Path) -> None:
     spec = spec_of(model_entry("m", [affine_version(weights)], device="auto"))
     model = load_version(spec, spec.versions[0], weights)
     assert model.device == torch.device("cpu")
-    np.testing.assert_allclose(model.predict_batch(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-6)
+    np.testing.assert_allclose(model.forward_blocking(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -178,7 +178,7 @@ def test_auto_device_takes_the_gpu_and_answers_as_the_cpu_does(weights: Path) ->
     model = load_version(spec, spec.versions[0], weights)
     assert model.device.type == "cuda"
     np.testing.assert_allclose(
-        model.predict_batch(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-5, atol=1e-6
+        model.forward_blocking(INPUTS), affine_outputs(INPUTS, 1), rtol=1e-5, atol=1e-6
     )
 
 

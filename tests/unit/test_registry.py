@@ -47,9 +47,9 @@ async def test_lease_resolves_default_alias_and_version(settings: Settings) -> N
     await registry.wait_loaded()
     for requested, concrete in ((None, "2"), ("stable", "1"), ("1", "1"), ("2", "2")):
         with registry.lease("lin", requested) as model:
-            assert model.version.version == concrete
+            assert model.version == concrete
             assert model.leases == 1
-            out = await model.predict(np.zeros((1, 4), dtype=np.float32))
+            out = await model.infer(np.zeros((1, 4), dtype=np.float32))
             assert out.shape == (1, 3)
         assert model.leases == 0
     with pytest.raises(ModelNotFound) as missing:

@@ -55,7 +55,7 @@ def give_lin_2_new_weights(directory: Path, weights: Path, seed: int) -> None:
 
 async def predict(registry: ModelRegistry, name: str = "lin", version: str | None = None) -> Any:
     with registry.lease(name, version) as model:
-        return model.version.version, await model.predict(X)
+        return model.version, await model.infer(X)
 
 
 def models_of(registry: ModelRegistry) -> dict[str, LoadedModel]:
@@ -268,12 +268,12 @@ async def test_a_leased_version_drains_before_release(
         assert held.retired
         assert registry.draining == [held]
         np.testing.assert_allclose(
-            await held.predict(X), affine_outputs(X, 2), rtol=1e-6
+            await held.infer(X), affine_outputs(X, 2), rtol=1e-6
         )  # still serves
     await registry.settled()
     assert registry.draining == []
     with pytest.raises(RuntimeError, match="not started"):
-        await held.predict(X)
+        await held.infer(X)
 
 
 async def test_concurrent_reloads_are_serialised(
@@ -321,8 +321,8 @@ async def test_concurrent_requests_batch_into_outputs_equal_to_unbatched(
 ) -> None:
     inputs = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
     with registry.lease("lin", "2") as model:
-        alone = [model.predict_batch(row[np.newaxis]) for row in inputs]
-        together = await asyncio.gather(*(model.predict(row[np.newaxis]) for row in inputs))
+        alone = [model.forward_blocking(row[np.newaxis]) for row in inputs]
+        together = await asyncio.gather(*(model.infer(row[np.newaxis]) for row in inputs))
     for expected, got in zip(alone, together, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 

@@ -178,7 +178,7 @@ def test_the_bytes_checked_are_the_bytes_loaded(
     model = load(weights, version)
     inputs = np.ones((2, FEATURES), dtype=np.float32)
     np.testing.assert_allclose(
-        model.predict_batch(inputs),  # type: ignore[attr-defined]
+        model.forward_blocking(inputs),  # type: ignore[attr-defined]
         affine_outputs(inputs, 1),
         rtol=1e-6,
     )

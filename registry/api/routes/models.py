@@ -1,66 +1,23 @@
-"""Model metadata and prediction routes."""
+"""Model metadata routes: what is served, in which state (predictions: ``predict.py``)."""
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Request, Response
-
-from registry import serving
-from registry.api.deps import (
-    BodyDep,
-    DefaultModelDep,
-    RegistryDep,
-    SettingsDep,
-    VersionedModelDep,
-)
+from registry.api.deps import RegistryDep
 from registry.api.schemas import (
-    BINARY,
     ErrorEnvelope,
     ModelInfo,
     ModelList,
-    PredictRequest,
-    PredictResponse,
     TensorSchema,
     VersionInfo,
-    own_body_post,
 )
 from registry.errors import ModelNotFound
 from registry.manifest import VersionSpec
 from registry.model import LoadedModel
-from registry.settings import Settings
 from registry.table import ModelEntry, VersionState
 
 router = APIRouter(tags=["models"])
-
-_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "model": PredictResponse,
-        "content": {"application/octet-stream": BINARY, "application/x-npy": BINARY},
-        "description": "Outputs of the resolved version, as JSON or as `Accept` asks",
-    },
-    400: {"model": ErrorEnvelope, "description": "The body is not JSON"},
-    404: {"model": ErrorEnvelope, "description": "Unknown model or version"},
-    408: {"model": ErrorEnvelope, "description": "Body slower than REGISTRY_BODY_TIMEOUT_S"},
-    413: {
-        "model": ErrorEnvelope,
-        "description": "Body over REGISTRY_MAX_BODY_BYTES, or more rows than max_batch_size",
-    },
-    415: {"model": ErrorEnvelope, "description": "Neither JSON, a raw tensor nor .npy"},
-    422: {"model": ErrorEnvelope, "description": "Inputs of the wrong shape or dtype"},
-    503: {"model": ErrorEnvelope, "description": "Loading, queue full or shutting down"},
-    504: {"model": ErrorEnvelope, "description": "Inference timed out"},
-}
-_PREDICT_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "application/json": {"schema": PredictRequest.model_json_schema()},
-        "application/octet-stream": BINARY | {"description": "Raw tensor; X-Shape"},
-        "application/x-npy": BINARY,
-    },
-}
-_predict_route = partial(own_body_post, router, responses=_PREDICT_RESPONSES, body=_PREDICT_BODY)
 
 
 @router.get("/models")
@@ -70,7 +27,7 @@ async def list_models(registry: RegistryDep) -> ModelList:
     return ModelList(
         models=[_model_info(entry, draining) for entry in registry.table.values()],
         loading=[str(key) for key in registry.pending],
-        draining=[model.key for model in draining],
+        draining=[str(model.key) for model in draining],
     )
 
 
@@ -83,37 +40,6 @@ async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
     return _model_info(entry, registry.draining)
 
 
-# NOTE: the body comes before the model: no lease is held while a client is still sending.
-@_predict_route("/models/{name}/predict")
-async def predict(
-    body: BodyDep, model: DefaultModelDep, request: Request, settings: SettingsDep
-) -> Response:
-    """Predict with the default version."""
-    return await _predict(body, model, request, settings)
-
-
-@_predict_route("/models/{name}/versions/{version}/predict")
-async def predict_version(
-    body: BodyDep, model: VersionedModelDep, request: Request, settings: SettingsDep
-) -> Response:
-    """Predict with a version number or an alias; the answer names the concrete version."""
-    return await _predict(body, model, request, settings)
-
-
-async def _predict(
-    body: bytes, model: LoadedModel, request: Request, settings: Settings
-) -> Response:
-    answer = await serving.predict(
-        model,
-        body,
-        timeout_s=settings.request_timeout_s,
-        content_type=request.headers.get("content-type"),
-        shape=request.headers.get("x-shape"),
-        accept=request.headers.get("accept"),
-    )
-    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
-
-
 def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
     spec = entry.spec
     versions = [
@@ -122,7 +48,7 @@ def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
     ]
     states = {v.state for v in versions}
     versions += [
-        _version_info(model.version, VersionState.DRAINING, model)
+        _version_info(model.version_spec, VersionState.DRAINING, model)
         for model in draining
         if model.name == spec.name
     ]

@@ -107,7 +107,7 @@ def _metadata(model: LoadedModel) -> ModelMetadata:
     return ModelMetadata(
         name=model.name,
         versions=[v.version for v in spec.versions],
-        platform=f"pytorch_{model.version.format}",
+        platform=f"pytorch_{model.version_spec.format}",
         inputs=[tensor],
         outputs=_outputs(model),
     )
@@ -131,7 +131,7 @@ async def _infer(
     )
     outputs = await run(model, instances.array, settings.request_timeout_s)
     body, json_length = encode_infer(
-        model.name, model.version.version, document, outputs, instances.batched
+        model.name, model.version, document, outputs, instances.batched
     )
     headers = provenance(model)
     if json_length is not None:

@@ -1,0 +1,81 @@
+"""The two native predict routes: the documented contract, and the only code that predicts."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from registry import serving
+from registry.api.deps import BodyDep, DefaultModelDep, SettingsDep, VersionedModelDep
+from registry.api.schemas import (
+    BINARY,
+    ErrorEnvelope,
+    PredictRequest,
+    PredictResponse,
+    own_body_post,
+)
+from registry.model import LoadedModel
+from registry.settings import Settings
+
+router = APIRouter(tags=["models"])
+
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": PredictResponse,
+        "content": {"application/octet-stream": BINARY, "application/x-npy": BINARY},
+        "description": "Outputs of the resolved version, as JSON or as `Accept` asks",
+    },
+    400: {"model": ErrorEnvelope, "description": "The body is not JSON"},
+    404: {"model": ErrorEnvelope, "description": "Unknown model or version"},
+    408: {"model": ErrorEnvelope, "description": "Body slower than REGISTRY_BODY_TIMEOUT_S"},
+    413: {
+        "model": ErrorEnvelope,
+        "description": "Body over REGISTRY_MAX_BODY_BYTES, or more rows than max_batch_size",
+    },
+    415: {"model": ErrorEnvelope, "description": "Neither JSON, a raw tensor nor .npy"},
+    422: {"model": ErrorEnvelope, "description": "Inputs of the wrong shape or dtype"},
+    503: {"model": ErrorEnvelope, "description": "Loading, queue full or shutting down"},
+    504: {"model": ErrorEnvelope, "description": "Inference timed out"},
+}
+_PREDICT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": PredictRequest.model_json_schema()},
+        "application/octet-stream": BINARY | {"description": "Raw tensor; X-Shape"},
+        "application/x-npy": BINARY,
+    },
+}
+_predict_route = partial(own_body_post, router, responses=_PREDICT_RESPONSES, body=_PREDICT_BODY)
+
+
+# NOTE: the body comes before the model: no lease is held while a client is still sending.
+@_predict_route("/models/{name}/predict")
+async def predict(
+    body: BodyDep, model: DefaultModelDep, request: Request, settings: SettingsDep
+) -> Response:
+    """Predict with the default version."""
+    return await _predict(body, model, request, settings)
+
+
+@_predict_route("/models/{name}/versions/{version}/predict")
+async def predict_version(
+    body: BodyDep, model: VersionedModelDep, request: Request, settings: SettingsDep
+) -> Response:
+    """Predict with a version number or an alias; the answer names the concrete version."""
+    return await _predict(body, model, request, settings)
+
+
+async def _predict(
+    body: bytes, model: LoadedModel, request: Request, settings: Settings
+) -> Response:
+    answer = await serving.predict(
+        model,
+        body,
+        timeout_s=settings.request_timeout_s,
+        content_type=request.headers.get("content-type"),
+        shape=request.headers.get("x-shape"),
+        accept=request.headers.get("accept"),
+    )
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 SOAK_SECONDS ?= 300
 
-.PHONY: all install serve test unit lint fmt typecheck weights validate bench soak clean
+.PHONY: all install serve test unit lint fmt typecheck weights validate bench bench-peers soak clean
 
 all: lint test
 
@@ -47,6 +47,12 @@ weights: install
 
 bench: install
 	$(PY) -m bench
+
+# This project beside LitServe, MLServer, TorchServe and FastAPI (docs/benchmarks.md): sets up
+# one venv per peer in BENCH_PEERS_CACHE (~5 GB), then ~30 min of measuring; a short run:
+# make bench-peers BENCH_PEERS_ARGS="--rounds 1 --duration 5"
+bench-peers: install
+	$(PY) -m bench.peers --torch '$(TORCH)' $(BENCH_PEERS_ARGS)
 
 # A bounded mixed workload against a real server; `make soak SOAK_SECONDS=60` for a short one.
 soak: install

@@ -242,6 +242,9 @@ def peer_spec(peer: str, model: str, port: int, opts: Options) -> Spec:
     elif peer == "torchserve":
         folder = prep_torchserve(opts, model, port)
         env["LOG_LOCATION"] = env["METRICS_LOCATION"] = str(folder / "logs")
+        # NOTE: the frontend unpacks the archive under $TEMP/models (default /tmp/models).
+        (folder / "tmp").mkdir()
+        env["TEMP"] = str(folder / "tmp")
         # NOTE: the frontend starts its Python backend worker with the `python` on PATH.
         env["PATH"] = (
             f"{venv_bin(opts.cache, 'torchserve', 'python').parent}{os.pathsep}{env['PATH']}"

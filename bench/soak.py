@@ -307,6 +307,7 @@ class Soak:
             request = self.mix.next()
             since = self.aliases.epoch
             began = time.perf_counter()
+            began_s = asyncio.get_running_loop().time() - self.started
             try:
                 response = await client.request(
                     request.method,
@@ -320,6 +321,7 @@ class Soak:
             elapsed = time.perf_counter() - began
             self.tally.count(request.kind, response.status_code)
             if request.expect is not None:
+                self.tally.answered.append((began_s, elapsed))
                 self._judge_good(request, response, since, elapsed)
             else:
                 self._judge_bad(request, response)

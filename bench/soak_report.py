@@ -45,6 +45,8 @@ class Tally:
     reloads: list[ReloadOutcome] = field(default_factory=list)
     slow: list[SlowOutcome] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    answered: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds into the soak when sent, seconds to answer) for every good request."""
     cpu: dict[str, float] = field(default_factory=dict)  # seconds while the load ran
 
     def count(self, kind: str, status: int | str) -> None:
@@ -69,6 +71,7 @@ class Report:
     latency_ms: dict[str, dict[str, float]]
     reloads: list[dict[str, Any]]
     reload_ms: dict[str, float]
+    stall_ms: dict[str, float]
     slow: dict[str, Any]
     rss_mib: dict[str, float] | None
     cpu_s: dict[str, float]
@@ -156,6 +159,7 @@ def build_report(
             protocol: percentiles(values) for protocol, values in sorted(tally.latencies.items())
         },
         reloads=[asdict(r) | {"ok": r.ok} for r in tally.reloads],
+        stall_ms=stalls(tally, SWAP_WINDOW_S),
         reload_ms=(
             {
                 "p50": round(statistics.median(reload_latencies), 1),
@@ -193,6 +197,39 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
+SWAP_WINDOW_S = 2.0
+
+
+def stalls(tally: Tally, window_s: float) -> dict[str, float]:
+    """The slowest good answers near a reload that swapped a version in, and elsewhere.
+
+    "Near" is sent while the reload ran or up to ``window_s`` after it answered: when the
+    retired version is released. A stall there that is absent elsewhere is the release's.
+    """
+    windows = [
+        (r.at_s - r.latency_ms / 1000, r.at_s + window_s) for r in tally.reloads if r.reloaded
+    ]
+    near: list[float] = []
+    elsewhere: list[float] = []
+    for began_s, seconds in tally.answered:
+        close = any(start <= began_s <= end for start, end in windows)
+        (near if close else elsewhere).append(seconds * 1000)
+    return {
+        "swaps": len(windows),
+        "near_swap_max": round(max(near, default=0.0), 1),
+        "near_swap_count": len(near),
+        "elsewhere_max": round(max(elsewhere, default=0.0), 1),
+        "elsewhere_p99": round(_p99(elsewhere), 1),
+        "near_swap_p99": round(_p99(near), 1),
+    }
+
+
+def _p99(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100)[98]
+
+
 def render(report: Report) -> str:
     lines = [
         f"soak: {report.seconds:.0f} s, {report.requests} requests "
@@ -219,6 +256,12 @@ def render(report: Report) -> str:
             else "-"
         ),
     ]
+    stall = report.stall_ms
+    lines.append(
+        f"slowest answer within {SWAP_WINDOW_S:.0f} s of the {stall['swaps']:.0f} reloads that "
+        f"swapped a version: {stall['near_swap_max']:.1f} ms (p99 {stall['near_swap_p99']:.1f}); "
+        f"elsewhere: {stall['elsewhere_max']:.1f} ms (p99 {stall['elsewhere_p99']:.1f})"
+    )
     lines += [
         f"  at {r['at_s']:5.1f} s: {r['status']} in {r['latency_ms']:.0f} ms "
         f"(server {r['server_ms']} ms){'' if r['ok'] else ' FAILED: ' + str(r['problem'])}"

@@ -1,19 +1,28 @@
-"""The application's lifespan: what runs between start-up and shutdown, and who owns it."""
+"""The application's lifespan: what runs between start-up and shutdown, and who owns it.
+
+Process-wide policy lives here, not in the registry: torch's thread count, freezing the
+heap once start-up loading is done (``registry.heap``), and the collection and CUDA cache
+release at shutdown. Every background task is spawned on one ``Background`` that shutdown
+closes last.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypedDict
 
+import torch
 from fastapi import FastAPI
 
+from registry import heap
 from registry.core import ModelRegistry
 from registry.metrics import Metrics
+from registry.repository import ModelRepository
+from registry.repository.triggers import ReloadTriggers
 from registry.settings import Settings
-from registry.triggers import ReloadTriggers
+from registry.tasks import Background
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +31,7 @@ Fatal = Callable[[], None]
 
 class AppState(TypedDict):
     registry: ModelRegistry
+    repository: ModelRepository
     settings: Settings
     metrics: Metrics
 
@@ -33,28 +43,41 @@ def serving_lifespan(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
-        registry = ModelRegistry(settings)
-        await registry.start()  # an invalid manifest fails start-up here
-        supervisor = asyncio.create_task(_supervise(registry, settings, fatal))
-        triggers = ReloadTriggers(registry, settings)
-        triggers.start()
+        torch.set_num_threads(settings.intra_op_threads)
+        background = Background()
+        registry = ModelRegistry(background)
+        repository = ModelRepository(settings, registry, background)
+        triggers = ReloadTriggers(repository, settings, background)
         try:
-            yield {"registry": registry, "settings": settings, "metrics": Metrics(registry)}
+            await repository.start()  # an invalid manifest fails start-up here
+            supervisor = _supervise(repository, settings, fatal)
+            background.spawn(supervisor, name="start-up supervisor", forever=True)
+            triggers.start()
+            yield {
+                "registry": registry,
+                "repository": repository,
+                "settings": settings,
+                "metrics": Metrics(registry.status, repository.reload_outcomes),
+            }
         finally:
-            supervisor.cancel()
-            await triggers.stop()
+            triggers.stop()
+            await repository.close()
             await registry.close()
+            await background.close()
+            heap.thaw()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
 
     return lifespan
 
 
-async def _supervise(registry: ModelRegistry, settings: Settings, fatal: Fatal) -> None:
-    failures = await registry.wait_loaded()
-    registry.freeze_heap()
+async def _supervise(repository: ModelRepository, settings: Settings, fatal: Fatal) -> None:
+    failures = await repository.wait_loaded()
+    heap.freeze()
     if not failures:
         log.info("ready: every model loaded")
         return
-    # NOTE: the registry has logged each failure with its reason as it happened.
+    # NOTE: the repository has logged each failure with its reason as it happened.
     if settings.strict_startup:
         log.critical(
             "strict start-up: %d version(s) failed to load; shutting down "

@@ -2,21 +2,21 @@
 
 Counters and the latency histogram are updated per request by the observing middleware.
 Everything that describes live state (in-flight leases, queue depth, memory, load times,
-versions and their aliases, reloads) is read from the ``ModelRegistry`` at scrape time, so
+versions and their aliases, reloads) is read from a status snapshot at scrape time, so
 the hot path pays nothing for it and it can never drift from the truth.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import prometheus_client as prometheus
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from registry.core import ModelRegistry
-from registry.table import slots
+from registry.status import RegistryStatus
+from registry.table import VersionState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -24,7 +24,7 @@ UNKNOWN = "(unknown)"  # NOTE: bounds label cardinality when clients ask for abs
 
 
 class Metrics:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, status: Callable[[], RegistryStatus], reloads: Counter[str]) -> None:
         self.collectors = prometheus.CollectorRegistry(auto_describe=True)
         self.requests = prometheus.Counter(
             "registry_requests",
@@ -39,7 +39,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.collectors,
         )
-        self.collectors.register(LiveState(registry))
+        self.collectors.register(LiveState(status, reloads))
 
     def observe(self, model: str, version: str, status: int, seconds: float) -> None:
         self.requests.labels(model, version, str(status)).inc()
@@ -50,10 +50,11 @@ class Metrics:
 
 
 class LiveState(Collector):
-    """Gauges read from the registry when Prometheus scrapes."""
+    """Gauges read from one status snapshot when Prometheus scrapes."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
-        self._registry = registry
+    def __init__(self, status: Callable[[], RegistryStatus], reloads: Counter[str]) -> None:
+        self._status = status
+        self._reloads = reloads
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -77,29 +78,25 @@ class LiveState(Collector):
             "One series per served version: its aliases (comma-separated) and sha256.",
             labels=["model", "version", "alias", "sha256"],
         )
-        table = self._registry.table
+        status = self._status()
         # NOTE: a reloaded version may still drain under the same (model, version) key:
         # one series each, so its leases are added up rather than emitted twice.
         leases: Counter[tuple[str, str]] = Counter()
-        for retired in self._registry.draining:
-            leases[retired.name, retired.version] += retired.leases
-        for key, slot in slots(table):
-            spec = table[key.model].spec
-            aliases = sorted(a for a, target in spec.aliases.items() if target == key.version)
-            if spec.resolved_default == key.version:
-                aliases.insert(0, "default")
-            info.add_metric([*key, ",".join(aliases), slot.spec.sha256 or ""], 1)
-            model = slot.model
-            if model is None:
+        for retired in status.draining:
+            leases[retired.key] += retired.leases
+        for served in status.versions():
+            key = list(served.key)
+            info.add_metric([*key, ",".join(served.aliases), served.spec.sha256 or ""], 1)
+            if served.state is not VersionState.READY:
                 continue
-            leases[key] += model.leases
-            queued.add_metric(list(key), model.queue_depth)
-            memory.add_metric(list(key), model.memory_bytes)
-            load.add_metric(list(key), model.load_ms / 1000)
-            warmup.add_metric(list(key), model.warmup_ms / 1000)
+            leases[served.key] += served.leases
+            queued.add_metric(key, served.queue_depth)
+            memory.add_metric(key, served.memory_bytes or 0)
+            load.add_metric(key, (served.load_ms or 0) / 1000)
+            warmup.add_metric(key, (served.warmup_ms or 0) / 1000)
         for (name, version), count in sorted(leases.items()):
             in_flight.add_metric([name, version], count)
         reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
-        for outcome, count in sorted(self._registry.reload_outcomes.items()):
+        for outcome, count in sorted(self._reloads.items()):
             reloads.add_metric([outcome], count)
         yield from (in_flight, queued, memory, load, warmup, info, reloads)

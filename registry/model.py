@@ -43,7 +43,6 @@ class LoadedModel:
     """Learned at warm-up, or on the first forward pass when warm-up is off."""
     leases: int = 0
     retired: bool = False
-    in_frozen_heap: bool = False
     _batcher: Batcher | None = field(default=None, repr=False)
 
     @property
@@ -92,7 +91,30 @@ class LoadedModel:
             raise RuntimeError(f"{self.key} is not started")
         return await self._batcher.submit(inputs)
 
+    def release(self) -> None:
+        """Give the weights' memory back now, whatever still refers to the module.
+
+        NOTE: a garbage collection cannot be relied on: exported graphs hold reference
+        cycles, and versions loaded before the heap was frozen (``registry.heap``) are never
+        collected. Emptying each tensor in place frees its storage at once and leaves only
+        small Python objects behind, without a full collection stalling the event loop.
+        """
+        module = self.module
+        self.module = _released
+        if not isinstance(module, torch.nn.Module):
+            return
+        held = [*module.parameters(), *module.buffers()]
+        held += [
+            v for m in module.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)
+        ]
+        for tensor in held:
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
     async def stop(self) -> None:
         if self._batcher is not None:
             batcher, self._batcher = self._batcher, None
             await batcher.stop()
+
+
+def _released(_: torch.Tensor) -> object:
+    raise RuntimeError("this version was released")

@@ -1,12 +1,24 @@
-"""The table of live models: what a request resolves against, replaced whole on reload."""
+"""The table of live models: what a request resolves against, replaced whole on change.
+
+Slots are frozen: start-up progress, a reload and close each build a new table and hand
+it to ``ModelRegistry.swap``, so a reader that took the table once sees one consistent
+state for as long as it holds it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol, TypeVar
 
-from registry.diff import Plan, loaded_fingerprint
+from registry.errors import (
+    ModelLoading,
+    ModelNotFound,
+    ModelUnavailable,
+    RegistryError,
+    VersionNotFound,
+)
 from registry.keys import VersionKey
 from registry.manifest import Manifest, ModelSpec, VersionSpec, version_sort_key
 from registry.model import LoadedModel
@@ -19,13 +31,9 @@ class VersionState(StrEnum):
     DRAINING = "draining"
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class VersionSlot:
-    """A version's place in the table: its spec and, once loaded, its model or its error.
-
-    A slot is only mutated while its table is being built at start-up and when the registry
-    closes; a reload builds new slots for what it loads and carries unchanged slots over.
-    """
+    """A version's place in the table: its spec and, once loaded, its model or its error."""
 
     spec: VersionSpec
     model: LoadedModel | None = None
@@ -39,7 +47,7 @@ class VersionSlot:
         return VersionState.LOADING if self.error is None else VersionState.FAILED
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class ModelEntry:
     spec: ModelSpec
     versions: Mapping[str, VersionSlot]
@@ -51,12 +59,19 @@ class ModelEntry:
 Table = Mapping[str, ModelEntry]
 
 
-def loading_table(manifest: Manifest) -> dict[str, ModelEntry]:
+def loading_table(manifest: Manifest) -> Table:
     """Every version of ``manifest`` in state ``loading``: the table start-up begins with."""
     return {
         spec.name: ModelEntry(spec, {v.version: VersionSlot(v) for v in spec.versions})
         for spec in manifest.models
     }
+
+
+def with_slot(table: Table, key: VersionKey, slot: VersionSlot) -> Table:
+    """``table`` with one version's slot replaced (start-up marking progress)."""
+    entry = table[key.model]
+    versions = {**entry.versions, key.version: slot}
+    return {**table, key.model: replace(entry, versions=versions)}
 
 
 def slots(table: Table) -> list[tuple[VersionKey, VersionSlot]]:
@@ -71,17 +86,38 @@ def live_models(table: Table) -> list[LoadedModel]:
     return [slot.model for _, slot in slots(table) if slot.model is not None]
 
 
-def table_after(plan: Plan, current: Table, fresh: Mapping[VersionKey, LoadedModel]) -> Table:
-    """The table for the plan's manifest: ``fresh`` versions in new slots, the rest carried."""
-    table = {}
-    for spec in plan.manifest.models:
-        versions = {}
-        for version in spec.versions:
-            key = VersionKey(spec.name, version.version)
-            if key in fresh:
-                model = fresh[key]
-                versions[version.version] = VersionSlot(version, model, loaded_fingerprint(model))
-            else:
-                versions[version.version] = current[spec.name].versions[version.version]
-        table[spec.name] = ModelEntry(spec, versions)
-    return table
+class _Named(Protocol):
+    @property
+    def spec(self) -> ModelSpec: ...
+
+
+Named = TypeVar("Named", bound=_Named)
+
+
+def resolve(models: Mapping[str, Named], name: str, version: str | None) -> tuple[Named, str]:
+    """The model and the concrete version that ``version`` (or the default) names.
+
+    One rule for the live table (leases) and the status snapshot (readiness routes).
+    """
+    model = models.get(name)
+    if model is None:
+        raise ModelNotFound(f"no model {name!r}", available=sorted(models))
+    spec = model.spec
+    concrete = spec.resolve(version)
+    if concrete is None:
+        raise VersionNotFound(
+            f"model {name!r} has no version or alias {version!r}",
+            model=name,
+            available=sorted((v.version for v in spec.versions), key=version_sort_key),
+            aliases=dict(spec.aliases),
+        )
+    return model, concrete
+
+
+def not_serving(key: VersionKey, state: VersionState, reason: str | None) -> RegistryError:
+    """Why a version in the table cannot answer yet: failed to load, or still loading."""
+    if state is VersionState.FAILED:
+        return ModelUnavailable(
+            f"{key} failed to load", model=key.model, version=key.version, reason=reason
+        )
+    return ModelLoading(f"{key} is still loading", model=key.model, version=key.version)

@@ -19,7 +19,14 @@ from bench.soak_cases import (
     good_request,
     load_reference,
 )
-from bench.soak_report import ReloadOutcome, SlowOutcome, Tally, build_report, render
+from bench.soak_report import (
+    ReloadOutcome,
+    SlowOutcome,
+    Tally,
+    build_report,
+    render,
+    stalls,
+)
 from tests.integration.server import REPOSITORY
 
 pytestmark = pytest.mark.integration
@@ -181,3 +188,15 @@ def test_the_report_fails_on_each_kind_of_failure() -> None:
         "1 slow clients held 25 s without an answer",
     ):
         assert reason in failures
+
+
+def test_stalls_split_answers_near_a_swap_from_the_rest() -> None:
+    tally = Tally()
+    # a reload answered at 10 s after 0.5 s and swapped lin:2; one at 20 s swapped nothing
+    tally.reloads.append(ReloadOutcome(10.0, 200, 500.0, None, ["lin:2"], [], None))
+    tally.reloads.append(ReloadOutcome(20.0, 200, 500.0, None, [], [], None))
+    tally.answered += [(9.6, 0.300), (11.9, 0.050), (12.1, 0.020), (20.5, 0.010), (1.0, 0.004)]
+    stall = stalls(tally, window_s=2.0)
+    assert stall["swaps"] == 1
+    assert (stall["near_swap_count"], stall["near_swap_max"]) == (2, 300.0)
+    assert stall["elsewhere_max"] == 20.0

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.diff import AliasMove, fingerprint, plan
 from registry.keys import VersionKey
 from registry.manifest import Manifest, parse_manifest
+from registry.repository.planning import AliasMove, fingerprint, plan
 
 
 def manifest(*models: dict[str, Any]) -> Manifest:

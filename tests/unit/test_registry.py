@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from registry.core import ModelRegistry
 from registry.errors import (
     ManifestError,
     ModelLoading,
@@ -21,6 +22,7 @@ from registry.settings import Settings
 from registry.table import VersionState
 from tests.conftest import make_settings
 from tests.factories import affine_model, echo_model, write_manifest
+from tests.support import Running, running
 
 pytestmark = pytest.mark.anyio
 
@@ -30,21 +32,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_loads_every_version_then_is_ready(settings: Settings) -> None:
-    registry = ModelRegistry(settings)
-    await registry.start()
-    assert not registry.ready
-    assert await registry.wait_loaded() == []
-    assert registry.ready
-    states = {s.spec.version: s.state for s in registry.table["lin"].versions.values()}
+Start = Callable[[Settings], Awaitable[Running]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Starts registries that are closed when the test ends, passed or failed."""
+    async with AsyncExitStack() as stack:
+
+        async def started(settings: Settings) -> Running:
+            return await stack.enter_async_context(running(settings))
+
+        yield started
+
+
+async def test_loads_every_version_then_is_ready(settings: Settings, start: Start) -> None:
+    serving = await start(settings)
+    assert not serving.registry.ready
+    assert await serving.repository.wait_loaded() == []
+    status = serving.registry.status()
+    assert status.ready
+    states = {v.key.version: v.state for v in status.models["lin"].versions}
     assert states == {"1": VersionState.READY, "2": VersionState.READY}
-    await registry.close()
 
 
-async def test_lease_resolves_default_alias_and_version(settings: Settings) -> None:
-    registry = ModelRegistry(settings)
-    await registry.start()
-    await registry.wait_loaded()
+async def test_lease_resolves_default_alias_and_version(settings: Settings, start: Start) -> None:
+    serving = await start(settings)
+    await serving.repository.wait_loaded()
+    registry = serving.registry
     for requested, concrete in ((None, "2"), ("stable", "1"), ("1", "1"), ("2", "2")):
         with registry.lease("lin", requested) as model:
             assert model.version == concrete
@@ -58,10 +73,11 @@ async def test_lease_resolves_default_alias_and_version(settings: Settings) -> N
     with pytest.raises(VersionNotFound) as no_version:
         registry.lease("lin", "3").__enter__()
     assert no_version.value.details["available"] == ["1", "2"]
-    await registry.close()
 
 
-async def test_a_model_still_loading_answers_model_loading(tmp_path: Path, weights: Path) -> None:
+async def test_a_model_still_loading_answers_model_loading(
+    tmp_path: Path, weights: Path, start: Start
+) -> None:
     write_manifest(
         tmp_path,
         [
@@ -69,57 +85,53 @@ async def test_a_model_still_loading_answers_model_loading(tmp_path: Path, weigh
             echo_model(weights, "slow", "SlowToBuild", seconds=1.0),
         ],
     )
-    registry = ModelRegistry(make_settings(tmp_path))
-    await registry.start()
+    serving = await start(make_settings(tmp_path))
     with pytest.raises(ModelLoading) as caught:  # NOTE: slow takes a second to build
-        registry.lease("slow").__enter__()
+        serving.registry.lease("slow").__enter__()
     assert caught.value.retry_after_s >= 1
-    assert not registry.ready
-    await registry.wait_loaded()
-    with registry.lease("slow") as model:
+    assert not serving.registry.ready
+    await serving.repository.wait_loaded()
+    with serving.registry.lease("slow") as model:
         assert model.name == "slow"
-    await registry.close()
 
 
-async def test_failed_versions_are_reported_and_refused(tmp_path: Path, weights: Path) -> None:
+async def test_failed_versions_are_reported_and_refused(
+    tmp_path: Path, weights: Path, start: Start
+) -> None:
     broken = affine_model(weights, "broken", ("1",))
     broken["versions"][0]["sha256"] = "f" * 64
     write_manifest(tmp_path, [affine_model(weights, "good", ("1",)), broken])
-    lenient = ModelRegistry(make_settings(tmp_path, strict_startup=False))
-    await lenient.start()
-    (failure,) = await lenient.wait_loaded()
+    lenient = await start(make_settings(tmp_path, strict_startup=False))
+    (failure,) = await lenient.repository.wait_loaded()
     assert (failure.model, failure.version) == ("broken", "1")
     assert "sha256" in failure.reason
-    assert lenient.ready  # non-strict: serve the rest
+    assert lenient.registry.ready  # non-strict: serve the rest
     with pytest.raises(ModelUnavailable, match="failed to load"):
-        lenient.lease("broken").__enter__()
-    with lenient.lease("good"):
+        lenient.registry.lease("broken").__enter__()
+    with lenient.registry.lease("good"):
         pass
-    await lenient.close()
 
-    strict = ModelRegistry(make_settings(tmp_path, strict_startup=True))
-    await strict.start()
-    assert len(await strict.wait_loaded()) == 1
-    assert not strict.ready
-    await strict.close()
+    strict = await start(make_settings(tmp_path, strict_startup=True))
+    assert len(await strict.repository.wait_loaded()) == 1
+    assert not strict.registry.ready
 
 
-async def test_invalid_manifest_fails_start(tmp_path: Path) -> None:
+async def test_invalid_manifest_fails_start(tmp_path: Path, start: Start) -> None:
     (tmp_path / "models.yaml").write_text("models: [{name: x}]\n", encoding="utf-8")
     with pytest.raises(ManifestError, match="x: input: Field required"):
-        await ModelRegistry(make_settings(tmp_path)).start()
+        await start(make_settings(tmp_path))
 
 
 async def test_close_releases_every_model(settings: Settings) -> None:
-    registry = ModelRegistry(settings)
-    await registry.start()
-    await registry.wait_loaded()
-    refs: list[weakref.ref[Any]] = []
-    for entry in registry.table.values():
-        for slot in entry.versions.values():
-            assert slot.model is not None
-            refs += [weakref.ref(slot.model), weakref.ref(slot.model.module)]
-    await registry.close()
+    async with running(settings) as serving:
+        await serving.repository.wait_loaded()
+        registry = serving.registry
+        refs: list[weakref.ref[Any]] = []
+        for entry in registry.table.values():
+            for slot in entry.versions.values():
+                assert slot.model is not None
+                refs += [weakref.ref(slot.model), weakref.ref(slot.model.module)]
+        del entry, slot
     gc.collect()
     assert refs
     assert all(ref() is None for ref in refs)

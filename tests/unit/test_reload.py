@@ -15,6 +15,7 @@ from registry.core import ModelRegistry
 from registry.errors import ManifestError, ReloadFailed, RemovesEveryModel
 from registry.metrics import Metrics
 from registry.model import LoadedModel
+from registry.table import VersionState
 from tests.conftest import make_settings
 from tests.factories import (
     Affine,
@@ -24,6 +25,7 @@ from tests.factories import (
     write_manifest,
     write_state_dict,
 )
+from tests.support import Running, running
 
 pytestmark = pytest.mark.anyio
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
@@ -35,13 +37,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def registry(tmp_path: Path, weights: Path) -> AsyncIterator[ModelRegistry]:
+async def serving(tmp_path: Path, weights: Path) -> AsyncIterator[Running]:
     write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2"), aliases={"stable": "1"})])
-    registry = ModelRegistry(make_settings(tmp_path))
-    await registry.start()
-    assert await registry.wait_loaded() == []
-    yield registry
-    await registry.close()
+    async with running(make_settings(tmp_path)) as started:
+        assert await started.repository.wait_loaded() == []
+        yield started
 
 
 def give_lin_2_new_weights(directory: Path, weights: Path, seed: int) -> None:
@@ -67,18 +67,18 @@ def models_of(registry: ModelRegistry) -> dict[str, LoadedModel]:
     }
 
 
-async def test_an_unchanged_manifest_touches_nothing(registry: ModelRegistry) -> None:
-    before = models_of(registry)
-    report = await registry.reload(actor="test")
+async def test_an_unchanged_manifest_touches_nothing(serving: Running) -> None:
+    before = models_of(serving.registry)
+    report = await serving.repository.reload(actor="test")
     assert report.applied
     assert sorted(report.unchanged) == ["lin:1", "lin:2"]
     assert report.loads == []
     assert report.added == report.reloaded == report.removed == []
-    assert models_of(registry) == before  # the very same objects
+    assert models_of(serving.registry) == before  # the very same objects
 
 
 async def test_the_first_reload_hashes_no_file_start_up_already_read(
-    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+    serving: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import registry.weightfiles as weightfiles
 
@@ -90,80 +90,78 @@ async def test_the_first_reload_hashes_no_file_start_up_already_read(
         return real(path)
 
     monkeypatch.setattr(weightfiles, "file_sha256", counted)
-    report = await registry.reload(actor="test")
+    report = await serving.repository.reload(actor="test")
     assert sorted(report.unchanged) == ["lin:1", "lin:2"]
     assert hashed == []
 
 
 async def test_changed_weights_reload_that_version_only(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
-    before = models_of(registry)
+    before = models_of(serving.registry)
     give_lin_2_new_weights(tmp_path, weights, seed=7)
-    report = await registry.reload(actor="test")
+    report = await serving.repository.reload(actor="test")
     assert report.reloaded == ["lin:2"]
     assert report.unchanged == ["lin:1"]
     assert [t.version for t in report.loads] == ["lin:2"]
     assert report.loads[0].load_ms > 0
-    after = models_of(registry)
+    after = models_of(serving.registry)
     assert after["lin:1"] is before["lin:1"]
     assert after["lin:2"] is not before["lin:2"]
-    version, out = await predict(registry)
+    version, out = await predict(serving.registry)
     assert version == "2"
     np.testing.assert_allclose(out, affine_outputs(X, 7), rtol=1e-6)
 
 
 async def test_alias_and_default_changes_load_nothing(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
-    before = models_of(registry)
+    before = models_of(serving.registry)
     write_manifest(
         tmp_path,
         [affine_model(weights, "lin", ("1", "2"), aliases={"stable": "2"}, default_version="1")],
     )
-    report = await registry.reload(actor="test")
+    report = await serving.repository.reload(actor="test")
     assert report.loads == []
     assert {(m.alias, m.before, m.after) for m in report.alias_moves} == {
         ("stable", "1", "2"),
         ("(default)", "2", "1"),
     }
-    assert models_of(registry) == before
-    assert (await predict(registry))[0] == "1"
-    assert (await predict(registry, version="stable"))[0] == "2"
+    assert models_of(serving.registry) == before
+    assert (await predict(serving.registry))[0] == "1"
+    assert (await predict(serving.registry, version="stable"))[0] == "2"
 
 
-async def test_added_and_removed_models(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
-) -> None:
+async def test_added_and_removed_models(serving: Running, tmp_path: Path, weights: Path) -> None:
     entry = affine_model(weights, "lin", ("1",))
     write_manifest(tmp_path, [entry, affine_model(weights, "other", ("3",))])
-    report = await registry.reload(actor="test")
+    report = await serving.repository.reload(actor="test")
     assert report.added == ["other:3"]
     assert report.removed == ["lin:2"]
-    assert list(registry.table) == ["lin", "other"]
+    assert list(serving.registry.table) == ["lin", "other"]
     np.testing.assert_allclose(
-        (await predict(registry, "other"))[1], affine_outputs(X, 3), rtol=1e-6
+        (await predict(serving.registry, "other"))[1], affine_outputs(X, 3), rtol=1e-6
     )
 
 
 async def test_removing_every_model_needs_to_be_asked_for(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
     write_manifest(tmp_path, [affine_model(weights, "other", ("3",))])
     with pytest.raises(RemovesEveryModel, match="keeps none of the models served now"):
-        await registry.reload(actor="test")
-    assert list(registry.table) == ["lin"]
-    assert registry.reload_outcomes["removes_every_model"] == 1
-    report = await registry.reload(actor="test", allow_remove_all=True)
+        await serving.repository.reload(actor="test")
+    assert list(serving.registry.table) == ["lin"]
+    assert serving.repository.reload_outcomes["removes_every_model"] == 1
+    report = await serving.repository.reload(actor="test", allow_remove_all=True)
     assert sorted(report.removed) == ["lin:1", "lin:2"]
-    assert list(registry.table) == ["other"]
+    assert list(serving.registry.table) == ["other"]
 
 
 async def test_replacing_every_version_of_a_model_is_not_removing_it(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
     write_manifest(tmp_path, [affine_model(weights, "lin", ("3",))])
-    report = await registry.reload(actor="test")
+    report = await serving.repository.reload(actor="test")
     assert (report.added, sorted(report.removed)) == (["lin:3"], ["lin:1", "lin:2"])
 
 
@@ -224,63 +222,67 @@ FAILURES: list[Any] = [
 
 @pytest.mark.parametrize(("damage", "error", "reason"), FAILURES)
 async def test_a_failed_reload_changes_nothing(
-    registry: ModelRegistry,
+    serving: Running,
     tmp_path: Path,
     weights: Path,
     damage: Callable[[Path, Path], None],
     error: type[Exception],
     reason: str,
 ) -> None:
-    before = models_of(registry)
-    outputs = {v: (await predict(registry, version=v))[1] for v in ("1", "2")}
+    before = models_of(serving.registry)
+    outputs = {v: (await predict(serving.registry, version=v))[1] for v in ("1", "2")}
     damage(tmp_path, weights)
     with pytest.raises(error, match=reason) as caught:
-        await registry.reload(actor="test")
+        await serving.repository.reload(actor="test")
     if isinstance(caught.value, ReloadFailed):
         report = caught.value.details["report"]
         assert isinstance(report, dict)
         assert report["applied"] is False
         assert report["failed"]
-    assert models_of(registry) == before
+    assert models_of(serving.registry) == before
     for version, expected in outputs.items():
-        np.testing.assert_array_equal((await predict(registry, version=version))[1], expected)
-    assert not registry.draining
+        np.testing.assert_array_equal(
+            (await predict(serving.registry, version=version))[1], expected
+        )
+    assert not serving.registry.status().draining
 
 
 async def test_dry_run_plans_without_loading(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
-    before = models_of(registry)
+    before = models_of(serving.registry)
     write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2", "3"))])
-    report = await registry.reload(actor="test", dry_run=True)
+    report = await serving.repository.reload(actor="test", dry_run=True)
     assert (report.dry_run, report.applied) == (True, False)
     assert report.added == ["lin:3"]
     assert report.loads == []
-    assert models_of(registry) == before
+    assert models_of(serving.registry) == before
 
 
 async def test_a_leased_version_drains_before_release(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
     write_manifest(tmp_path, [affine_model(weights, "lin", ("1",))])
-    with registry.lease("lin", "2") as held:
-        await registry.reload(actor="test")
+    with serving.registry.lease("lin", "2") as held:
+        await serving.repository.reload(actor="test")
         assert held.retired
-        assert registry.draining == [held]
+        assert [v.key for v in serving.registry.status().draining] == [held.key]
         np.testing.assert_allclose(
             await held.infer(X), affine_outputs(X, 2), rtol=1e-6
         )  # still serves
-    await registry.settled()
-    assert registry.draining == []
+    await serving.background.settled()
+    assert not serving.registry.status().draining
     with pytest.raises(RuntimeError, match="not started"):
         await held.infer(X)
 
 
 async def test_concurrent_reloads_are_serialised(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
     write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2", "3"))])
-    first, second = await asyncio.gather(registry.reload(actor="a"), registry.reload(actor="b"))
+    first, second = await asyncio.gather(
+        serving.repository.reload(actor="a"), serving.repository.reload(actor="b")
+    )
     assert first.added == ["lin:3"]
     assert second.added == []  # the second saw the table the first had installed
     assert "lin:3" in second.unchanged
@@ -290,37 +292,35 @@ async def test_a_version_that_failed_at_startup_is_retried(tmp_path: Path, weigh
     entry = affine_model(weights, "lin", ("1",))
     write_manifest(tmp_path, [entry])
     (weights / "lin/1/model.safetensors").rename(weights / "parked")
-    registry = ModelRegistry(make_settings(tmp_path, strict_startup=False))
-    await registry.start()
-    assert len(await registry.wait_loaded()) == 1
-    (weights / "parked").rename(weights / "lin/1/model.safetensors")
-    report = await registry.reload(actor="test")
-    assert report.reloaded == ["lin:1"]
-    assert registry.failures() == []
-    await registry.close()
+    async with running(make_settings(tmp_path, strict_startup=False)) as serving:
+        assert len(await serving.repository.wait_loaded()) == 1
+        (weights / "parked").rename(weights / "lin/1/model.safetensors")
+        report = await serving.repository.reload(actor="test")
+        assert report.reloaded == ["lin:1"]
+        assert serving.registry.status().in_state(VersionState.FAILED) == []
 
 
 async def test_fifty_reload_cycles_leave_no_retired_model_reachable(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
     refs: list[weakref.ref[Any]] = []
     for cycle in range(50):
-        current = models_of(registry)["lin:2"]
+        current = models_of(serving.registry)["lin:2"]
         refs += [weakref.ref(current), weakref.ref(current.module)]
         del current
         give_lin_2_new_weights(tmp_path, weights, seed=100 + cycle)
-        assert (await registry.reload(actor="test")).reloaded == ["lin:2"]
-    await registry.settled()
+        assert (await serving.repository.reload(actor="test")).reloaded == ["lin:2"]
+    await serving.background.settled()
     gc.collect()
     assert len(refs) == 100
     assert sum(ref() is not None for ref in refs) == 0
 
 
 async def test_concurrent_requests_batch_into_outputs_equal_to_unbatched(
-    registry: ModelRegistry,
+    serving: Running,
 ) -> None:
     inputs = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
-    with registry.lease("lin", "2") as model:
+    with serving.registry.lease("lin", "2") as model:
         alone = [model.forward_blocking(row[np.newaxis]) for row in inputs]
         together = await asyncio.gather(*(model.infer(row[np.newaxis]) for row in inputs))
     for expected, got in zip(alone, together, strict=True):
@@ -328,14 +328,15 @@ async def test_concurrent_requests_batch_into_outputs_equal_to_unbatched(
 
 
 async def test_in_flight_metric_is_one_series_while_a_reloaded_version_drains(
-    registry: ModelRegistry, tmp_path: Path, weights: Path
+    serving: Running, tmp_path: Path, weights: Path
 ) -> None:
     give_lin_2_new_weights(tmp_path, weights, seed=9)
-    with registry.lease("lin", "2") as held:
-        await registry.reload(actor="test")
-        assert registry.draining == [held]
-        with registry.lease("lin", "2"):
-            text = Metrics(registry).render().decode()
+    with serving.registry.lease("lin", "2") as held:
+        await serving.repository.reload(actor="test")
+        assert [v.key for v in serving.registry.status().draining] == [held.key]
+        with serving.registry.lease("lin", "2"):
+            metrics = Metrics(serving.registry.status, serving.repository.reload_outcomes)
+            text = metrics.render().decode()
     samples = [
         sample
         for family in text_string_to_metric_families(text)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from registry.errors import ManifestError
+from registry.repository.triggers import ReloadTriggers
 from registry.settings import Settings
-from registry.triggers import ReloadTriggers
+from registry.tasks import Background
 
 pytestmark = pytest.mark.anyio
 
@@ -20,14 +21,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class ScriptedRegistry:
-    """Stands in for the registry: records reloads, fails those it is told to."""
+class ScriptedRepository:
+    """Stands in for the repository: records reloads, fails those it is told to."""
 
     def __init__(self, failing: set[str]) -> None:
         self.reloads: list[str] = []
         self.failing = failing
         self.current = ""
-        self.table: dict[str, object] = {}
 
     async def wait_loaded(self) -> list[object]:
         return []
@@ -41,9 +41,10 @@ class ScriptedRegistry:
 
 async def poll_through(looks: list[str], failing: frozenset[str] = frozenset()) -> list[str]:
     """Run the poller over a scripted series of file states; the reloads it started."""
-    registry = ScriptedRegistry(set(failing))
+    repository = ScriptedRepository(set(failing))
     settings = Settings(manifest=Path("models.yaml"), poll_interval_s=0.001)
-    triggers = ReloadTriggers(registry, settings)  # type: ignore[arg-type]
+    background = Background()
+    triggers = ReloadTriggers(repository, settings, background)  # type: ignore[arg-type]
     script: Iterator[str] = iter(looks)
     done = asyncio.Event()
 
@@ -52,14 +53,15 @@ async def poll_through(looks: list[str], failing: frozenset[str] = frozenset()) 
         if state is None:
             done.set()
             state = looks[-1]
-        registry.current = state
+        repository.current = state
         return (state,)
 
     triggers._signature = signature  # type: ignore[method-assign,assignment]
     triggers.start()
     await asyncio.wait_for(done.wait(), timeout=30)
-    await triggers.stop()
-    return registry.reloads
+    triggers.stop()
+    await background.close()
+    return repository.reloads
 
 
 async def test_a_file_still_changing_is_not_applied() -> None:

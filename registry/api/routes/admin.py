@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, cast
 
-from registry.api.deps import AdminDep, RegistryDep
+from fastapi import APIRouter, Depends, Request
+
+from registry.api.deps import AdminDep
 from registry.api.schemas import ErrorEnvelope
-from registry.diff import ReloadReport
+from registry.repository import ModelRepository, ReloadReport
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+async def get_repository(request: Request) -> ModelRepository:
+    return cast(ModelRepository, request.state.repository)
+
+
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 
 
 @router.post(
@@ -21,7 +30,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 )
 async def reload(
     caller: AdminDep,
-    registry: RegistryDep,
+    repository: RepositoryDep,
     dry_run: bool = False,
     allow_remove_all: bool = False,
 ) -> ReloadReport:
@@ -33,4 +42,4 @@ async def reload(
     that keeps none of the models served now is refused (422 ``removes_every_model``)
     unless ``allow_remove_all=true``.
     """
-    return await registry.reload(actor=caller, dry_run=dry_run, allow_remove_all=allow_remove_all)
+    return await repository.reload(actor=caller, dry_run=dry_run, allow_remove_all=allow_remove_all)

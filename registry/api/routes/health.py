@@ -8,7 +8,7 @@ from registry.api.deps import MetricsDep, RegistryDep
 from registry.api.schemas import ErrorEnvelope, Readiness
 from registry.errors import NotReady
 from registry.metrics import CONTENT_TYPE
-from registry.table import VersionState, slots
+from registry.table import VersionState
 
 router = APIRouter(tags=["health"])
 
@@ -22,18 +22,17 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"model": ErrorEnvelope}})
 async def readyz(registry: RegistryDep) -> Readiness:
     """200 once start-up loading finished; 503 (with what is pending) before."""
-    table = registry.table
-    if not registry.ready:
-        states = [(str(key), slot.state) for key, slot in slots(table)]
+    status = registry.status()
+    if not status.ready:
         raise NotReady(
             "models are still loading",
-            pending=[key for key, state in states if state is VersionState.LOADING],
-            failed=[key for key, state in states if state is VersionState.FAILED],
+            pending=[str(key) for key in status.in_state(VersionState.LOADING)],
+            failed=[str(key) for key in status.in_state(VersionState.FAILED)],
         )
     return Readiness(
         status="ready",
-        models=len(table),
-        versions=sum(len(entry.versions) for entry in table.values()),
+        models=len(status.models),
+        versions=sum(len(model.versions) for model in status.models.values()),
     )
 
 

@@ -12,10 +12,8 @@ from registry.api.schemas import (
     TensorSchema,
     VersionInfo,
 )
-from registry.errors import ModelNotFound
-from registry.manifest import VersionSpec
-from registry.model import LoadedModel
-from registry.table import ModelEntry, VersionState
+from registry.status import ModelStatus, VersionStatus
+from registry.table import resolve
 
 router = APIRouter(tags=["models"])
 
@@ -23,39 +21,25 @@ router = APIRouter(tags=["models"])
 @router.get("/models")
 async def list_models(registry: RegistryDep) -> ModelList:
     """Every model with its versions, their state, load time and memory."""
-    draining = registry.draining
+    status = registry.status()
     return ModelList(
-        models=[_model_info(entry, draining) for entry in registry.table.values()],
-        loading=[str(key) for key in registry.pending],
-        draining=[str(model.key) for model in draining],
+        models=[_model_info(model, status.draining) for model in status.models.values()],
+        loading=[str(key) for key in status.loading],
+        draining=[str(version.key) for version in status.draining],
     )
 
 
 @router.get("/models/{name}", responses={404: {"model": ErrorEnvelope}})
 async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
     """One model's input and output schema and its versions."""
-    entry = registry.table.get(name)
-    if entry is None:
-        raise ModelNotFound(f"no model {name!r}", available=sorted(registry.table))
-    return _model_info(entry, registry.draining)
+    status = registry.status()
+    model, _ = resolve(status.models, name, None)
+    return _model_info(model, status.draining)
 
 
-def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
-    spec = entry.spec
-    versions = [
-        _version_info(slot.spec, slot.state, slot.model, slot.error)
-        for slot in entry.sorted_versions()
-    ]
-    states = {v.state for v in versions}
-    versions += [
-        _version_info(model.version_spec, VersionState.DRAINING, model)
-        for model in draining
-        if model.name == spec.name
-    ]
-    state = next(
-        (s for s in (VersionState.FAILED, VersionState.LOADING) if s in states),
-        VersionState.READY,
-    )
+def _model_info(model: ModelStatus, draining: tuple[VersionStatus, ...]) -> ModelInfo:
+    spec = model.spec
+    versions = [*model.versions, *(v for v in draining if v.key.model == spec.name)]
     return ModelInfo(
         name=spec.name,
         description=spec.description,
@@ -64,23 +48,25 @@ def _model_info(entry: ModelEntry, draining: list[LoadedModel]) -> ModelInfo:
         device=spec.device,
         default_version=spec.resolved_default,
         aliases=dict(spec.aliases),
-        versions=versions,
-        state=state,
+        versions=[_version_info(v) for v in versions],
+        state=model.state,
     )
 
 
-def _version_info(
-    spec: VersionSpec, state: VersionState, model: LoadedModel | None, error: str | None = None
-) -> VersionInfo:
+def _version_info(version: VersionStatus) -> VersionInfo:
     return VersionInfo(
-        version=spec.version,
-        format=spec.format,
-        state=state,
-        error=error,
-        sha256=spec.sha256,
-        load_ms=round(model.load_ms, 3) if model else None,
-        warmup_ms=round(model.warmup_ms, 3) if model else None,
-        memory_bytes=model.memory_bytes if model else None,
-        in_flight=model.leases if model else 0,
-        queue_depth=model.queue_depth if model else 0,
+        version=version.spec.version,
+        format=version.spec.format,
+        state=version.state,
+        error=version.reason,
+        sha256=version.spec.sha256,
+        load_ms=_rounded(version.load_ms),
+        warmup_ms=_rounded(version.warmup_ms),
+        memory_bytes=version.memory_bytes,
+        in_flight=version.leases,
+        queue_depth=version.queue_depth,
     )
+
+
+def _rounded(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)

@@ -56,7 +56,7 @@ async def live() -> Liveness:
 
 @router.get("/health/ready", responses=errors(503))
 async def ready(registry: RegistryDep) -> ServerReadiness:
-    if not registry.ready:
+    if not registry.status().ready:
         raise NotReady("models are still loading")
     return ServerReadiness(ready=True)
 
@@ -72,13 +72,14 @@ async def version_metadata(model: VersionedModelDep) -> ModelMetadata:
 
 
 @router.get("/models/{name}/ready", responses=_MODEL_ERRORS)
-async def model_ready(model: DefaultModelDep) -> ModelReadiness:
-    return ModelReadiness(name=model.name, ready=True)
+async def model_ready(name: str, registry: RegistryDep) -> ModelReadiness:
+    """Ready when the default version serves; 404 or 503 (why not) otherwise."""
+    return ModelReadiness(name=registry.status().serving(name).key.model, ready=True)
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses=_MODEL_ERRORS)
-async def version_ready(model: VersionedModelDep) -> ModelReadiness:
-    return ModelReadiness(name=model.name, ready=True)
+async def version_ready(name: str, version: str, registry: RegistryDep) -> ModelReadiness:
+    return ModelReadiness(name=registry.status().serving(name, version).key.model, ready=True)
 
 
 _infer_route = partial(own_body_post, router, responses=INFER_RESPONSES, body=INFER_BODY)

@@ -1,4 +1,4 @@
-"""Reload planning: what a new manifest changes against what is loaded.
+"""Planning: what a manifest changes against what is loaded, and the table that results.
 
 A version is identified by ``(model, version)`` and compared by a fingerprint of
 everything that shapes the loaded object: its own spec, the model-level fields that loading
@@ -22,6 +22,7 @@ from registry.errors import RegistryError
 from registry.keys import VersionKey
 from registry.manifest import Manifest, ModelSpec, VersionSpec
 from registry.model import LoadedModel
+from registry.table import ModelEntry, Table, VersionSlot
 from registry.weightfiles import WeightDigests, resolve_weights
 
 
@@ -97,9 +98,11 @@ class Plan:
     def to_load(self) -> tuple[VersionKey, ...]:
         return self.added + self.reloaded
 
-    def specs(self, key: VersionKey) -> tuple[ModelSpec, VersionSpec]:
-        model = next(m for m in self.manifest.models if m.name == key.model)
-        return model, next(v for v in model.versions if v.version == key.version)
+
+def specs(manifest: Manifest, key: VersionKey) -> tuple[ModelSpec, VersionSpec]:
+    """The model and version specs a key names in ``manifest``."""
+    model = next(m for m in manifest.models if m.name == key.model)
+    return model, next(v for v in model.versions if v.version == key.version)
 
 
 def plan(
@@ -152,77 +155,17 @@ def _pointers(spec: ModelSpec | None) -> dict[str, str]:
     return {**spec.aliases, "(default)": spec.resolved_default}
 
 
-class LoadTiming(BaseModel):
-    version: str
-    load_ms: float
-    warmup_ms: float
-
-
-class FailedVersion(BaseModel):
-    version: str
-    reason: str
-
-
-class ReloadReport(BaseModel):
-    """What a reload changed (or, with ``dry_run``, would change), as the admin API answers."""
-
-    dry_run: bool = False
-    applied: bool
-    added: list[str]
-    removed: list[str]
-    reloaded: list[str]
-    unchanged: list[str]
-    failed: list[FailedVersion]
-    alias_moves: list[AliasMove]
-    loads: list[LoadTiming]
-    duration_ms: float
-
-    @classmethod
-    def of(
-        cls,
-        plan: Plan,
-        *,
-        applied: bool,
-        dry_run: bool = False,
-        failed: Mapping[VersionKey, str] | None = None,
-        loaded: Mapping[VersionKey, LoadedModel] | None = None,
-        duration_ms: float = 0.0,
-    ) -> ReloadReport:
-        loads = [
-            LoadTiming(
-                version=str(key),
-                load_ms=round(model.load_ms, 3),
-                warmup_ms=round(model.warmup_ms, 3),
-            )
-            for key, model in (loaded or {}).items()
-        ]
-        return cls(
-            dry_run=dry_run,
-            applied=applied,
-            added=[str(k) for k in plan.added],
-            removed=[str(k) for k in plan.removed],
-            reloaded=[str(k) for k in plan.reloaded],
-            unchanged=[str(k) for k in plan.unchanged],
-            failed=[FailedVersion(version=str(k), reason=r) for k, r in (failed or {}).items()],
-            alias_moves=list(plan.alias_moves),
-            loads=loads,
-            duration_ms=round(duration_ms, 3),
-        )
-
-    def summary(self) -> str:
-        parts = [
-            f"{name}={value}"
-            for name, value in (
-                ("added", self.added),
-                ("removed", self.removed),
-                ("reloaded", self.reloaded),
-                (
-                    "aliases",
-                    [f"{m.model}/{m.alias}:{m.before}->{m.after}" for m in self.alias_moves],
-                ),
-                ("failed", [f.version for f in self.failed]),
-            )
-            if value
-        ]
-        parts.append(f"unchanged={len(self.unchanged)}")
-        return " ".join(parts)
+def table_after(plan: Plan, current: Table, fresh: Mapping[VersionKey, LoadedModel]) -> Table:
+    """The table for the plan's manifest: ``fresh`` versions in new slots, the rest carried."""
+    table = {}
+    for spec in plan.manifest.models:
+        versions = {}
+        for version in spec.versions:
+            key = VersionKey(spec.name, version.version)
+            if key in fresh:
+                model = fresh[key]
+                versions[version.version] = VersionSlot(version, model, loaded_fingerprint(model))
+            else:
+                versions[version.version] = current[spec.name].versions[version.version]
+        table[spec.name] = ModelEntry(spec, versions)
+    return table

@@ -1,6 +1,6 @@
 """The other ways a reload starts: SIGHUP, and polling the manifest and weight files.
 
-Both call the same ``ModelRegistry.reload`` as the admin API, so they share its lock,
+Both call the same ``ModelRepository.reload`` as the admin API, so they share its lock,
 its all-or-nothing rule and its one log line per reload.
 """
 
@@ -10,24 +10,24 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
-from registry.core import ModelRegistry
 from registry.errors import RegistryError
+from registry.repository.repository import ModelRepository
 from registry.settings import Settings
-from registry.table import slots
+from registry.tasks import Background
 from registry.weightfiles import Stamp, stamp
 
 log = logging.getLogger(__name__)
 
 
 class ReloadTriggers:
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
-        self._registry = registry
+    def __init__(
+        self, repository: ModelRepository, settings: Settings, background: Background
+    ) -> None:
+        self._repository = repository
         self._settings = settings
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = background
         self._sighup = False
 
     def start(self) -> None:
@@ -39,27 +39,22 @@ class ReloadTriggers:
             # NOTE: only the main thread may own signals; under a test client it does not.
             log.debug("SIGHUP reload not installed: not running in the main thread")
         if self._settings.poll_interval_s > 0:
-            self._spawn(self._poll(self._settings.poll_interval_s))
+            poll = self._poll(self._settings.poll_interval_s)
+            self._background.spawn(poll, name="manifest poller", forever=True)
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP received; reloading")
-        self._spawn(self._reload("signal"))
+        self._background.spawn(self._reload("signal"), name="SIGHUP reload", forever=True)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Stop taking signals; the background owner cancels the poller."""
         if self._sighup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._sighup = False
 
     async def _reload(self, actor: str) -> None:
         with contextlib.suppress(RegistryError):  # reload() has logged why
-            await self._registry.reload(actor=actor)
+            await self._repository.reload(actor=actor)
 
     async def _poll(self, interval_s: float) -> None:
         """Reload once the manifest or a weight file has changed and then held still.
@@ -68,7 +63,7 @@ class ReloadTriggers:
         mid-write (empty, or cut at a model boundary, which is still valid YAML) is never
         applied. A refused reload is tried again at the next tick.
         """
-        await self._registry.wait_loaded()
+        await self._repository.wait_loaded()
         applied = previous = await asyncio.to_thread(self._signature)
         while True:
             await asyncio.sleep(interval_s)
@@ -78,7 +73,7 @@ class ReloadTriggers:
                 continue
             log.info("manifest or weights changed on disk and settled; reloading")
             try:
-                await self._registry.reload(actor="poll")
+                await self._repository.reload(actor="poll")
             except RegistryError:
                 continue  # reload() has logged why
             applied = current
@@ -87,7 +82,7 @@ class ReloadTriggers:
         """The stamps of the manifest and of every served weight file."""
         root = self._settings.weights_root
         paths = [self._settings.manifest]
-        paths += [root / slot.spec.path for _, slot in slots(self._registry.table)]
+        paths += [root / v.spec.path for v in self._repository.registry.status().versions()]
         return tuple(_stamp(path) for path in paths)
 
 

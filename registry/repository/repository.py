@@ -1,0 +1,244 @@
+"""``ModelRepository``: finds the models a manifest names and applies them to the registry.
+
+It reads and validates the manifest, fingerprints weight files, plans what changed, loads
+versions on its own loader thread (start-up loading, then each reload) and hands every
+resulting table to ``ModelRegistry.swap``. The registry never reads a file; this never
+holds a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from registry.core import ModelRegistry
+from registry.errors import RegistryError, RemovesEveryModel, ShuttingDown
+from registry.keys import VersionKey
+from registry.loaders import load_version
+from registry.manifest import Manifest, load_manifest
+from registry.model import LoadedModel
+from registry.repository import planning
+from registry.repository.planning import Plan, fingerprint_manifest, loaded_fingerprint
+from registry.repository.report import ReloadReport, log_done, log_refused, refusal
+from registry.settings import Settings
+from registry.table import VersionSlot, VersionState, loading_table, slots, with_slot
+from registry.tasks import Background
+from registry.weightfiles import WeightDigests
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    model: str
+    version: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What loading a plan produced: the versions loaded, or the first that failed."""
+
+    fresh: dict[VersionKey, LoadedModel]
+    failed: dict[VersionKey, str]
+
+
+class ModelRepository:
+    """Reads the manifest, loads what it names and swaps the result into the registry."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, background: Background):
+        self._settings = settings
+        self._registry = registry
+        self._background = background
+        self._digests = WeightDigests()
+        self._lock = asyncio.Lock()  # NOTE: start-up loading and every reload hold it
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-load")
+        self._startup: asyncio.Task[list[LoadFailure]] | None = None
+        self._closing = False
+        self.reload_outcomes: Counter[str] = Counter()
+        """Reloads so far by outcome (applied, dry_run, or an error code), for metrics."""
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
+    async def start(self) -> None:
+        """Validate the manifest, then load every version in the background.
+
+        An invalid manifest raises here, before anything is served. Until a version is
+        loaded the registry answers for it with ``model_loading``.
+        """
+        manifest = await asyncio.to_thread(load_manifest, self._settings.manifest)
+        self._registry.swap(loading_table(manifest))
+        self._startup = self._background.spawn(
+            self._load_startup(manifest), name="start-up loading"
+        )
+        versions = sum(len(model.versions) for model in manifest.models)
+        log.info(
+            "loading %d versions of %d models from %s",
+            versions,
+            len(manifest.models),
+            self._settings.manifest,
+        )
+
+    async def wait_loaded(self) -> list[LoadFailure]:
+        """Wait for start-up loading; returns the versions that failed."""
+        if self._startup is None:
+            raise RuntimeError("start() was not called")
+        return await asyncio.shield(self._startup)
+
+    async def _load_startup(self, manifest: Manifest) -> list[LoadFailure]:
+        async with self._lock:
+            for key, slot in slots(self._registry.table):
+                if self._closing:
+                    break
+                loaded = await self._load_slot(key, slot, manifest)
+                self._registry.swap(with_slot(self._registry.table, key, loaded))
+        failures = [
+            LoadFailure(key.model, key.version, slot.error or "")
+            for key, slot in slots(self._registry.table)
+            if slot.state is VersionState.FAILED
+        ]
+        log.info("start-up loading finished: %d failed", len(failures))
+        if not (self._settings.strict_startup and failures) and not self._closing:
+            self._registry.mark_ready()
+        return failures
+
+    async def _load_slot(
+        self, key: VersionKey, slot: VersionSlot, manifest: Manifest
+    ) -> VersionSlot:
+        """The slot once its version is loaded and started, or carrying why it failed."""
+        try:
+            model = await self._load(key, manifest)
+        except RegistryError as exc:
+            log.error("failed to load %s: %s", key, exc.message)
+            return VersionSlot(slot.spec, error=exc.message)
+        model.start()
+        log.info(
+            "loaded %s in %.0f ms (warm-up %.0f ms, %d bytes)",
+            key,
+            model.load_ms,
+            model.warmup_ms,
+            model.memory_bytes,
+        )
+        return VersionSlot(slot.spec, model, loaded_fingerprint(model))
+
+    async def _on_loader(self, function: Callable[..., T], *args: object) -> T:
+        """Run blocking work (hashing, deserialising, warm-up) on the loader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _load(self, key: VersionKey, manifest: Manifest) -> LoadedModel:
+        model, version = planning.specs(manifest, key)
+        return await self._on_loader(
+            partial(
+                load_version,
+                model,
+                version,
+                self._settings.weights_root,
+                factories=self._settings.architecture_factories,
+                digests=self._digests,
+            )
+        )
+
+    async def reload(
+        self, *, actor: str, dry_run: bool = False, allow_remove_all: bool = False
+    ) -> ReloadReport:
+        """Apply the manifest as it is on disk now: all of it, or nothing.
+
+        Raises ``ManifestError`` or ``ReloadFailed`` (carrying the report) and changes
+        nothing when the manifest is invalid or any new version fails to load, and
+        ``RemovesEveryModel`` when no model served now would be kept, unless
+        ``allow_remove_all``. Every outcome is logged as one line saying who asked
+        (``actor``) and what changed.
+        """
+        try:
+            report = await self._reload(dry_run, allow_remove_all)
+        except RegistryError as exc:
+            self.reload_outcomes[exc.code] += 1
+            log_refused(actor, dry_run, exc)
+            raise
+        outcome = "dry_run" if dry_run else "applied"
+        self.reload_outcomes[outcome] += 1
+        log_done(actor, outcome, report)
+        return report
+
+    async def _reload(self, dry_run: bool, allow_remove_all: bool) -> ReloadReport:
+        async with self._lock:
+            self._refuse_when_closing()
+            started = time.perf_counter()
+            plan, unreadable = await self._plan()
+
+            def report(loaded: Loaded | None = None, *, applied: bool = False) -> ReloadReport:
+                return ReloadReport.of(
+                    plan,
+                    applied=applied,
+                    dry_run=dry_run,
+                    failed=unreadable | (loaded.failed if loaded else {}),
+                    loaded=loaded.fresh if loaded else None,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                )
+
+            if unreadable:
+                raise refusal(report())
+            if plan.removes_every_model and not allow_remove_all:
+                raise RemovesEveryModel(
+                    "reload refused, nothing changed: the manifest keeps none of the models "
+                    f"served now ({', '.join(sorted(self._registry.table))}); ask for it "
+                    "explicitly with allow_remove_all=true",
+                    report=report().model_dump(),
+                )
+            if dry_run:
+                return report()
+            with self._registry.loading(plan.to_load):
+                loaded = await self._load_plan(plan)
+            self._refuse_when_closing()
+            if loaded.failed:
+                raise refusal(report(loaded))
+            for model in loaded.fresh.values():
+                model.start()
+            self._registry.swap(planning.table_after(plan, self._registry.table, loaded.fresh))
+            return report(loaded, applied=True)
+
+    async def _plan(self) -> tuple[Plan, dict[VersionKey, str]]:
+        """The plan for the manifest on disk, and the versions whose files cannot be read."""
+        manifest = await asyncio.to_thread(load_manifest, self._settings.manifest)
+        found, unreadable = await self._on_loader(
+            fingerprint_manifest, manifest, self._settings.weights_root, self._digests
+        )
+        table = self._registry.table
+        loaded = {key: slot.fingerprint for key, slot in slots(table)}
+        current = {name: entry.spec for name, entry in table.items()}
+        return planning.plan(loaded, current, manifest, found), unreadable
+
+    async def _load_plan(self, plan: Plan) -> Loaded:
+        """Load the plan's new and changed versions, stopping at the first failure.
+
+        Nothing loaded here is started or served until the caller swaps it in.
+        """
+        fresh: dict[VersionKey, LoadedModel] = {}
+        for key in plan.to_load:
+            try:
+                fresh[key] = await self._load(key, plan.manifest)
+            except RegistryError as exc:
+                return Loaded(fresh, {key: exc.message})
+        return Loaded(fresh, {})
+
+    def _refuse_when_closing(self) -> None:
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+
+    async def close(self) -> None:
+        """Stop loading: wait for a load in progress (it cannot be interrupted), then end
+        the loader thread, so that no model is created after this returns."""
+        self._closing = True
+        async with self._lock:
+            pass
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

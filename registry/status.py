@@ -1,0 +1,119 @@
+"""``RegistryStatus``: one frozen picture of everything the registry holds.
+
+``/readyz``, ``/models``, ``/metrics``, the V2 readiness routes and the poller all read
+this instead of walking the live table each in its own way, so they agree with each
+other and none of them can change what it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from registry.keys import VersionKey
+from registry.manifest import ModelSpec, VersionSpec
+from registry.model import LoadedModel
+from registry.table import Table, VersionSlot, VersionState, not_serving, resolve
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    key: VersionKey
+    spec: VersionSpec
+    state: VersionState
+    reason: str | None
+    """Why it failed to load, for ``failed``."""
+    aliases: tuple[str, ...]
+    """Aliases naming it, ``default`` first when it is the model's default."""
+    leases: int
+    queue_depth: int
+    load_ms: float | None
+    warmup_ms: float | None
+    memory_bytes: int | None
+    fingerprint: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    spec: ModelSpec
+    versions: tuple[VersionStatus, ...]
+    """The versions the manifest names, in version order (draining ones are not here)."""
+
+    @property
+    def state(self) -> VersionState:
+        """``failed`` if any version failed, else ``loading`` if any loads, else ``ready``."""
+        states = {v.state for v in self.versions}
+        for worst in (VersionState.FAILED, VersionState.LOADING):
+            if worst in states:
+                return worst
+        return VersionState.READY
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStatus:
+    ready: bool
+    """Start-up loading finished and the registry serves what it loaded."""
+    models: Mapping[str, ModelStatus]
+    loading: tuple[VersionKey, ...]
+    """Versions a reload in progress is loading beside the live ones."""
+    draining: tuple[VersionStatus, ...]
+    """Retired versions still answering requests that leased them before a reload."""
+
+    def versions(self) -> Iterator[VersionStatus]:
+        """Every version the manifest names, model by model."""
+        for model in self.models.values():
+            yield from model.versions
+
+    def in_state(self, state: VersionState) -> list[VersionKey]:
+        return [v.key for v in self.versions() if v.state is state]
+
+    def serving(self, name: str, version: str | None = None) -> VersionStatus:
+        """The version a request for ``name`` (and ``version``) would get, if it is ready.
+
+        Raises what a lease would: not found, still loading, or failed to load.
+        """
+        model, concrete = resolve(self.models, name, version)
+        found = next(v for v in model.versions if v.spec.version == concrete)
+        if found.state is not VersionState.READY:
+            raise not_serving(found.key, found.state, found.reason)
+        return found
+
+
+def snapshot(
+    table: Table, draining: Iterable[LoadedModel], loading: tuple[VersionKey, ...], ready: bool
+) -> RegistryStatus:
+    models = {
+        name: ModelStatus(
+            entry.spec,
+            tuple(
+                _version_status(entry.spec, slot, slot.state) for slot in entry.sorted_versions()
+            ),
+        )
+        for name, entry in table.items()
+    }
+    retired = tuple(
+        _version_status(model.spec, VersionSlot(model.version_spec, model), VersionState.DRAINING)
+        for model in sorted(draining, key=lambda m: m.key)
+    )
+    return RegistryStatus(ready=ready, models=models, loading=loading, draining=retired)
+
+
+def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> VersionStatus:
+    version = slot.spec.version
+    aliases = sorted(alias for alias, target in spec.aliases.items() if target == version)
+    if spec.resolved_default == version:
+        aliases.insert(0, "default")
+    model = slot.model
+    return VersionStatus(
+        key=VersionKey(spec.name, version),
+        spec=slot.spec,
+        state=state,
+        reason=slot.error,
+        aliases=tuple(aliases),
+        leases=model.leases if model else 0,
+        queue_depth=model.queue_depth if model else 0,
+        load_ms=model.load_ms if model else None,
+        warmup_ms=model.warmup_ms if model else None,
+        memory_bytes=model.memory_bytes if model else None,
+        fingerprint=slot.fingerprint,
+    )

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry.core import ModelRegistry
@@ -345,3 +346,37 @@ async def test_in_flight_metric_is_one_series_while_a_reloaded_version_drains(
         and sample.labels == {"model": "lin", "version": "2"}
     ]
     assert [sample.value for sample in samples] == [2.0]
+
+
+async def test_a_released_version_gives_its_tensors_back_at_once(
+    serving: Running, tmp_path: Path, weights: Path
+) -> None:
+    retired = models_of(serving.registry)["lin:2"]
+    module = retired.module
+    assert isinstance(module, torch.nn.Module)
+    parameters = list(module.parameters())
+    assert all(p.numel() for p in parameters)
+    give_lin_2_new_weights(tmp_path, weights, seed=11)
+    await serving.repository.reload(actor="test")
+    await serving.background.settled()
+    # NOTE: no collection ran: the storage went back even though references remain
+    assert all(p.untyped_storage().nbytes() == 0 for p in parameters)
+    with pytest.raises(RuntimeError, match="released"):
+        retired.forward_blocking(X)
+
+
+async def test_the_status_is_a_snapshot_that_later_changes_leave_alone(
+    serving: Running, tmp_path: Path, weights: Path
+) -> None:
+    with serving.registry.lease("lin", "2"):
+        during = serving.registry.status()
+    give_lin_2_new_weights(tmp_path, weights, seed=12)
+    await serving.repository.reload(actor="test")
+    after = serving.registry.status()
+    lin_2 = during.models["lin"].versions[1]
+    assert (lin_2.key, lin_2.leases, lin_2.state) == (("lin", "2"), 1, VersionState.READY)
+    assert lin_2.aliases == ("default",)
+    assert during.models["lin"].versions[0].aliases == ("stable",)
+    assert lin_2.fingerprint != after.models["lin"].versions[1].fingerprint
+    assert after.models["lin"].versions[1].leases == 0
+    assert during.serving("lin", "stable").key == ("lin", "1")

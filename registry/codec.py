@@ -37,7 +37,7 @@ import orjson
 
 from registry.batching import Array
 from registry.dtypes import DTYPES
-from registry.errors import InvalidInput, InvalidJSON, PayloadTooLarge
+from registry.errors import InvalidInput, InvalidJSON, TooManyRows
 from registry.manifest import TensorSpec
 
 MAX_AXES = 64  # NumPy's limit on an array's dimensions
@@ -145,13 +145,8 @@ def parse_count(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else None
 
 
-def too_many_rows(rows: int, max_rows: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"the request holds {rows} instances; this model takes at most {max_rows} "
-        "per request (its batching.max_batch_size)",
-        max_batch_size=max_rows,
-        received_rows=rows,
-    )
+def too_many_rows(rows: int, max_rows: int) -> TooManyRows:
+    return TooManyRows(rows, max_rows)
 
 
 def _batch_rows(inputs: object, ndim: int) -> int | None:

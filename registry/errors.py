@@ -4,6 +4,11 @@ Domain code raises these; ``registry.api.errors`` renders them as
 ``{"error": {"code": ..., "message": ..., **details}}`` with ``status_code``. Nothing
 here imports FastAPI, so the loaders and the registry stay usable without a web stack.
 
+An error that carries facts (which model, which limit) takes them as typed arguments and
+writes its own message and details from them, so every place that raises it says the
+same thing the same way. Errors whose message is the fact (what is wrong with an input or
+a manifest) take the message.
+
     RegistryError                      500 internal
     ├── ManifestError                  422 invalid_manifest
     │   └── UnsafeArchitecture         422 unsafe_architecture (not an nn.Module subclass)
@@ -39,7 +44,10 @@ here imports FastAPI, so the loaders and the registry stay usable without a web 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from registry.keys import VersionKey
 
 
 class RegistryError(Exception):
@@ -71,13 +79,25 @@ class WeightsError(RegistryError):
 class WeightsNotFound(WeightsError):
     code = "weights_not_found"
 
+    def __init__(self, path: str, cause: str | None = None) -> None:
+        if cause is None:
+            super().__init__(f"no weight file {path!r}", path=path)
+        else:
+            super().__init__(f"cannot open weight file {path!r}: {cause}", path=path)
+
 
 class WeightsOutsideRoot(WeightsError):
     code = "weights_outside_root"
 
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path!r} resolves outside the weights root", path=path)
+
 
 class ChecksumMismatch(WeightsError):
     code = "checksum_mismatch"
+
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        super().__init__(f"sha256 of {path!r} is {actual}, the manifest says {expected}", path=path)
 
 
 class UnsafeWeights(WeightsError):
@@ -91,17 +111,39 @@ class ModelLoadFailed(RegistryError):
 
     code = "model_load_failed"
 
+    def __init__(self, reason: str, key: VersionKey | None = None, stage: str = "") -> None:
+        if key is None:
+            super().__init__(reason)
+        else:
+            message = f"{key} failed during {stage}: {reason}"
+            super().__init__(message, model=key.model, version=key.version)
+
 
 class ReloadFailed(RegistryError):
     """A reload was refused as a whole; ``report`` says which version failed and why."""
 
     status_code, code = 422, "reload_failed"
 
+    def __init__(self, report: Mapping[str, Any]) -> None:
+        reasons = "; ".join(f"{f['version']}: {f['reason']}" for f in report["failed"])
+        RegistryError.__init__(
+            self, f"reload refused, nothing changed: {reasons}", report=dict(report)
+        )
+
 
 class RemovesEveryModel(ReloadFailed):
     """Refused unless asked for explicitly: a reload whose manifest keeps no served model."""
 
     code = "removes_every_model"
+
+    def __init__(self, served: Sequence[str], report: Mapping[str, Any]) -> None:
+        RegistryError.__init__(
+            self,
+            "reload refused, nothing changed: the manifest keeps none of the models served "
+            f"now ({', '.join(sorted(served))}); ask for it explicitly with "
+            "allow_remove_all=true",
+            report=dict(report),
+        )
 
 
 class NotFound(RegistryError):
@@ -111,9 +153,26 @@ class NotFound(RegistryError):
 class ModelNotFound(NotFound):
     code = "model_not_found"
 
+    def __init__(self, name: str, available: Sequence[str]) -> None:
+        super().__init__(f"no model {name!r}", available=list(available))
+
 
 class VersionNotFound(NotFound):
     code = "version_not_found"
+
+    def __init__(
+        self,
+        model: str,
+        requested: str | None,
+        available: Sequence[str],
+        aliases: Mapping[str, str],
+    ) -> None:
+        super().__init__(
+            f"model {model!r} has no version or alias {requested!r}",
+            model=model,
+            available=list(available),
+            aliases=dict(aliases),
+        )
 
 
 class Unauthorized(RegistryError):
@@ -139,9 +198,25 @@ class InvalidInput(RegistryError):
 class UnsupportedMediaType(RegistryError):
     status_code, code = 415, "unsupported_media_type"
 
+    def __init__(self, media: str, supported: Sequence[str], hint: str = "") -> None:
+        named = f"{', '.join(supported[:-1])} or {supported[-1]}"
+        super().__init__(f"cannot read {media!r}; send {named}{hint}", supported=list(supported))
+
 
 class PayloadTooLarge(RegistryError):
     status_code, code = 413, "payload_too_large"
+
+
+class TooManyRows(PayloadTooLarge):
+    """More instances than one forward pass takes: one request never outgrows a batch."""
+
+    def __init__(self, rows: int, max_rows: int) -> None:
+        super().__init__(
+            f"the request holds {rows} instances; this model takes at most {max_rows} "
+            "per request (its batching.max_batch_size)",
+            max_batch_size=max_rows,
+            received_rows=rows,
+        )
 
 
 class RequestTimeout(RegistryError):
@@ -169,9 +244,15 @@ class Unavailable(RegistryError):
 class NotReady(Unavailable):
     code = "not_ready"
 
+    def __init__(self, pending: Sequence[str], failed: Sequence[str]) -> None:
+        super().__init__("models are still loading", pending=list(pending), failed=list(failed))
+
 
 class ModelLoading(Unavailable):
     code = "model_loading"
+
+    def __init__(self, key: VersionKey) -> None:
+        super().__init__(f"{key} is still loading", model=key.model, version=key.version)
 
 
 class ModelUnavailable(Unavailable):
@@ -179,6 +260,11 @@ class ModelUnavailable(Unavailable):
 
     code = "model_unavailable"
     retry_after_s = 30
+
+    def __init__(self, key: VersionKey, reason: str | None) -> None:
+        super().__init__(
+            f"{key} failed to load", model=key.model, version=key.version, reason=reason
+        )
 
 
 class QueueFull(Unavailable):
@@ -191,6 +277,11 @@ class ShuttingDown(Unavailable):
 
 class InferenceTimeout(RegistryError):
     status_code, code = 504, "inference_timeout"
+
+    def __init__(self, key: VersionKey, timeout_s: float) -> None:
+        super().__init__(
+            f"{key} did not answer within {timeout_s} s", model=key.model, version=key.version
+        )
 
 
 class ModelFailed(RegistryError):

@@ -26,6 +26,7 @@ from torch.export.passes import move_to_device_pass
 
 from registry.dtypes import DTYPES
 from registry.errors import ModelLoadFailed, RegistryError, UnsafeArchitecture
+from registry.keys import VersionKey
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
 from registry.pt2 import check_exported_archive
@@ -209,8 +210,4 @@ def _load_failed(
     # NOTE: the full error, paths included, is for the operator's log only.
     log.warning("%s:%s failed during %s", spec.name, version.version, stage, exc_info=exc)
     reason = redact_paths(f"{type(exc).__name__}: {exc}".strip())
-    return ModelLoadFailed(
-        f"{spec.name}:{version.version} failed during {stage}: {reason}",
-        model=spec.name,
-        version=version.version,
-    )
+    return ModelLoadFailed(reason, VersionKey(spec.name, version.version), stage)

@@ -68,11 +68,7 @@ async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:
         async with asyncio.timeout(timeout_s):
             return await model.infer(inputs)
     except TimeoutError:
-        raise InferenceTimeout(
-            f"{model.key} did not answer within {timeout_s} s",
-            model=model.name,
-            version=model.version,
-        ) from None
+        raise InferenceTimeout(model.key, timeout_s) from None
 
 
 def decode(
@@ -86,10 +82,7 @@ def decode(
         return decode_raw(body, shape, spec, max_rows=max_rows)
     if media == NPY:
         return decode_npy(body, spec, max_rows=max_rows)
-    raise UnsupportedMediaType(
-        f"cannot read {media!r}; send {JSON}, {RAW} (with X-Shape) or {NPY}",
-        supported=[JSON, RAW, NPY],
-    )
+    raise UnsupportedMediaType(media, [JSON, RAW, NPY], hint=" (raw tensors need X-Shape)")
 
 
 _ANSWERS = (JSON, RAW, NPY)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from registry.errors import NotReady
 from registry.keys import VersionKey
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
@@ -66,6 +67,11 @@ class RegistryStatus:
 
     def in_state(self, state: VersionState) -> list[VersionKey]:
         return [v.key for v in self.versions() if v.state is state]
+
+    def not_ready(self) -> NotReady:
+        """The 503 that says what start-up is still loading and what failed."""
+        loading, failed = self.in_state(VersionState.LOADING), self.in_state(VersionState.FAILED)
+        return NotReady(pending=[str(k) for k in loading], failed=[str(k) for k in failed])
 
     def serving(self, name: str, version: str | None = None) -> VersionStatus:
         """The version a request for ``name`` (and ``version``) would get, if it is ready.

@@ -101,23 +101,17 @@ def resolve(models: Mapping[str, Named], name: str, version: str | None) -> tupl
     """
     model = models.get(name)
     if model is None:
-        raise ModelNotFound(f"no model {name!r}", available=sorted(models))
+        raise ModelNotFound(name, available=sorted(models))
     spec = model.spec
     concrete = spec.resolve(version)
     if concrete is None:
-        raise VersionNotFound(
-            f"model {name!r} has no version or alias {version!r}",
-            model=name,
-            available=sorted((v.version for v in spec.versions), key=version_sort_key),
-            aliases=dict(spec.aliases),
-        )
+        available = sorted((v.version for v in spec.versions), key=version_sort_key)
+        raise VersionNotFound(name, version, available, spec.aliases)
     return model, concrete
 
 
 def not_serving(key: VersionKey, state: VersionState, reason: str | None) -> RegistryError:
     """Why a version in the table cannot answer yet: failed to load, or still loading."""
     if state is VersionState.FAILED:
-        return ModelUnavailable(
-            f"{key} failed to load", model=key.model, version=key.version, reason=reason
-        )
-    return ModelLoading(f"{key} is still loading", model=key.model, version=key.version)
+        return ModelUnavailable(key, reason)
+    return ModelLoading(key)

@@ -27,11 +27,9 @@ def resolve_weights(root: Path, version: VersionSpec) -> Path:
     root = root.resolve()
     path = (root / version.path).resolve()
     if not path.is_relative_to(root):
-        raise WeightsOutsideRoot(
-            f"{str(version.path)!r} resolves outside the weights root", path=str(version.path)
-        )
+        raise WeightsOutsideRoot(str(version.path))
     if not path.is_file():
-        raise WeightsNotFound(f"no weight file {str(version.path)!r}", path=str(version.path))
+        raise WeightsNotFound(str(version.path))
     return path
 
 
@@ -104,10 +102,7 @@ def read_weights(
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
-        raise WeightsNotFound(
-            f"cannot open weight file {str(version.path)!r}: {exc.strerror}",
-            path=str(version.path),
-        ) from exc
+        raise WeightsNotFound(str(version.path), cause=exc.strerror) from exc
     with os.fdopen(descriptor, "rb") as file:
         before = stamp_of(os.fstat(file.fileno()))
         data = file.read()
@@ -120,7 +115,4 @@ def read_weights(
 
 def check_sha256(version: VersionSpec, actual: str) -> None:
     if version.sha256 is not None and actual != version.sha256:
-        raise ChecksumMismatch(
-            f"sha256 of {str(version.path)!r} is {actual}, the manifest says {version.sha256}",
-            path=str(version.path),
-        )
+        raise ChecksumMismatch(str(version.path), expected=version.sha256, actual=actual)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
-from registry.errors import RegistryError, ReloadFailed
+from registry.errors import RegistryError
 from registry.keys import VersionKey
 from registry.model import LoadedModel
 from registry.repository.planning import AliasMove, Plan
@@ -93,11 +93,6 @@ class ReloadReport(BaseModel):
         ]
         parts.append(f"unchanged={len(self.unchanged)}")
         return " ".join(parts)
-
-
-def refusal(report: ReloadReport) -> ReloadFailed:
-    reasons = "; ".join(f"{f.version}: {f.reason}" for f in report.failed)
-    return ReloadFailed(f"reload refused, nothing changed: {reasons}", report=report.model_dump())
 
 
 def log_refused(actor: str, dry_run: bool, exc: RegistryError) -> None:

@@ -19,14 +19,14 @@ from functools import partial
 from typing import TypeVar
 
 from registry.core import ModelRegistry
-from registry.errors import RegistryError, RemovesEveryModel, ShuttingDown
+from registry.errors import RegistryError, ReloadFailed, RemovesEveryModel, ShuttingDown
 from registry.keys import VersionKey
 from registry.loaders import load_version
 from registry.manifest import Manifest, load_manifest
 from registry.model import LoadedModel
 from registry.repository import planning
 from registry.repository.planning import Plan, fingerprint_manifest, loaded_fingerprint
-from registry.repository.report import ReloadReport, log_done, log_refused, refusal
+from registry.repository.report import ReloadReport, log_done, log_refused
 from registry.settings import Settings
 from registry.table import VersionSlot, VersionState, loading_table, slots, with_slot
 from registry.tasks import Background
@@ -187,21 +187,16 @@ class ModelRepository:
                 )
 
             if unreadable:
-                raise refusal(report())
+                raise ReloadFailed(report().model_dump())
             if plan.removes_every_model and not allow_remove_all:
-                raise RemovesEveryModel(
-                    "reload refused, nothing changed: the manifest keeps none of the models "
-                    f"served now ({', '.join(sorted(self._registry.table))}); ask for it "
-                    "explicitly with allow_remove_all=true",
-                    report=report().model_dump(),
-                )
+                raise RemovesEveryModel(list(self._registry.table), report().model_dump())
             if dry_run:
                 return report()
             with self._registry.loading(plan.to_load):
                 loaded = await self._load_plan(plan)
             self._refuse_when_closing()
             if loaded.failed:
-                raise refusal(report(loaded))
+                raise ReloadFailed(report(loaded).model_dump())
             for model in loaded.fresh.values():
                 model.start()
             self._registry.swap(planning.table_after(plan, self._registry.table, loaded.fresh))

@@ -6,9 +6,7 @@ from fastapi import APIRouter, Response
 
 from registry.api.deps import MetricsDep, RegistryDep
 from registry.api.schemas import ErrorEnvelope, Readiness
-from registry.errors import NotReady
 from registry.metrics import CONTENT_TYPE
-from registry.table import VersionState
 
 router = APIRouter(tags=["health"])
 
@@ -24,11 +22,7 @@ async def readyz(registry: RegistryDep) -> Readiness:
     """200 once start-up loading finished; 503 (with what is pending) before."""
     status = registry.status()
     if not status.ready:
-        raise NotReady(
-            "models are still loading",
-            pending=[str(key) for key in status.in_state(VersionState.LOADING)],
-            failed=[str(key) for key in status.in_state(VersionState.FAILED)],
-        )
+        raise status.not_ready()
     return Readiness(
         status="ready",
         models=len(status.models),

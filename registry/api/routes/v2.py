@@ -32,7 +32,6 @@ from registry.api.v2_schemas import (
     errors,
 )
 from registry.dtypes import DTYPES
-from registry.errors import NotReady
 from registry.model import LoadedModel
 from registry.serving import provenance, run
 from registry.settings import Settings
@@ -56,8 +55,9 @@ async def live() -> Liveness:
 
 @router.get("/health/ready", responses=errors(503))
 async def ready(registry: RegistryDep) -> ServerReadiness:
-    if not registry.status().ready:
-        raise NotReady("models are still loading")
+    status = registry.status()
+    if not status.ready:
+        raise status.not_ready()
     return ServerReadiness(ready=True)
 
 

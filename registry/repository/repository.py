@@ -65,6 +65,7 @@ class ModelRepository:
         self._closing = False
         self.reload_outcomes: Counter[str] = Counter()
         """Reloads so far by outcome (applied, dry_run, or an error code), for metrics."""
+        self._reload_ended = asyncio.Condition()
 
     @property
     def registry(self) -> ModelRegistry:
@@ -162,13 +163,26 @@ class ModelRepository:
         try:
             report = await self._reload(dry_run, allow_remove_all)
         except RegistryError as exc:
-            self.reload_outcomes[exc.code] += 1
             log_refused(actor, dry_run, exc)
+            await self._count(exc.code)
             raise
         outcome = "dry_run" if dry_run else "applied"
-        self.reload_outcomes[outcome] += 1
         log_done(actor, outcome, report)
+        await self._count(outcome)
         return report
+
+    async def _count(self, outcome: str) -> None:
+        async with self._reload_ended:
+            self.reload_outcomes[outcome] += 1
+            self._reload_ended.notify_all()
+
+    async def wait_reloads(self, count: int) -> None:
+        """Wait until ``count`` reloads have ended, applied or refused, whoever started them.
+
+        For callers that start no reload themselves but must see one end (the poller's).
+        """
+        async with self._reload_ended:
+            await self._reload_ended.wait_for(lambda: self.reload_outcomes.total() >= count)
 
     async def _reload(self, dry_run: bool, allow_remove_all: bool) -> ReloadReport:
         async with self._lock:

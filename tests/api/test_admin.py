@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from registry.app import create_app
+from registry.repository import ModelRepository
 from tests.conftest import make_settings, wait_ready
 from tests.factories import affine_model, write_manifest
 
@@ -104,18 +103,19 @@ def test_polling_reloads_on_change_and_survives_a_half_written_manifest(
     settings = make_settings(tmp_path, poll_interval_s=0.05)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
+        repository: ModelRepository = client.app_state["repository"]
+        assert client.portal is not None
         (tmp_path / "models.yaml").write_text("models:\n  - name: lin\n    inp", encoding="utf-8")
-        until(lambda: "reload by poll refused" in caplog.text, caplog)
+        client.portal.call(repository.wait_reloads, 1)
+        assert set(repository.reload_outcomes) == {"invalid_manifest"}
+        assert "reload by poll refused" in caplog.text
         assert client.post("/models/lin/predict", json={"inputs": [1, 2, 3, 4]}).status_code == 200
 
         write_manifest(tmp_path, [affine_model(weights, "lin", ("1", "2"))])
-        until(lambda: client.get("/models/lin").json()["default_version"] == "2", caplog)
+        # NOTE: a refused reload is retried at each tick until the file changes again
+        applied = repository.reload_outcomes.total() + 1
+        while repository.reload_outcomes["applied"] == 0:
+            client.portal.call(repository.wait_reloads, applied)
+            applied += 1
+        assert client.get("/models/lin").json()["default_version"] == "2"
         assert "reload by poll applied" in caplog.text
-
-
-def until(condition: Callable[[], bool], caplog: pytest.LogCaptureFixture) -> None:
-    """Wait for the poller's background work to show (it owns no event a test could await)."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, caplog.text
-        time.sleep(0.02)

@@ -1,16 +1,17 @@
+"""Fixtures every test directory shares; helpers live in ``tests/support.py``."""
+
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from registry.app import create_app
 from registry.settings import Settings
 from tests.factories import affine_model, write_manifest
+from tests.support import FatalRecorder, make_settings, wait_ready
 
 
 @pytest.fixture
@@ -35,26 +36,6 @@ def settings(tmp_path: Path, weights: Path) -> Settings:
         ],
     )
     return make_settings(tmp_path)
-
-
-def make_settings(directory: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "manifest": directory / "models.yaml",
-        "admin_token": SecretStr("t"),
-        "torch_threads": 1,
-        **overrides,
-    }
-    return Settings.model_validate(values)
-
-
-class FatalRecorder:
-    """Stands in for the process-ending reaction to a strict start-up failure."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self) -> None:
-        self.calls += 1
 
 
 @pytest.fixture
@@ -84,11 +65,3 @@ def small_body_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterato
     with TestClient(create_app(settings)) as test_client:
         wait_ready(test_client)
         yield test_client
-
-
-def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError(client.get("/readyz").json())
-        time.sleep(0.02)

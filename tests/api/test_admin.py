@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from registry.app import create_app
 from registry.repository import ModelRepository
-from tests.conftest import make_settings, wait_ready
 from tests.factories import affine_model, write_manifest
+from tests.support import make_settings, wait_ready
 
 AUTH = {"Authorization": "Bearer t"}
 

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from registry.app import create_app
-from tests.conftest import make_settings, wait_ready
 from tests.factories import affine_model, echo_model, write_manifest
+from tests.support import make_settings, wait_ready
 
 CAP = 8  # lin's batching.max_batch_size
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]], dtype=np.float32)

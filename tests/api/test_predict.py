@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from registry.app import create_app
 from registry.core import ModelRegistry
-from tests.conftest import FatalRecorder, make_settings, wait_ready
 from tests.factories import (
     TRIPWIRE,
     affine_model,
@@ -20,6 +19,7 @@ from tests.factories import (
     model_entry,
     write_manifest,
 )
+from tests.support import FatalRecorder, make_settings, wait_ready
 
 X = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]]
 

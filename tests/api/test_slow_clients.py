@@ -20,8 +20,8 @@ from starlette.types import Message
 
 from registry.app import create_app
 from registry.core import ModelRegistry
-from tests.conftest import make_settings, wait_ready
 from tests.factories import LIN_INPUT, affine_model, lin_routes, write_manifest
+from tests.support import make_settings, wait_ready
 
 X = LIN_INPUT
 ROUTES = lin_routes("1")

@@ -18,9 +18,9 @@ import pytest
 from registry.examples.data import diabetes_split, digits_split
 from registry.loaders import load_version
 from registry.manifest import load_manifest
-from tests.conftest import make_settings
 from tests.factories import affine_model, echo_model, model_entry, write_manifest
 from tests.integration.server import REPOSITORY, Server, free_port, serving, start
+from tests.support import make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,8 @@ from registry.errors import (
 )
 from registry.settings import Settings
 from registry.table import VersionState
-from tests.conftest import make_settings
 from tests.factories import affine_model, echo_model, write_manifest
-from tests.support import Running, running
+from tests.support import Running, make_settings, running
 
 pytestmark = pytest.mark.anyio
 

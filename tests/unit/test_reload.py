@@ -17,7 +17,6 @@ from registry.errors import ManifestError, ReloadFailed, RemovesEveryModel
 from registry.metrics import Metrics
 from registry.model import LoadedModel
 from registry.table import VersionState
-from tests.conftest import make_settings
 from tests.factories import (
     Affine,
     affine_model,
@@ -26,7 +25,7 @@ from tests.factories import (
     write_manifest,
     write_state_dict,
 )
-from tests.support import Running, running
+from tests.support import Running, make_settings, running
 
 pytestmark = pytest.mark.anyio
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)

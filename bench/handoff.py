@@ -4,7 +4,9 @@ At concurrency 1 on a small model the HTTP round trip is a few hundred microseco
 the two thread hand-offs of the serving path (event loop → inference thread → event
 loop, DESIGN section 5) are a large share of it. This measures them in-process, with the
 real ``Batcher`` on uvloop and the ``tiny`` MLP: the same lone requests, one after
-another, through ``Batcher.submit`` and by calling the forward directly. ``--same-core``
+another, through ``Batcher.submit`` kept on its thread (``inline_max_s=0``), through
+``Batcher.submit`` as served (inline once the forward has proven fast, see
+``registry.batching``) and by calling the forward directly. ``--same-core``
 pins the process to one CPU first, which shows how much of the cost is waking an idle
 CPU rather than the Python around the hand-off.
 """
@@ -12,6 +14,7 @@ CPU rather than the Python around the hand-off.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import time
@@ -22,7 +25,7 @@ import torch
 import uvloop
 
 from bench import MAX_BATCH, MODELS
-from registry.batching import Array, Batcher
+from registry.batching import INLINE_EVIDENCE, INLINE_MAX_S, Array, Batcher
 from registry.examples.mlp import MLP
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
@@ -51,20 +54,29 @@ async def compare(requests: int, repeats: int) -> None:
         return output
 
     sample = np.random.default_rng(0).standard_normal((1, WIDTHS[0]), dtype=np.float32)
-    batcher = Batcher(forward, BatchingSpec(max_batch_size=MAX_BATCH), key=VersionKey("tiny", "1"))
-    batcher.start()
+    config, key = BatchingSpec(max_batch_size=MAX_BATCH), VersionKey("tiny", "1")
+    threaded = Batcher(forward, config, key=key, inline_max_s=0.0)  # NOTE: never inline
+    served = Batcher(forward, config, key=key)
+    threaded.start()
+    served.start()
 
     async def direct(inputs: Array) -> Array:
         return forward(inputs)
 
     try:
-        threaded = await per_request_us(batcher.submit, sample, requests, repeats)
+        on_thread = await per_request_us(threaded.submit, sample, requests, repeats)
+        as_served = await per_request_us(served.submit, sample, requests, repeats)
         inline = await per_request_us(direct, sample, requests, repeats)
     finally:
-        await batcher.stop()
-    print(f"forward on the inference thread: {threaded:7.1f} µs per request (median)")
+        await threaded.stop()
+        await served.stop()
+    print(f"forward on the inference thread: {on_thread:7.1f} µs per request (median)")
+    print(f"Batcher.submit as served:        {as_served:7.1f} µs per request (median)")
+    print(
+        f"  (inline once {INLINE_EVIDENCE} passes in a row took under {INLINE_MAX_S * 1e6:.0f} µs)"
+    )
     print(f"forward called directly:         {inline:7.1f} µs per request (median)")
-    print(f"the two hand-offs:               {threaded - inline:7.1f} µs")
+    print(f"the two hand-offs:               {on_thread - inline:7.1f} µs")
 
 
 async def per_request_us(
@@ -72,11 +84,15 @@ async def per_request_us(
 ) -> float:
     for _ in range(1_000):  # NOTE: warm the thread, the allocator and torch's dispatch
         await call(sample)
+        await asyncio.sleep(0)
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(requests):
             await call(sample)
+            # NOTE: the next request in a later turn of the loop, as a client's arrives; the
+            # batcher sends a second request of the same turn to its thread.
+            await asyncio.sleep(0)
         timings.append((time.perf_counter() - started) / requests * 1e6)
     return statistics.median(timings)
 

@@ -1,4 +1,4 @@
-"""Per-version dynamic batching on a dedicated inference thread.
+"""Per-version dynamic batching on a dedicated inference thread, or inline when cheaper.
 
 A lone request runs at once; requests that arrive while a forward pass runs wait in a
 bounded queue and the next pass takes as many as fit in ``max_batch_size`` rows. So there
@@ -13,6 +13,23 @@ light traffic sees no delay. An explicit ``max_delay_ms`` replaces this with a f
 
 The thread blocks on a ``SimpleQueue`` and hands each batch's results back to the event
 loop with one ``call_soon_threadsafe``: two thread hand-offs per batch, none per row.
+
+For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
+one-row request skips them and runs its pass inline, on the event loop, when all of:
+
+- nothing is handed to the thread (queued, running, or with its answer on the way back),
+  so passes keep their order and never overlap;
+- no other request of this version ran inline in the same turn of the loop: requests
+  that arrive together are load, and go to the thread to share a pass;
+- the last ``INLINE_EVIDENCE`` one-row passes, timed on whichever side ran them, each
+  took under ``INLINE_MAX_S``.
+
+Everything else takes the thread. A version starts without evidence (warm-up passes do
+not reach the batcher), so its first one-row passes run on the thread and time it; one
+slow pass, inline or not, sends the next ones back to the thread until
+``INLINE_EVIDENCE`` fast ones in a row say otherwise. A model whose forward is slow thus
+never blocks the loop: it never gathers the evidence. Both sides run ``_compute``, so a
+failure is the same ``ModelFailed``, logged the same way, wherever the pass ran.
 """
 
 from __future__ import annotations
@@ -47,15 +64,41 @@ class _Pending:
 
 LINGER_CAP_S = 0.002
 
+INLINE_MAX_S = 50e-6
+"""A one-row pass that took less than this may be followed by passes on the event loop.
+
+NOTE: ``python -m bench.handoff`` measures the two thread hand-offs of a lone request at
+about 100 µs on the 2-core VM the benchmarks run on (~30 µs when pinned to one core, more
+when other work shares the machine). Half of that keeps an inline pass well under the
+hand-off it saves, and bounds how long it holds up every other request of the process.
+A pass is timed by the wall clock, so a forward that sleeps or waits on a device counts
+as slow, as it should."""
+
+INLINE_EVIDENCE = 4
+"""How many one-row passes in a row must each be under ``INLINE_MAX_S`` before one runs
+inline.
+
+NOTE: more than one, so that a model fast for some inputs only is caught on the thread;
+few, because on a busy machine one pass in a few dozen is delayed (preempted, a page
+fault) and each such pass costs this many hand-offs before inline passes resume."""
+
 
 class Batcher:
     """One inference thread per model version, fed by the event loop.
 
     ``submit`` may be cancelled (a client timeout): the request is then skipped if still
-    queued, or its share of the output discarded if already running.
+    queued, or its share of the output discarded if already running. A request that runs
+    inline cannot be cancelled midway: it never yields to the loop.
     """
 
-    def __init__(self, forward: Forward, config: BatchingSpec, *, key: VersionKey) -> None:
+    def __init__(
+        self,
+        forward: Forward,
+        config: BatchingSpec,
+        *,
+        key: VersionKey,
+        inline_max_s: float = INLINE_MAX_S,
+    ) -> None:
         self._forward = forward
         self._config = config
         self._key = key
@@ -65,6 +108,12 @@ class Batcher:
         self._closed = False
         self._last_rows = 1  # inference-thread state: the size and cost of the last pass
         self._last_forward_s = 0.0
+        # NOTE: only the loop writes this one, so it needs no lock: +1 when a request is
+        # handed to the thread, -1 when its answer (or its skipping) comes back.
+        self._handed = 0
+        self._inline_max_s = inline_max_s  # 0: never inline (bench.handoff measures both)
+        self._fast_streak = 0  # one-row passes in a row under inline_max_s, either side
+        self._inline_this_turn = False
 
     @property
     def queue_depth(self) -> int:
@@ -80,12 +129,15 @@ class Batcher:
         """Queue a batch of instances and wait for their outputs (same batch length)."""
         if self._closed or self._loop is None:
             raise ShuttingDown(f"{self._key} is shutting down")
+        if self._may_run_inline(inputs):
+            return self._run_inline(inputs, self._loop)
         if self._queue.qsize() >= self._config.max_queue:
             raise QueueFull(
                 f"{self._key} has {self._queue.qsize()} requests queued",
                 max_queue=self._config.max_queue,
             )
         result: asyncio.Future[Array] = self._loop.create_future()
+        self._handed += 1
         self._queue.put(_Pending(inputs, result))
         return await result
 
@@ -97,6 +149,32 @@ class Batcher:
             await asyncio.to_thread(self._thread.join)
             await asyncio.sleep(0)  # NOTE: run the deliveries the thread scheduled last
         self._thread = self._loop = None
+
+    def _may_run_inline(self, inputs: Array) -> bool:
+        """On the loop: whether this request may skip the thread (see the module docstring).
+
+        One row only: the evidence is timed on one-row passes, and a pass costs more the
+        more rows it has, so it says nothing of a request of sixteen. A client that sends
+        many rows at once is after throughput, which the thread's batches serve.
+        """
+        return (
+            self._handed == 0
+            and len(inputs) == 1
+            and self._fast_streak >= INLINE_EVIDENCE
+            and not self._inline_this_turn
+        )
+
+    def _run_inline(self, inputs: Array, loop: asyncio.AbstractEventLoop) -> Array:
+        """On the loop: the pass itself, answered or failed exactly as the thread would."""
+        self._inline_this_turn = True
+        loop.call_soon(self._end_turn)  # NOTE: runs after the callbacks already ready
+        outcome = self._compute([inputs])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome[0]
+
+    def _end_turn(self) -> None:
+        self._inline_this_turn = False
 
     def _work(self) -> None:
         carry: _Pending | None = None
@@ -136,42 +214,69 @@ class Batcher:
         return batch, None, False
 
     def _run(self, batch: list[_Pending]) -> None:
-        """On the inference thread: one forward pass for the batch, results to the loop."""
+        """On the inference thread: one forward pass for the batch, results to the loop.
+
+        Even a batch whose requests were all cancelled reports back, so that the loop's
+        count of what the thread holds drops to zero.
+        """
         live = [p for p in batch if not p.result.done()]  # NOTE: cancelled while queued
         outcome: list[Array] | BaseException
         if self._closed:
             outcome = ShuttingDown(f"{self._key} is shutting down")
         elif not live:
-            return
+            outcome = []
         else:
             started = time.perf_counter()
-            try:
-                outcome = self._forward_all(live)
+            outcome = self._compute([p.inputs for p in live])
+            if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = sum(len(p.inputs) for p in live)
-            except Exception:
-                log.exception("inference failed", extra={"model": str(self._key)})
-                outcome = ModelFailed("the model raised during inference", model=str(self._key))
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
-        self._loop.call_soon_threadsafe(_deliver, live or batch, outcome)
+        self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
-    def _forward_all(self, batch: list[_Pending]) -> list[Array]:
-        if len(batch) == 1:
-            return [self._forward(batch[0].inputs)]
-        sizes = [len(p.inputs) for p in batch]
-        outputs = self._forward(np.concatenate([p.inputs for p in batch]))
+    def _compute(self, inputs: list[Array]) -> list[Array] | ModelFailed:
+        """One forward pass for these requests, on whichever thread calls it; never raises.
+
+        A one-row pass is timed, failed or not, as evidence for ``_may_run_inline``.
+        """
+        started = time.perf_counter()
+        try:
+            return self._forward_all(inputs)
+        except Exception:
+            log.exception("inference failed", extra={"model": str(self._key)})
+            return ModelFailed("the model raised during inference", model=str(self._key))
+        finally:
+            if len(inputs) == 1 and len(inputs[0]) == 1:
+                self._measured(time.perf_counter() - started)
+
+    def _measured(self, seconds: float) -> None:
+        """Extend or break the streak of fast one-row passes.
+
+        NOTE: the loop and the thread both write this, but never at once: an inline pass
+        runs only while the thread holds nothing.
+        """
+        fast = seconds < self._inline_max_s
+        self._fast_streak = min(self._fast_streak + 1, INLINE_EVIDENCE) if fast else 0
+
+    def _forward_all(self, inputs: list[Array]) -> list[Array]:
+        if len(inputs) == 1:
+            return [self._forward(inputs[0])]
+        sizes = [len(rows) for rows in inputs]
+        outputs = self._forward(np.concatenate(inputs))
         if len(outputs) != sum(sizes):
             raise ValueError(f"output batch {len(outputs)} != input batch {sum(sizes)}")
         return np.split(outputs, np.cumsum(sizes)[:-1])
 
-
-def _deliver(batch: list[_Pending], outcome: list[Array] | BaseException) -> None:
-    """On the event loop: resolve each waiter that is still waiting."""
-    if isinstance(outcome, BaseException):
-        for pending in batch:
-            if not pending.result.done():
-                pending.result.set_exception(outcome)
-        return
-    for pending, output in zip(batch, outcome, strict=True):
-        if not pending.result.done():  # the client may have given up
-            pending.result.set_result(output)
+    def _deliver(
+        self, batch: list[_Pending], live: list[_Pending], outcome: list[Array] | BaseException
+    ) -> None:
+        """On the event loop: resolve each waiter that is still waiting."""
+        self._handed -= len(batch)
+        if isinstance(outcome, BaseException):
+            for pending in batch:
+                if not pending.result.done():
+                    pending.result.set_exception(outcome)
+            return
+        for pending, output in zip(live, outcome, strict=True):
+            if not pending.result.done():  # the client may have given up
+                pending.result.set_result(output)

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from registry.batching import Array, Batcher
+from registry.batching import INLINE_EVIDENCE, Array, Batcher
 from registry.errors import ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
@@ -148,3 +149,169 @@ async def test_stop_fails_what_is_queued_and_refuses_new_work() -> None:
     with pytest.raises(ShuttingDown):
         await batcher.submit(rows(2))
     await asyncio.gather(running, return_exceptions=True)
+
+
+class Recording:
+    """Doubles its input, recording the thread of each pass; ``delay_s`` makes it slow,
+    ``gate`` (when cleared) holds it, and a row equal to ``fail_on`` makes it raise."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on: float | None = None) -> None:
+        self.threads: list[int] = []
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, inputs: Array) -> Array:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        self.gate.wait(timeout=10)
+        time.sleep(self.delay_s)
+        if self.fail_on is not None and (inputs == self.fail_on).any():
+            raise RuntimeError("boom")
+        return inputs * 2
+
+    def on_loop(self) -> list[bool]:
+        """For each pass so far: whether it ran on this (the event loop's) thread."""
+        here = threading.get_ident()
+        return [thread == here for thread in self.threads]
+
+
+# NOTE: a bound no trivial pass exceeds and no delayed one meets, so no test hangs on timing
+GENEROUS_S = 0.25
+
+
+def inline_batcher(forward: Recording, inline_max_s: float = GENEROUS_S, **config: int) -> Batcher:
+    batcher = Batcher(
+        forward, BatchingSpec(**config), key=VersionKey("m", "1"), inline_max_s=inline_max_s
+    )
+    batcher.start()
+    return batcher
+
+
+async def one_by_one(batcher: Batcher, count: int, value: float = 1) -> None:
+    """Lone one-row requests, each in a later turn of the loop, as a client's would be."""
+    for _ in range(count):
+        np.testing.assert_array_equal(await batcher.submit(rows(value)), rows(2 * value))
+        await asyncio.sleep(0)
+
+
+async def test_a_fast_forward_runs_inline_once_its_history_says_fast() -> None:
+    forward = Recording()
+    batcher = inline_batcher(forward)
+    await one_by_one(batcher, INLINE_EVIDENCE + 3)
+    assert forward.on_loop() == [False] * INLINE_EVIDENCE + [True] * 3
+    await batcher.stop()
+
+
+async def test_warm_up_is_no_evidence_and_many_rows_never_run_inline() -> None:
+    forward = Recording()
+    forward(rows(0, 0))  # NOTE: what loaders.py's warm-up does, beside the batcher
+    batcher = inline_batcher(forward)
+    await one_by_one(batcher, INLINE_EVIDENCE)
+    np.testing.assert_array_equal(await batcher.submit(rows(1, 2)), rows(2, 4))
+    np.testing.assert_array_equal(await batcher.submit(rows(3)), rows(6))
+    assert forward.on_loop() == [True] + [False] * INLINE_EVIDENCE + [False, True]
+    await batcher.stop()
+
+
+async def test_while_a_pass_runs_or_waits_a_lone_row_queues_behind_it() -> None:
+    forward = Recording()
+    batcher = inline_batcher(forward, max_batch_size=8)
+    await one_by_one(batcher, INLINE_EVIDENCE)
+    forward.gate.clear()
+    forward.entered.clear()
+    running = asyncio.create_task(batcher.submit(rows(1, 1)))  # two rows: the thread
+    assert await asyncio.to_thread(forward.entered.wait, 10)
+    queued = asyncio.create_task(batcher.submit(rows(2, 2)))
+    lone = asyncio.create_task(batcher.submit(rows(3)))
+    await until_queued(batcher, 2)
+    forward.gate.set()
+    results = await asyncio.gather(running, queued, lone)
+    np.testing.assert_array_equal(results[2], rows(6))
+    assert forward.on_loop()[INLINE_EVIDENCE:] == [False, False]  # the queued two share a pass
+    await one_by_one(batcher, 1)
+    assert forward.on_loop()[-1]  # idle again: inline
+    await batcher.stop()
+
+
+async def test_of_requests_arriving_together_only_the_first_runs_inline() -> None:
+    forward = Recording()
+    batcher = inline_batcher(forward, max_batch_size=8)
+    await one_by_one(batcher, INLINE_EVIDENCE)
+    results = await asyncio.gather(*(batcher.submit(rows(v)) for v in (1, 2, 3)))
+    assert [r[0, 0] for r in results] == [2, 4, 6]
+    first, *rest = forward.on_loop()[INLINE_EVIDENCE:]
+    assert first
+    assert rest
+    assert not any(rest)
+    await batcher.stop()
+
+
+async def test_a_slow_forward_never_runs_on_the_loop() -> None:
+    forward = Recording(delay_s=0.001)  # NOTE: twenty times INLINE_MAX_S, at the least
+    batcher = Batcher(forward, BatchingSpec(), key=VersionKey("m", "1"))
+    batcher.start()
+    await one_by_one(batcher, 3 * INLINE_EVIDENCE)
+    assert not any(forward.on_loop())
+    await batcher.stop()
+
+
+async def test_one_slow_inline_pass_sends_the_next_ones_to_the_thread() -> None:
+    forward = Recording()
+    batcher = inline_batcher(forward)
+    await one_by_one(batcher, INLINE_EVIDENCE + 1)
+    forward.delay_s = 2 * GENEROUS_S
+    await one_by_one(batcher, 1)  # inline, and slow
+    forward.delay_s = 0.0
+    await one_by_one(batcher, INLINE_EVIDENCE + 1)
+    expected = [False] * INLINE_EVIDENCE + [True, True] + [False] * INLINE_EVIDENCE + [True]
+    assert forward.on_loop() == expected
+    await batcher.stop()
+
+
+async def test_an_inline_failure_is_the_threads_failure(caplog: pytest.LogCaptureFixture) -> None:
+    forward = Recording(fail_on=-1)
+    batcher = inline_batcher(forward)
+    await one_by_one(batcher, INLINE_EVIDENCE)
+    with pytest.raises(ModelFailed, match="raised during inference") as caught:
+        await batcher.submit(rows(-1))
+    assert caught.value.details == {"model": "m:1"}
+    assert forward.on_loop()[-1]
+    (record,) = [r for r in caplog.records if r.getMessage() == "inference failed"]
+    assert record.exc_info is not None
+    assert getattr(record, "model", None) == "m:1"
+    await asyncio.sleep(0)
+    await one_by_one(batcher, 1)  # a fast failure is still fast: inline again
+    assert forward.on_loop()[-1]
+    await batcher.stop()
+
+
+async def test_a_batch_cancelled_while_queued_still_frees_the_thread_for_inline() -> None:
+    forward = Recording()
+    batcher = inline_batcher(forward, max_batch_size=2)
+    await one_by_one(batcher, INLINE_EVIDENCE)
+    forward.gate.clear()
+    forward.entered.clear()
+    running = asyncio.create_task(batcher.submit(rows(1, 1)))
+    assert await asyncio.to_thread(forward.entered.wait, 10)
+    abandoned = asyncio.create_task(batcher.submit(rows(2)))
+    after = asyncio.create_task(batcher.submit(rows(3, 3)))  # NOTE: too big to share its batch
+    await until_queued(batcher, 2)
+    abandoned.cancel()
+    forward.gate.set()
+    await asyncio.gather(running, after)  # the skipped batch reported back before ``after``
+    await one_by_one(batcher, 1)
+    assert forward.on_loop()[INLINE_EVIDENCE:] == [False, False, True]
+    await batcher.stop()
+
+
+async def test_after_stop_even_an_inline_request_is_refused() -> None:
+    forward = Recording()
+    batcher = inline_batcher(forward)
+    await one_by_one(batcher, INLINE_EVIDENCE + 1)
+    await batcher.stop()
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(rows(1))
+    assert len(forward.threads) == INLINE_EVIDENCE + 1

@@ -1,0 +1,98 @@
+"""A slow model never runs on the event loop: the server answers while it computes.
+
+A tiny model's lone request may run its forward pass inline on the event loop
+(``registry.batching``). This checks the other side of that rule with a real server
+process (an in-process client would share the loop with the test): while a slow model's
+pass cannot finish, ``/healthz`` is answered. By ordering, not by a clock: the pass has
+signalled that it started, and it finishes only when the test opens its gate, which the
+test does only after ``/healthz`` has answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from torch import nn
+
+from registry.batching import INLINE_EVIDENCE
+from tests.factories import LIN_INPUT, model_entry, write_manifest, write_state_dict
+from tests.integration.server import serving
+from tests.slow_model import passes
+
+pytestmark = pytest.mark.integration
+
+INFERENCE_THREAD = "infer-gated:1"  # the Batcher's thread for gated:1
+
+
+def gated_model(weights: Path, gate: Path) -> dict[str, object]:
+    path = "gated/1/model.pt"
+    write_state_dict(weights, path, nn.Module())
+    version = {
+        "version": "1",
+        "format": "state_dict",
+        "path": path,
+        "architecture": "tests.slow_model:Gated",
+        "architecture_args": {"directory": str(gate)},
+    }
+    return model_entry("gated", [version], warmup=False)  # NOTE: warm-up would pass the gate
+
+
+def predict(client: httpx.Client) -> httpx.Response:
+    return client.post("/models/gated/predict", json={"inputs": LIN_INPUT})
+
+
+def queue_depth(client: httpx.Client) -> float:
+    text = client.get("/metrics").text
+    (family,) = (
+        f for f in text_string_to_metric_families(text) if f.name == "registry_queue_depth"
+    )
+    return sum(s.value for s in family.samples if s.labels == {"model": "gated", "version": "1"})
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait until ``condition`` holds (the deadline only stops a hung test)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def test_healthz_is_answered_while_a_slow_model_computes(tmp_path: Path) -> None:
+    weights, gate = tmp_path / "weights", tmp_path / "gate"
+    gate.mkdir()
+    write_manifest(tmp_path, [gated_model(weights, gate)])
+    (gate / "open").touch()
+    with (
+        serving(tmp_path, ["--manifest", str(tmp_path / "models.yaml")]) as server,
+        server.client() as client,
+        ThreadPoolExecutor(max_workers=3) as pool,
+    ):
+        senders = [server.client() for _ in range(3)]
+        # NOTE: more lone one-row passes than inline needs as evidence, each one slow
+        for _ in range(INLINE_EVIDENCE + 2):
+            assert predict(client).status_code == 200
+        history = len(passes(gate))
+        (gate / "open").unlink()
+        try:
+            predicts: list[Future[httpx.Response]] = [pool.submit(predict, senders[0])]
+            until(lambda: len(passes(gate)) > history, "the first held pass started")
+            predicts += [pool.submit(predict, sender) for sender in senders[1:]]
+            until(lambda: queue_depth(client) == 2, "two requests queued behind it")
+            assert client.get("/healthz").status_code == 200
+            assert not any(p.done() for p in predicts)  # held at the gate: still computing
+        finally:
+            (gate / "open").touch()
+        answers = [p.result() for p in predicts]
+        for sender in senders:
+            sender.close()
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all(a.json()["outputs"] == LIN_INPUT for a in answers)
+    started = passes(gate)
+    assert {thread for thread, _ in started} == {INFERENCE_THREAD}  # never the event loop
+    assert [rows for _, rows in started[history:]] == [1, 2]  # the queued two share a pass

@@ -1,4 +1,4 @@
-"""``create_app(settings)``: the FastAPI application and its lifespan.
+"""``create_app(settings)``: the FastAPI application, its middleware and its lifespan.
 
 ``uvicorn registry.app:create_app --factory`` builds it from the environment;
 ``registry serve`` builds it from flags over the environment. Nothing here runs at import.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
+from fastapi.telemetry import TelemetryConfig
 
 from registry import __version__
 from registry.api.errors import EXCEPTION_HANDLERS
@@ -18,7 +18,10 @@ from registry.api.limits import BodySizeLimit
 from registry.api.observe import Observe
 from registry.api.routes import admin, health, models, predict, v2
 from registry.lifespan import Fatal, serving_lifespan
+from registry.logs import configure_logging_once
 from registry.settings import Settings
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def _terminate_self() -> None:
@@ -30,15 +33,21 @@ def _terminate_self() -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
-def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = None) -> ASGIApp:
+def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = None) -> FastAPI:
     """Build the application; ``on_fatal`` is called when strict start-up fails.
 
-    The FastAPI app holds every route; around it, outermost first: request ids, metrics
-    and access log (``Observe``), the predict fast path, and the streaming body limit
-    (which the fast path enforces itself as it reads).
+    Its middleware, outermost first: Starlette's ``ServerErrorMiddleware`` (a last resort
+    that ``Observe`` leaves nothing for), then ours: request ids, metrics and access log
+    (``Observe``), the streaming body limit and deadline (``BodySizeLimit``), the predict
+    fast path (which calls the routes' own dependencies and endpoints, so it reads each
+    body through the limit), then Starlette's ``ExceptionMiddleware`` and the router.
+
+    Logging is configured here from the settings unless something configured it first
+    (``registry serve`` does, and so does a ``--log-config`` that sets up the root logger).
     """
     settings = settings or Settings()
     fatal = on_fatal or _terminate_self
+    configure_logging_once(settings)
 
     app = FastAPI(
         title="registry",
@@ -46,10 +55,15 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
         summary="Many named PyTorch models over HTTP from one YAML manifest.",
         lifespan=serving_lifespan(settings, fatal),
         exception_handlers=EXCEPTION_HANDLERS,
+        # NOTE: the request metrics and logs are Observe's. FastAPI's native OpenTelemetry
+        # would look up the global providers on every request to find none configured.
+        telemetry=NO_TELEMETRY,
     )
     for router in (models.router, predict.router, admin.router, health.router, v2.router):
         app.include_router(router)
-    served: ASGIApp = BodySizeLimit(app, max_body_bytes=settings.max_body_bytes)
+    # NOTE: each add_middleware wraps what was added before: innermost first.
     if settings.fast_path:
-        served = PredictFastPath(served, max_body_bytes=settings.max_body_bytes)
-    return Observe(served, log_requests=settings.access_log)
+        app.add_middleware(PredictFastPath, endpoints=predict.ENDPOINTS)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, log_requests=settings.access_log)
+    return app

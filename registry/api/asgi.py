@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from starlette._utils import get_route_path  # NOTE: what Starlette's router matches on
 from starlette.types import Scope
+
+T = TypeVar("T")
+
+__all__ = ["FromRoutes", "get_route_path", "header"]
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -13,24 +21,29 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def match_predict(path: str) -> tuple[str, str | None] | None:
-    """``(name, version or None)`` for the two native predict paths, else None."""
-    parts = path.split("/")
-    if len(parts) == 4 and parts[1] == "models" and parts[3] == "predict" and parts[2]:
-        return parts[2], None
-    if (
-        len(parts) == 6
-        and parts[1] == "models"
-        and parts[3] == "versions"
-        and parts[5] == "predict"
-        and parts[2]
-        and parts[4]
-    ):
-        return parts[2], parts[4]
-    return None
+class FromRoutes(Generic[T]):
+    """Something derived from the serving application's routes, kept in step with them.
 
+    A middleware sees its application as ``scope["app"]`` (Starlette sets it); what it
+    derives from ``app.router.routes`` is rebuilt when a route is added, so a router
+    included after ``create_app`` counts too. The check is one ``len`` per request.
+    """
 
-def is_prediction(path: str) -> bool:
-    """A native predict or a V2 infer path: what the request metrics count."""
-    v2_infer = path.startswith("/v2/models/") and path.endswith("/infer")
-    return v2_infer or match_predict(path) is not None
+    __slots__ = ("_app", "_count", "_derive", "_value")
+
+    def __init__(self, derive: Callable[[Any], T]) -> None:
+        self._derive = derive
+        self._app: object = None
+        self._count = -1
+        self._value: T | None = None
+
+    def __call__(self, scope: Scope) -> T | None:
+        """The value for the application serving ``scope``; None outside any application."""
+        app = scope.get("app")
+        if app is None:
+            return None
+        count = len(app.router.routes)
+        if app is not self._app or count != self._count:
+            self._value = self._derive(app)
+            self._app, self._count = app, count
+        return self._value

@@ -1,11 +1,17 @@
-"""The three exception handlers; every error leaves as ``{"error": {code, message, ...}}``.
+"""The exception handlers; every error leaves as ``{"error": {code, message, ...}}``.
 
 Except under ``/v2/``: the Open Inference Protocol fixes its error body as
 ``{"error": "<message>"}``, so the path decides the shape, in ``error_response`` alone.
+
+The handlers are the application's (``create_app`` installs ``EXCEPTION_HANDLERS``), and
+every layer that answers an error itself (the body limit, the fast path, ``Observe``)
+asks ``answer_error`` for the application's own handler, so a handler changed on the app
+changes every door.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from http import HTTPStatus
@@ -13,8 +19,10 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 
 from registry.codec import dumps
 from registry.errors import (
@@ -91,10 +99,77 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, code, message, exc.headers, path=request.url.path)
 
 
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """A bug: 500 ``internal``, the traceback in the log (with the request id), not sent."""
+    path = request.url.path
+    log.error(
+        "%s %s failed unexpectedly",
+        request.method,
+        path,
+        exc_info=exc,
+        extra={"request_id": request_id.get()},
+    )
+    return error_response(500, "internal", "internal server error", path=path)
+
+
 ExceptionHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 
 EXCEPTION_HANDLERS: dict[int | type[Exception], ExceptionHandler] = {
     RegistryError: _registry_error,
     RequestValidationError: _validation_error,
     HTTPException: _http_error,
+    Exception: _unexpected_error,
 }
+
+_UNEXPECTED = (500, Exception)  # NOTE: Starlette gives these to ServerErrorMiddleware
+
+
+def handler_for(
+    handlers: Mapping[Any, Callable[..., Any]], exc: Exception, *, unexpected: bool = False
+) -> Callable[..., Any] | None:
+    """The handler Starlette would pick for ``exc`` from an application's handlers.
+
+    As its ``ExceptionMiddleware``: an ``HTTPException``'s status code first, then the
+    nearest class in ``exc``'s MRO; the 500/``Exception`` handler is not among these (None).
+    ``unexpected=True`` asks for that one instead, as ``ServerErrorMiddleware`` holds it.
+    """
+    if unexpected:
+        return handlers.get(Exception) or handlers.get(500)
+    if isinstance(exc, HTTPException) and exc.status_code != 500:
+        by_status = handlers.get(exc.status_code)
+        if by_status is not None:
+            return by_status
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            return None if cls in _UNEXPECTED else handler
+    return None
+
+
+def app_handlers(scope: Scope) -> Mapping[Any, Callable[..., Any]]:
+    """The handlers of the application serving ``scope`` (ours when there is none)."""
+    handlers = getattr(scope.get("app"), "exception_handlers", None)
+    return handlers if handlers is not None else EXCEPTION_HANDLERS
+
+
+async def answer_error(
+    exc: Exception,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    request: Request | None = None,
+    unexpected: bool = False,
+) -> bool:
+    """Send what the application's handler for ``exc`` answers; False when none applies."""
+    handler = handler_for(app_handlers(scope), exc, unexpected=unexpected)
+    if handler is None:
+        return False
+    request = request or Request(scope, receive)
+    if inspect.iscoroutinefunction(handler):
+        response = await handler(request, exc)
+    else:
+        response = await run_in_threadpool(handler, request, exc)
+    if response is not None:
+        await response(scope, receive, send)
+    return True

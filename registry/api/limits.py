@@ -5,20 +5,22 @@ about its length) is counted as it streams and cut off at the limit, so a client
 make the server hold more than ``max_body_bytes`` of one request in memory. A body must
 also arrive whole within ``REGISTRY_BODY_TIMEOUT_S`` of the first read, or the request is
 answered 408 and the connection closed, so a client trickling bytes cannot hold a
-connection (and, before this, a model) for ever. The fast path reads its own body with the
-same ``Deadlines``.
+connection (and, before this, a model) for ever.
+
+It sits outside the predict fast path, so both doors read their bodies through it (the
+fast path calls the routes' own body dependency), and a refusal is answered by the
+application's own handler for the error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.asgi import header
-from registry.api.errors import render_registry_error
+from registry.api.errors import answer_error
 from registry.codec import parse_count
 from registry.errors import ClientClosedRequest, PayloadTooLarge, RegistryError, RequestTimeout
 from registry.settings import Settings
@@ -163,16 +165,18 @@ class BodySizeLimit:
             response_started = response_started or message["type"] == "http.response.start"
             await send(message)
 
-        with contextlib.suppress(_Refused):
+        try:  # noqa: SIM105 - contextlib.suppress is an object and two calls per request
             await self.app(scope, guarded_receive, guarded_send)
+        except _Refused:
+            pass
         if refusal is not None and not response_started:
             await self._refuse(refusal, scope, receive, send)
 
     async def _refuse(
         self, error: RegistryError, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        response = render_registry_error(error, scope["method"], scope["path"])
-        await response(scope, receive, send)
+        if not await answer_error(error, scope, receive, send):
+            raise error
 
 
 def declared_length(scope: Scope) -> int | None:

@@ -1,7 +1,15 @@
 """Request ids, prediction metrics and the access log, in one pure ASGI middleware.
 
 One pass around each request: take ``X-Request-ID`` or make one, echo it, time the
-request, and, for prediction routes, count it by model, version and status.
+request, and, for prediction routes, count it by model, version and status. Which paths
+are predictions comes from the application's routes (the native predict routes and the V2
+``infer`` routes), so a renamed or added one is counted without a change here.
+
+It is the outermost of the application's own middleware, inside Starlette's
+``ServerErrorMiddleware``, whose answer to an unexpected exception would carry no request
+id and reach no metric: so an exception that gets here is answered here, by the
+application's handler for ``Exception`` (a JSON 500 envelope, the traceback logged with
+the request id), and the connection is kept.
 
 Two outcomes are not server faults and are never counted or logged as 5xx: a client that
 hangs up before its body arrived is recorded as nginx's 499 (``ClientClosedRequest``),
@@ -18,12 +26,15 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api.asgi import header, is_prediction
-from registry.api.errors import render_registry_error
+from registry.api.asgi import FromRoutes, get_route_path, header
+from registry.api.errors import answer_error
+from registry.api.routes import predict
 from registry.errors import ShuttingDown
 from registry.logs import request_id
 from registry.metrics import UNKNOWN, Metrics
@@ -39,6 +50,7 @@ class Observe:
         # NOTE: a random per-app prefix and a counter: unique, and far cheaper than uuid4.
         prefix = secrets.token_hex(8)
         self._fresh_ids = (f"{prefix}{n:016x}" for n in itertools.count())
+        self._predictions = FromRoutes(Predictions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,12 +82,22 @@ class Observe:
                 task.uncancel()
             if not responded:
                 error = ShuttingDown("the server is shutting down")
-                response = render_registry_error(error, scope["method"], scope["path"])
-                response.headers["Connection"] = "close"
-                await response(scope, receive, send_with_id)
+
+                async def closing(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        message["headers"] = [*message["headers"], (b"connection", b"close")]
+                    await send_with_id(message)
+
+                await answer_error(error, scope, receive, closing)
+        except Exception as exc:
+            # NOTE: a bug must cost one request, never the connection or the process.
+            if responded or not await answer_error(
+                exc, scope, receive, send_with_id, unexpected=True
+            ):
+                raise
         finally:
             elapsed = time.perf_counter() - started
-            counted = scope["method"] == "POST" and is_prediction(scope["path"])
+            counted = scope["method"] == "POST" and self._is_prediction(scope)
             logged = self.log_requests or (status >= 500 and status != 503)
             if counted or logged:
                 model, version = _served(scope)
@@ -85,6 +107,41 @@ class Observe:
                 if logged:
                     _log_request(scope, status, elapsed, model, version)
             request_id.reset(token)
+
+    def _is_prediction(self, scope: Scope) -> bool:
+        predictions = self._predictions(scope)
+        return predictions is not None and get_route_path(scope) in predictions
+
+
+class Predictions:
+    """The paths the request metrics count, as the app's routes match them: the native
+    predict routes and the V2 ``infer`` ones. Answers are remembered per path, up to a
+    bound (paths are the clients' to choose)."""
+
+    _REMEMBERED = 4096
+
+    def __init__(self, app: Any) -> None:
+        self.matchers: tuple[Callable[[str], object], ...] = tuple(
+            route.path_regex.match
+            for route in iter_route_contexts(app.router.routes)
+            if isinstance(route.original_route, APIRoute)
+            and "POST" in (route.methods or ())
+            and (route.endpoint in predict.ENDPOINTS or _is_v2_infer(route.path or ""))
+        )
+        self._seen: dict[str, bool] = {}
+
+    def __contains__(self, path: str) -> bool:
+        known = self._seen.get(path)
+        if known is None:
+            known = any(match(path) for match in self.matchers)
+            if len(self._seen) < self._REMEMBERED:
+                self._seen[path] = known
+        return known
+
+
+def _is_v2_infer(path: str) -> bool:
+    # NOTE: by its path template, as routes/v2.py names no endpoints for this.
+    return path.startswith("/v2/") and path.endswith("/infer")
 
 
 def _served(scope: Scope) -> tuple[str, str]:

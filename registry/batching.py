@@ -128,14 +128,11 @@ class Batcher:
     async def submit(self, inputs: Array) -> Array:
         """Queue a batch of instances and wait for their outputs (same batch length)."""
         if self._closed or self._loop is None:
-            raise ShuttingDown(f"{self._key} is shutting down")
+            raise ShuttingDown(self._key)
         if self._may_run_inline(inputs):
             return self._run_inline(inputs, self._loop)
         if self._queue.qsize() >= self._config.max_queue:
-            raise QueueFull(
-                f"{self._key} has {self._queue.qsize()} requests queued",
-                max_queue=self._config.max_queue,
-            )
+            raise QueueFull(self._key, self._queue.qsize(), self._config.max_queue)
         result: asyncio.Future[Array] = self._loop.create_future()
         self._handed += 1
         self._queue.put(_Pending(inputs, result))
@@ -222,7 +219,7 @@ class Batcher:
         live = [p for p in batch if not p.result.done()]  # NOTE: cancelled while queued
         outcome: list[Array] | BaseException
         if self._closed:
-            outcome = ShuttingDown(f"{self._key} is shutting down")
+            outcome = ShuttingDown(self._key)
         elif not live:
             outcome = []
         else:
@@ -244,7 +241,7 @@ class Batcher:
             return self._forward_all(inputs)
         except Exception:
             log.exception("inference failed", extra={"model": str(self._key)})
-            return ModelFailed("the model raised during inference", model=str(self._key))
+            return ModelFailed(self._key)
         finally:
             if len(inputs) == 1 and len(inputs[0]) == 1:
                 self._measured(time.perf_counter() - started)

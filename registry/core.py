@@ -65,7 +65,7 @@ class ModelRegistry:
         Versions new to ``table`` must be started (``LoadedModel.start``) by the caller.
         """
         if self._closing:
-            raise ShuttingDown("the server is shutting down")
+            raise ShuttingDown()
         old, self._table = self._table, table
         kept = {id(model) for model in live_models(table)}
         for model in live_models(old):
@@ -81,7 +81,7 @@ class ModelRegistry:
         version that a reload retires alive until the request is done with it.
         """
         if self._closing:
-            raise ShuttingDown("the server is shutting down")
+            raise ShuttingDown()
         entry, concrete = resolve(self._table, name, version)
         slot = entry.versions[concrete]
         model = slot.model

@@ -30,6 +30,7 @@ a manifest) take the message.
     ├── InvalidInput                   422 invalid_input
     ├── UnsupportedMediaType           415 unsupported_media_type
     ├── PayloadTooLarge                413 payload_too_large
+    │   └── TooManyRows                413 payload_too_large (more rows than max_batch_size)
     ├── RequestTimeout                 408 request_timeout  (the body came too slowly)
     ├── ClientClosedRequest            499 client_closed_request (never sent: metrics, logs)
     ├── Unavailable                    503 unavailable      (carries Retry-After)
@@ -178,9 +179,15 @@ class VersionNotFound(NotFound):
 class Unauthorized(RegistryError):
     status_code, code = 401, "unauthorized"
 
+    def __init__(self) -> None:
+        super().__init__("a valid 'Authorization: Bearer <token>' header is required")
+
 
 class AdminDisabled(RegistryError):
     status_code, code = 403, "admin_disabled"
+
+    def __init__(self) -> None:
+        super().__init__("the admin API is off: set REGISTRY_ADMIN_TOKEN to enable it")
 
 
 class BadRequest(RegistryError):
@@ -206,12 +213,17 @@ class UnsupportedMediaType(RegistryError):
 class PayloadTooLarge(RegistryError):
     status_code, code = 413, "payload_too_large"
 
+    def __init__(self, max_body_bytes: int) -> None:
+        message = f"the request body exceeds {max_body_bytes} bytes"
+        super().__init__(message, max_body_bytes=max_body_bytes)
+
 
 class TooManyRows(PayloadTooLarge):
     """More instances than one forward pass takes: one request never outgrows a batch."""
 
     def __init__(self, rows: int, max_rows: int) -> None:
-        super().__init__(
+        RegistryError.__init__(
+            self,
             f"the request holds {rows} instances; this model takes at most {max_rows} "
             "per request (its batching.max_batch_size)",
             max_batch_size=max_rows,
@@ -224,6 +236,10 @@ class RequestTimeout(RegistryError):
 
     status_code, code = 408, "request_timeout"
 
+    def __init__(self, body_timeout_s: float) -> None:
+        message = f"the request body did not arrive within {body_timeout_s:g} s"
+        super().__init__(message, body_timeout_s=body_timeout_s)
+
 
 class ClientClosedRequest(RegistryError):
     """The client hung up before its body arrived: its doing, not a server fault.
@@ -232,6 +248,9 @@ class ClientClosedRequest(RegistryError):
     """
 
     status_code, code = 499, "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection before its body arrived")
 
 
 class Unavailable(RegistryError):
@@ -270,9 +289,19 @@ class ModelUnavailable(Unavailable):
 class QueueFull(Unavailable):
     code = "queue_full"
 
+    def __init__(self, key: VersionKey, queued: int, max_queue: int) -> None:
+        super().__init__(f"{key} has {queued} requests queued", max_queue=max_queue)
+
 
 class ShuttingDown(Unavailable):
+    """The server, or one version's batcher (``key``), is closing."""
+
     code = "shutting_down"
+
+    def __init__(self, key: VersionKey | None = None) -> None:
+        super().__init__(
+            "the server is shutting down" if key is None else f"{key} is shutting down"
+        )
 
 
 class InferenceTimeout(RegistryError):
@@ -288,3 +317,6 @@ class ModelFailed(RegistryError):
     """The model raised during inference; the traceback is in the server log only."""
 
     code = "model_failed"
+
+    def __init__(self, key: VersionKey) -> None:
+        super().__init__("the model raised during inference", model=str(key))

@@ -15,9 +15,8 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
-from registry.api.limits import client_gone
 from registry.core import ModelRegistry
-from registry.errors import AdminDisabled, Unauthorized
+from registry.errors import AdminDisabled, ClientClosedRequest, Unauthorized
 from registry.metrics import Metrics
 from registry.model import LoadedModel
 from registry.settings import Settings
@@ -49,7 +48,7 @@ async def read_body(request: Request) -> bytes:
     try:
         return await request.body()
     except ClientDisconnect:
-        raise client_gone() from None
+        raise ClientClosedRequest() from None
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
@@ -82,13 +81,13 @@ async def require_admin(request: Request, settings: SettingsDep) -> str:
     comparison is constant-time; the id is a digest prefix, safe to log.
     """
     if settings.admin_token is None:
-        raise AdminDisabled("the admin API is off: set REGISTRY_ADMIN_TOKEN to enable it")
+        raise AdminDisabled()
     expected = settings.admin_token.get_secret_value().encode()
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(
         presented.strip().encode(), expected
     ):
-        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        raise Unauthorized()
     return "token:" + hashlib.sha256(expected).hexdigest()[:8]
 
 

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.api.asgi import header
 from registry.api.errors import answer_error
 from registry.codec import parse_count
-from registry.errors import ClientClosedRequest, PayloadTooLarge, RegistryError, RequestTimeout
+from registry.errors import PayloadTooLarge, RegistryError, RequestTimeout
 from registry.settings import Settings
 
 _Task = asyncio.Task[Any]
@@ -57,7 +57,7 @@ class Deadlines:
             return await receive()
         except asyncio.CancelledError:
             if self.timed_out(task):
-                raise timed_out(timeout_s) from None
+                raise RequestTimeout(timeout_s) from None
             raise
         finally:
             self.unwatch(task)
@@ -127,7 +127,7 @@ class BodySizeLimit:
         limit = self.max_body_bytes
         declared = declared_length(scope)
         if declared is not None and declared > limit:
-            await self._refuse(too_large(limit), scope, receive, send)
+            await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
         timeout_s = body_timeout_s(scope)
         deadlines = self.deadlines
@@ -152,7 +152,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    refusal = too_large(limit)
+                    refusal = PayloadTooLarge(limit)
                     raise _Refused
                 complete = not message.get("more_body", False)
             return message
@@ -189,17 +189,3 @@ def body_timeout_s(scope: Scope) -> float | None:
     """The application's body deadline; None (no deadline) outside its lifespan."""
     settings: Settings | None = scope.get("state", {}).get("settings")
     return settings.body_timeout_s if settings is not None else None
-
-
-def too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the request body exceeds {limit} bytes", max_body_bytes=limit)
-
-
-def timed_out(timeout_s: float) -> RequestTimeout:
-    return RequestTimeout(
-        f"the request body did not arrive within {timeout_s:g} s", body_timeout_s=timeout_s
-    )
-
-
-def client_gone() -> ClientClosedRequest:
-    return ClientClosedRequest("the client closed the connection before its body arrived")

@@ -81,7 +81,7 @@ class Observe:
             if task is not None:
                 task.uncancel()
             if not responded:
-                error = ShuttingDown("the server is shutting down")
+                error = ShuttingDown()
 
                 async def closing(message: Message) -> None:
                     if message["type"] == "http.response.start":

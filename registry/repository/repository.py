@@ -242,7 +242,7 @@ class ModelRepository:
 
     def _refuse_when_closing(self) -> None:
         if self._closing:
-            raise ShuttingDown("the server is shutting down")
+            raise ShuttingDown()
 
     async def close(self) -> None:
         """Stop loading: wait for a load in progress (it cannot be interrupted), then end

@@ -250,11 +250,23 @@ async def test_of_requests_arriving_together_only_the_first_runs_inline() -> Non
 
 
 async def test_a_slow_forward_never_runs_on_the_loop() -> None:
-    forward = Recording(delay_s=0.001)  # NOTE: twenty times INLINE_MAX_S, at the least
+    forward = Recording(delay_s=0.001)  # NOTE: four times INLINE_MAX_S, at the least
     batcher = Batcher(forward, BatchingSpec(), key=VersionKey("m", "1"))
     batcher.start()
     await one_by_one(batcher, 3 * INLINE_EVIDENCE)
     assert not any(forward.on_loop())
+    await batcher.stop()
+
+
+async def test_by_default_a_pass_shorter_than_the_measured_hand_off_goes_inline() -> None:
+    forward = Recording()  # NOTE: microseconds, where a round trip to a thread takes tens
+    batcher = Batcher(forward, BatchingSpec(), key=VersionKey("m", "1"))
+    batcher.start()
+    await one_by_one(batcher, INLINE_EVIDENCE + 20)
+    on_loop = forward.on_loop()
+    # NOTE: the first pass has no hand-off to compare with yet; then evidence is gathered
+    assert on_loop[: INLINE_EVIDENCE + 1] == [False] * (INLINE_EVIDENCE + 1)
+    assert any(on_loop)
     await batcher.stop()
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from starlette.types import Message, Receive
 
 from registry.core import ModelRegistry
 from registry.repository import ModelRepository
@@ -67,3 +69,50 @@ def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(client.get("/readyz").json())
         time.sleep(0.02)
+
+
+def post_scope(
+    path: str, body: bytes, state: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> dict[str, Any]:
+    """The ASGI scope of a ``POST`` with a declared length, as a test client sends it."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            *headers,
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("testclient", 50000),
+        "server": ("testserver", 80),
+        "state": state.copy(),
+    }
+
+
+def call_app(client: TestClient, path: str, body: bytes, receive: Receive) -> list[Message]:
+    """What the application sends for one POST whose body ``receive`` hands out."""
+    json = [(b"content-type", b"application/json")]
+    scope = post_scope(path, body, client.app_state, json)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await client.app(scope, receive, send)
+
+    assert client.portal is not None
+    client.portal.call(run)
+    return sent
+
+
+def status_of(sent: list[Message]) -> int:
+    (start,) = [m for m in sent if m["type"] == "http.response.start"]
+    return int(start["status"])

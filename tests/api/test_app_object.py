@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import fastapi.routing
 import pytest
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
@@ -42,20 +41,6 @@ def served(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as client:
         wait_ready(client)
         yield client
-
-
-@pytest.fixture
-def solved(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """The endpoints FastAPI's own dependency solver worked for."""
-    seen: list[object] = []
-    solve = fastapi.routing.solve_dependencies  # type: ignore[attr-defined]
-
-    async def spy(**kwargs: Any) -> Any:
-        seen.append(kwargs["dependant"].call)
-        return await solve(**kwargs)
-
-    monkeypatch.setattr(fastapi.routing, "solve_dependencies", spy)
-    return seen
 
 
 def test_it_is_the_fastapi_app_with_our_layers_in_its_middleware(

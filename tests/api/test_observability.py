@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message
 
-from tests.api.test_slow_clients import call, status_of
+from tests.support import call_app, status_of
 
 X = [1.0, 2.0, 3.0, 4.0]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -113,7 +113,7 @@ def test_a_client_that_hangs_up_mid_body_is_499_never_a_server_error(
     async def receive() -> Message:
         return messages.pop(0)
 
-    sent = call(client, path, b"x" * 100, receive)
+    sent = call_app(client, path, b"x" * 100, receive)
     after = scrape(client)
     assert status_of(sent) == 499  # the server drops it: nobody is left to read it
     assert requests_total(after, "(unknown)", "(unknown)", 499) == 1 + requests_total(

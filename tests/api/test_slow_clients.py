@@ -21,7 +21,7 @@ from starlette.types import Message
 from registry.app import create_app
 from registry.core import ModelRegistry
 from tests.factories import LIN_INPUT, affine_model, lin_routes, write_manifest
-from tests.support import make_settings, wait_ready
+from tests.support import call_app, make_settings, status_of, wait_ready
 
 X = LIN_INPUT
 ROUTES = lin_routes("1")
@@ -38,45 +38,6 @@ def slow_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterator[Test
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         yield client
-
-
-def call(client: TestClient, path: str, body: bytes, receive: Receive) -> list[Message]:
-    """What the application sends for one POST whose body ``receive`` hands out."""
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("testclient", 50000),
-        "server": ("testserver", 80),
-        "state": client.app_state.copy(),
-    }
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def run() -> None:
-        await client.app(scope, receive, send)
-
-    assert client.portal is not None
-    client.portal.call(run)
-    return sent
-
-
-def status_of(sent: list[Message]) -> int:
-    (start,) = [m for m in sent if m["type"] == "http.response.start"]
-    return int(start["status"])
 
 
 def headers_of(sent: list[Message]) -> dict[bytes, bytes]:
@@ -112,7 +73,7 @@ def test_no_version_is_leased_until_the_whole_body_is_in(
         chunk = chunks.pop(0)
         return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
-    sent = call(slow_client, path, body, receive)
+    sent = call_app(slow_client, path, body, receive)
     assert status_of(sent) == 200, json_of(sent)
     assert seen == [0, 0, 0]
     assert leases(registry) == 0
@@ -132,7 +93,7 @@ def test_a_stalled_body_is_408_and_the_connection_closes(
         await asyncio.Event().wait()  # the client never sends the rest
         raise AssertionError("unreachable")
 
-    sent = call(slow_client, path, body, receive)
+    sent = call_app(slow_client, path, body, receive)
     assert status_of(sent) == 408
     assert headers_of(sent)[b"connection"] == b"close"
     error = json_of(sent)["error"]
@@ -152,7 +113,7 @@ def test_a_stalled_first_read_is_408_too(slow_client: TestClient) -> None:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    sent = call(slow_client, "/models/lin/predict", NATIVE, receive)
+    sent = call_app(slow_client, "/models/lin/predict", NATIVE, receive)
     assert status_of(sent) == 408
 
 
@@ -163,7 +124,7 @@ def test_a_body_that_keeps_coming_is_cut_at_the_deadline(slow_client: TestClient
         await asyncio.sleep(0.02)
         return {"type": "http.request", "body": b" ", "more_body": True}
 
-    sent = call(slow_client, "/v2/models/lin/infer", V2, receive)
+    sent = call_app(slow_client, "/v2/models/lin/infer", V2, receive)
     assert status_of(sent) == 408
 
 
@@ -185,6 +146,6 @@ def test_fast_bodies_after_slow_ones_are_served(slow_client: TestClient) -> None
         raise AssertionError("unreachable")
 
     for _ in range(3):
-        assert status_of(call(slow_client, "/models/lin/predict", NATIVE, stall)) == 408
+        assert status_of(call_app(slow_client, "/models/lin/predict", NATIVE, stall)) == 408
         response = slow_client.post("/models/lin/predict", content=NATIVE)
         assert response.status_code == 200

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fastapi.routing
 import httpx2
 import numpy as np
 import orjson
@@ -30,9 +29,8 @@ import registry.serving
 from registry.api.routes import predict
 from registry.app import create_app
 from registry.settings import Settings
-from tests.api.test_slow_clients import call
 from tests.factories import TRIPWIRE, affine_model, echo_model, model_entry, write_manifest
-from tests.support import make_settings, wait_ready
+from tests.support import call_app, make_settings, post_scope, wait_ready
 
 X = [0.5, -1.0, 2.0, 0.25]
 BATCH = [X, [1.0, 1.0, 1.0, 1.0]]
@@ -186,20 +184,6 @@ def send(client: TestClient, case: Case) -> Answer:
     return answer_of(response)
 
 
-@pytest.fixture
-def solved(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """The endpoints FastAPI's own dependency solver worked for."""
-    seen: list[object] = []
-    solve = fastapi.routing.solve_dependencies  # type: ignore[attr-defined]
-
-    async def spy(**kwargs: Any) -> Any:
-        seen.append(kwargs["dependant"].call)
-        return await solve(**kwargs)
-
-    monkeypatch.setattr(fastapi.routing, "solve_dependencies", spy)
-    return seen
-
-
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_both_doors_give_the_same_answer(
     doors: dict[str, TestClient], case: Case, solved: list[object]
@@ -295,7 +279,7 @@ def hangs_up() -> Receive:
 def test_slow_and_vanishing_bodies_are_answered_alike(
     doors: dict[str, TestClient], receive: Callable[[], Receive], status: int, path: str
 ) -> None:
-    sent = {door: call(client, path, b"x" * 100, receive()) for door, client in doors.items()}
+    sent = {door: call_app(client, path, b"x" * 100, receive()) for door, client in doors.items()}
     (start,) = [m for m in sent["fast-path"] if m["type"] == "http.response.start"]
     assert start["status"] == status
     assert without_request_id(sent["fast-path"]) == without_request_id(sent["fastapi-path"])
@@ -325,21 +309,7 @@ def test_queue_full_is_the_same_503_through_both_doors(doors: dict[str, TestClie
 
 
 async def asgi_post(app: Any, state: dict[str, Any], path: str, body: bytes) -> list[Message]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())],
-        "client": ("testclient", 50000),
-        "server": ("testserver", 80),
-        "state": state.copy(),
-    }
+    scope = post_scope(path, body, state)
     sent: list[Message] = []
     delivered = False
 

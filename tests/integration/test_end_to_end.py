@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +16,7 @@ from registry.examples.data import diabetes_split, digits_split
 from registry.loaders import load_version
 from registry.manifest import load_manifest
 from tests.factories import affine_model, echo_model, model_entry, write_manifest
-from tests.integration.server import REPOSITORY, Server, free_port, serving, start
+from tests.integration.server import REPOSITORY, Server, serving, start
 from tests.support import make_settings
 
 pytestmark = pytest.mark.integration
@@ -190,33 +187,3 @@ def test_settings_from_the_environment_and_flags(tmp_path: Path) -> None:
     with serving(tmp_path, args, env) as server, server.client() as client:
         assert [m["name"] for m in client.get("/models").json()["models"]] == ["good"]
     assert make_settings(tmp_path).weights_root == (tmp_path / "weights").resolve()
-
-
-def test_uvicorn_factory_builds_the_same_app_from_the_environment(tmp_path: Path) -> None:
-    write_manifest(tmp_path, [affine_model(tmp_path / "weights", "good", ("1",))])
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    env["REGISTRY_MANIFEST"] = str(tmp_path / "models.yaml")
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "registry.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    log = tmp_path / "uvicorn.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=sink, stderr=sink)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        server.wait_ready()
-        with server.client() as client:
-            answer = client.post("/models/good/predict", json={"inputs": [1, 2, 3, 4]})
-        assert answer.status_code == 200
-        assert answer.headers["x-model-version"] == "1"
-    finally:
-        server.stop()

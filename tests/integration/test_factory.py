@@ -1,5 +1,5 @@
-"""``uvicorn registry.app:create_app --factory``: the logging settings apply as under
-``registry serve``, uvicorn's own lines included."""
+"""``uvicorn registry.app:create_app --factory``: the same app from the environment, and
+the logging settings apply as under ``registry serve``, uvicorn's own lines included."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ def uvicorn_factory(directory: Path, env: dict[str, str]) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def test_uvicorn_factory_builds_the_same_app_from_the_environment(tmp_path: Path) -> None:
+    with uvicorn_factory(tmp_path, {}) as server, server.client() as client:
+        answer = client.post("/models/lin/predict", json={"inputs": LIN_INPUT})
+    assert answer.status_code == 200
+    assert answer.headers["x-model-version"] == "1"
 
 
 def test_json_log_format_reaches_every_line_uvicorns_included(tmp_path: Path) -> None:

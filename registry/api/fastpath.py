@@ -125,7 +125,8 @@ class Plan:
             raise
         if entered:
             await _leave(entered, None)
-        return cast(Response, values[-1])
+        response: Response = values[-1]
+        return response
 
 
 async def _leave(entered: list[AsyncGenerator[Any, None]], exc: BaseException | None) -> None:
@@ -358,7 +359,8 @@ class PredictFastPath:
     async def _serve(
         self, fronted: Fronted, found: re.Match[str], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        plan = fronted.plan_for(getattr(fronted.provider, "dependency_overrides", None))
+        overrides = getattr(fronted.provider, "dependency_overrides", None)
+        plan = fronted.plan_for(overrides) if overrides else fronted.plan
         if plan is None or (fronted.shadows and fronted.shadowed(found.string, scope)):
             await self.app(scope, receive, send)
             return

@@ -129,7 +129,8 @@ class BodySizeLimit:
         if declared is not None and declared > limit:
             await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
-        timeout_s = body_timeout_s(scope)
+        settings: Settings | None = scope.get("state", {}).get("settings")
+        timeout_s = settings.body_timeout_s if settings is not None else None
         deadlines = self.deadlines
         deadline: float | None = None
         received = 0
@@ -183,9 +184,3 @@ def declared_length(scope: Scope) -> int | None:
     """The declared ``Content-Length``, if it is a count (else the body is counted as read)."""
     value = header(scope, b"content-length")
     return parse_count(value) if value is not None else None
-
-
-def body_timeout_s(scope: Scope) -> float | None:
-    """The application's body deadline; None (no deadline) outside its lifespan."""
-    settings: Settings | None = scope.get("state", {}).get("settings")
-    return settings.body_timeout_s if settings is not None else None

@@ -259,11 +259,18 @@ async def test_a_slow_forward_never_runs_on_the_loop() -> None:
 
 
 async def test_by_default_a_pass_shorter_than_the_measured_hand_off_goes_inline() -> None:
-    forward = Recording()  # NOTE: microseconds, where a round trip to a thread takes tens
-    batcher = Batcher(forward, BatchingSpec(), key=VersionKey("m", "1"))
+    threads: list[int] = []
+
+    def instant(inputs: Array) -> Array:  # NOTE: a microsecond, against tens for a hand-off
+        threads.append(threading.get_ident())
+        return inputs * 2
+
+    batcher = Batcher(instant, BatchingSpec(), key=VersionKey("m", "1"))
     batcher.start()
-    await one_by_one(batcher, INLINE_EVIDENCE + 20)
-    on_loop = forward.on_loop()
+    for _ in range(INLINE_EVIDENCE + 60):
+        np.testing.assert_array_equal(await batcher.submit(rows(1)), rows(2))
+        await asyncio.sleep(0)
+    on_loop = [thread == threading.get_ident() for thread in threads]
     # NOTE: the first pass has no hand-off to compare with yet; then evidence is gathered
     assert on_loop[: INLINE_EVIDENCE + 1] == [False] * (INLINE_EVIDENCE + 1)
     assert any(on_loop)

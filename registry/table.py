@@ -83,7 +83,17 @@ def slots(table: Table) -> list[tuple[VersionKey, VersionSlot]]:
 
 
 def live_models(table: Table) -> list[LoadedModel]:
-    return [slot.model for _, slot in slots(table) if slot.model is not None]
+    """Every loaded model, in no particular order.
+
+    NOTE: not through ``slots``: a swap calls this on both tables, once per version at
+    start-up, and needs neither the keys nor their order.
+    """
+    return [
+        slot.model
+        for entry in table.values()
+        for slot in entry.versions.values()
+        if slot.model is not None
+    ]
 
 
 class _Named(Protocol):

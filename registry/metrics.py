@@ -21,6 +21,8 @@ from registry.table import VersionState
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN = "(unknown)"  # NOTE: bounds label cardinality when clients ask for absent models
+_CACHED_CHILDREN = 4096
+_Children = tuple[prometheus.Counter, prometheus.Histogram]
 
 
 class Metrics:
@@ -40,10 +42,28 @@ class Metrics:
             registry=self.collectors,
         )
         self.collectors.register(LiveState(status, reloads))
+        # NOTE: ``labels()`` checks and copies its values and takes a lock on every call,
+        # more than the increment itself; the children it returns are kept here instead.
+        self._children: dict[tuple[str, str, int], _Children] = {}
 
     def observe(self, model: str, version: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, version, str(status)).inc()
-        self.latency.labels(model, version).observe(seconds)
+        key = (model, version, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children_for(key)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _children_for(self, key: tuple[str, str, int]) -> _Children:
+        if len(self._children) >= _CACHED_CHILDREN:
+            self._children.clear()  # NOTE: only a cache; Prometheus keeps every series
+        model, version, status = key
+        children = (
+            self.requests.labels(model, version, str(status)),
+            self.latency.labels(model, version),
+        )
+        self._children[key] = children
+        return children
 
     def render(self) -> bytes:
         return prometheus.generate_latest(self.collectors)

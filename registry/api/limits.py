@@ -15,6 +15,7 @@ application's own handler for the error.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,18 +50,6 @@ class Deadlines:
     def after(timeout_s: float) -> float:
         """The deadline ``timeout_s`` from now, on the running loop's clock."""
         return asyncio.get_running_loop().time() + timeout_s
-
-    async def receive(self, receive: Receive, deadline: float, timeout_s: float) -> Message:
-        """``receive()``, or ``RequestTimeout`` (408) once ``deadline`` has passed."""
-        task = self.watch(deadline)
-        try:
-            return await receive()
-        except asyncio.CancelledError:
-            if self.timed_out(task):
-                raise RequestTimeout(timeout_s) from None
-            raise
-        finally:
-            self.unwatch(task)
 
     def watch(self, deadline: float) -> _Task:
         """Register the current task until ``unwatch``; it is cancelled past ``deadline``."""
@@ -104,6 +93,10 @@ class Deadlines:
             self._arm(loop, earliest)
 
 
+async def _dropped() -> None:
+    """What sending a message that is not sent awaits."""
+
+
 class _Refused(Exception):
     """Raised from ``receive`` to stop the app; never reaches a client as such."""
 
@@ -145,11 +138,17 @@ class BodySizeLimit:
             else:
                 if deadline is None:
                     deadline = deadlines.after(timeout_s)
+                # NOTE: the deadline's watch inline, not a coroutine of its own per message.
+                task = deadlines.watch(deadline)
                 try:
-                    message = await deadlines.receive(receive, deadline, timeout_s)
-                except RequestTimeout as exc:
-                    refusal = exc
-                    raise _Refused from None
+                    message = await receive()
+                except asyncio.CancelledError:
+                    if deadlines.timed_out(task):
+                        refusal = RequestTimeout(timeout_s)
+                        raise _Refused from None
+                    raise
+                finally:
+                    deadlines.unwatch(task)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -158,13 +157,16 @@ class BodySizeLimit:
                 complete = not message.get("more_body", False)
             return message
 
-        async def guarded_send(message: Message) -> None:
+        def guarded_send(message: Message) -> Awaitable[None]:
+            # NOTE: a plain function handing back ``send``'s awaitable: no coroutine of its
+            # own per message on every response.
             nonlocal response_started
             if refusal is not None and not response_started:
                 # NOTE: a route may have turned _Refused into its own 400 or 500; ours wins.
-                return
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
+                return _dropped()
+            if message["type"] == "http.response.start":
+                response_started = True
+            return send(message)
 
         try:  # noqa: SIM105 - contextlib.suppress is an object and two calls per request
             await self.app(scope, guarded_receive, guarded_send)

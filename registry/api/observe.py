@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -63,12 +63,13 @@ class Observe:
         status = 500
         responded = False
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # NOTE: hands back ``send``'s awaitable: no coroutine of its own per message.
             nonlocal status, responded
             if message["type"] == "http.response.start":
                 status, responded = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_with_id)

@@ -8,14 +8,16 @@ Either way, what is written here is what serves.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.types import Scope
 
 from registry import serving
 from registry.api.asgi import header
-from registry.api.deps import BodyDep, DefaultModelDep, SettingsDep, VersionedModelDep
+from registry.api.deps import BodyDep, DefaultModelDep, VersionedModelDep
 from registry.api.schemas import (
     BINARY,
     ErrorEnvelope,
@@ -59,26 +61,25 @@ _predict_route = partial(own_body_post, router, responses=_PREDICT_RESPONSES, bo
 
 # NOTE: the body comes before the model: no lease is held while a client is still sending.
 @_predict_route("/models/{name}/predict")
-async def predict(
-    body: BodyDep, model: DefaultModelDep, request: Request, settings: SettingsDep
-) -> Response:
+async def predict(body: BodyDep, model: DefaultModelDep, request: Request) -> Response:
     """Predict with the default version."""
-    return await _predict(body, model, request, settings)
+    return PredictionResponse(await _prediction(body, model, request.scope))
 
 
 @_predict_route("/models/{name}/versions/{version}/predict")
-async def predict_version(
-    body: BodyDep, model: VersionedModelDep, request: Request, settings: SettingsDep
-) -> Response:
+async def predict_version(body: BodyDep, model: VersionedModelDep, request: Request) -> Response:
     """Predict with a version number or an alias; the answer names the concrete version."""
-    return await _predict(body, model, request, settings)
+    return PredictionResponse(await _prediction(body, model, request.scope))
 
 
-async def _predict(
-    body: bytes, model: LoadedModel, request: Request, settings: Settings
-) -> Response:
-    scope = request.scope  # NOTE: three raw header look-ups cost less than request.headers
-    answer = await serving.predict(
+def _prediction(body: bytes, model: LoadedModel, scope: Scope) -> Awaitable[serving.Prediction]:
+    """What both endpoints await; a plain function, so no coroutine of its own per request.
+
+    The timeout comes from the settings in the lifespan state, as ``SettingsDep`` reads
+    them, and the three headers by raw look-up, which costs less than ``request.headers``.
+    """
+    settings: Settings = scope["state"]["settings"]
+    return serving.predict(
         model,
         body,
         timeout_s=settings.request_timeout_s,
@@ -86,7 +87,6 @@ async def _predict(
         shape=header(scope, b"x-shape"),
         accept=header(scope, b"accept"),
     )
-    return PredictionResponse(answer)
 
 
 class PredictionResponse(Response):

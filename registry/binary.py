@@ -126,7 +126,7 @@ def tensor_from_bytes(data: bytes, spec: TensorSpec, what: str = "'inputs'") -> 
 
 def encode_raw(outputs: Array) -> tuple[bytes, dict[str, str]]:
     shape = ",".join(map(str, outputs.shape))
-    return to_little_endian(outputs), {"X-Shape": shape, "X-Dtype": str(outputs.dtype)}
+    return to_little_endian(outputs), {"x-shape": shape, "x-dtype": str(outputs.dtype)}
 
 
 def encode_npy(outputs: Array) -> bytes:

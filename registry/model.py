@@ -44,18 +44,15 @@ class LoadedModel:
     leases: int = 0
     retired: bool = False
     _batcher: Batcher | None = field(default=None, repr=False)
+    # NOTE: plain attributes, not properties: every request reads them, some more than once.
+    name: str = field(init=False)
+    version: str = field(init=False)
+    key: VersionKey = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def version(self) -> str:
-        return self.version_spec.version
-
-    @property
-    def key(self) -> VersionKey:
-        return VersionKey(self.spec.name, self.version_spec.version)
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
+        self.version = self.version_spec.version
+        self.key = VersionKey(self.name, self.version)
 
     @property
     def queue_depth(self) -> int:

@@ -27,6 +27,7 @@ class Prediction:
     body: bytes
     media_type: str
     headers: dict[str, str] = field(default_factory=dict)
+    """Lower-case names, as HTTP/1.1 and ASGI send them."""
 
 
 async def predict(
@@ -59,7 +60,7 @@ async def predict(
 
 def provenance(model: LoadedModel) -> dict[str, str]:
     """The headers every prediction carries, so a client knows what answered."""
-    return {"X-Model-Name": model.name, "X-Model-Version": model.version}
+    return {"x-model-name": model.name, "x-model-version": model.version}
 
 
 async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:

@@ -98,7 +98,10 @@ class Observe:
                 raise
         finally:
             elapsed = time.perf_counter() - started
-            counted = scope["method"] == "POST" and self._is_prediction(scope)
+            # NOTE: a POST that leased a model is a prediction; the routes decide the rest.
+            counted = scope["method"] == "POST" and (
+                "served" in scope.get("state", ()) or self._is_prediction(scope)
+            )
             logged = self.log_requests or (status >= 500 and status != 503)
             if counted or logged:
                 model, version = _served(scope)

@@ -103,7 +103,7 @@ class PredictionResponse(Response):
         self.body = answer.body
         raw = []
         for key, value in answer.headers.items():
-            raw.append((key.lower().encode("latin-1"), value.encode("latin-1")))
+            raw.append((key.encode("latin-1"), value.encode("latin-1")))
         raw.append((b"content-length", b"%d" % len(answer.body)))
         raw.append((b"content-type", answer.media_type.encode("latin-1")))
         self.raw_headers = raw

@@ -1,7 +1,7 @@
 """One prediction, protocol-neutral: request bytes and headers in, response out.
 
-Both front ends call this: the FastAPI routes (documented, dependency-injected) and the
-ASGI fast path in front of them, so they cannot drift apart. Inputs come as JSON (the
+The native predict routes call this (through FastAPI or the fast path, which calls the
+same routes); the V2 routes share its ``run`` and ``provenance``. Inputs come as JSON (the
 default), raw little-endian bytes with ``X-Shape``, or ``.npy``, at most the model's
 ``batching.max_batch_size`` instances (413 past it: one request never makes a forward pass
 larger than the batcher would); the answer follows ``Accept`` in the same three forms.

@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from registry.errors import ModelFailed, QueueFull, ShuttingDown
+from registry.deadlines import Deadlines
+from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 
@@ -129,6 +130,7 @@ class Batcher:
         self._last_lone_s = 0.0  # the last one-row pass: written before its delivery
         self._fast_streak = 0  # one-row passes in a row under the limit, either side
         self._inline_this_turn = False
+        self._deadlines = Deadlines("inference deadline")
 
     @property
     def queue_depth(self) -> int:
@@ -140,8 +142,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name=f"infer-{self._key}", daemon=True)
         self._thread.start()
 
-    async def submit(self, inputs: Array) -> Array:
-        """Queue a batch of instances and wait for their outputs (same batch length)."""
+    async def submit(self, inputs: Array, timeout_s: float | None = None) -> Array:
+        """Queue a batch of instances and wait for their outputs (same batch length).
+
+        Past ``timeout_s`` the wait ends in ``InferenceTimeout`` (504) and the request is
+        skipped if still queued; an inline pass, which never waits, always finishes.
+        """
         if self._closed or self._loop is None:
             raise ShuttingDown(self._key)
         if self._may_run_inline(inputs):
@@ -152,7 +158,18 @@ class Batcher:
         handed_at = time.perf_counter() if self._handed == 0 else 0.0
         self._handed += 1
         self._queue.put(_Pending(inputs, result, handed_at))
-        return await result
+        if timeout_s is None:
+            return await result
+        deadlines = self._deadlines
+        task = deadlines.watch(self._loop.time() + timeout_s)
+        try:
+            return await result
+        except asyncio.CancelledError:
+            if deadlines.timed_out(task):
+                raise InferenceTimeout(self._key, timeout_s) from None
+            raise
+        finally:
+            deadlines.unwatch(task)
 
     async def stop(self) -> None:
         """Fail what is still queued, let a running pass deliver, then end the thread."""

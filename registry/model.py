@@ -82,11 +82,12 @@ class LoadedModel:
         self._batcher = Batcher(self.forward_blocking, self.spec.batching, key=self.key)
         self._batcher.start()
 
-    async def infer(self, inputs: Array) -> Array:
-        """Queue a batch of instances behind other requests and await its outputs."""
+    async def infer(self, inputs: Array, timeout_s: float | None = None) -> Array:
+        """Queue a batch of instances behind other requests and await its outputs; 504
+        (``InferenceTimeout``) past ``timeout_s``."""
         if self._batcher is None:
             raise RuntimeError(f"{self.key} is not started")
-        return await self._batcher.submit(inputs)
+        return await self._batcher.submit(inputs, timeout_s)
 
     def release(self) -> None:
         """Give the weights' memory back now, whatever still refers to the module.

@@ -9,13 +9,12 @@ larger than the batcher would); the answer follows ``Accept`` in the same three 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from registry.batching import Array
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
 from registry.codec import Instances, decode_inputs, encode_prediction
-from registry.errors import InferenceTimeout, UnsupportedMediaType
+from registry.errors import UnsupportedMediaType
 from registry.manifest import TensorSpec
 from registry.model import LoadedModel
 
@@ -64,12 +63,12 @@ def provenance(model: LoadedModel) -> dict[str, str]:
 
 
 async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:
-    """Queue behind other requests for this version; 504 past ``timeout_s``."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await model.infer(inputs)
-    except TimeoutError:
-        raise InferenceTimeout(model.key, timeout_s) from None
+    """Queue behind other requests for this version; 504 past ``timeout_s``.
+
+    NOTE: the batcher bounds the wait with one timer for all its waiting requests
+    (``registry.deadlines``), not an ``asyncio.timeout`` each.
+    """
+    return await model.infer(inputs, timeout_s)
 
 
 def decode(

@@ -16,81 +16,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api.asgi import header
 from registry.api.errors import answer_error
 from registry.codec import parse_count
+from registry.deadlines import Deadlines
 from registry.errors import PayloadTooLarge, RegistryError, RequestTimeout
 from registry.settings import Settings
-
-_Task = asyncio.Task[Any]
-_EARLY_S = 0.001  # NOTE: a timer may fire up to the clock's resolution before its time
-
-
-class Deadlines:
-    """Body reads in progress, and one timer that cancels those past their deadline.
-
-    An ``asyncio.timeout`` per request arms and cancels a timer handle each time, several
-    microseconds, as much as the rest of the fast path's own work for a small model. Here
-    a read registers its task in a dict; one timer, armed only while some read is in
-    progress and always for the earliest deadline, cancels the late ones. A reader that
-    catches ``CancelledError`` asks ``timed_out`` whether the cancellation was this one's
-    (then it is undone, and the reader answers 408) or someone else's (re-raise it).
-    """
-
-    def __init__(self) -> None:
-        self._reading: dict[_Task, float] = {}
-        self._expired: set[_Task] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    @staticmethod
-    def after(timeout_s: float) -> float:
-        """The deadline ``timeout_s`` from now, on the running loop's clock."""
-        return asyncio.get_running_loop().time() + timeout_s
-
-    def watch(self, deadline: float) -> _Task:
-        """Register the current task until ``unwatch``; it is cancelled past ``deadline``."""
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - only ever called from a request's task
-            raise RuntimeError("Deadlines.watch() needs a running task")
-        self._reading[task] = deadline
-        if self._timer is None:
-            self._arm(task.get_loop(), deadline)
-        return task
-
-    def unwatch(self, task: _Task) -> None:
-        # NOTE: the timer stays armed; when it fires with nothing late, it re-arms or stops.
-        self._reading.pop(task, None)
-        self._expired.discard(task)
-
-    def timed_out(self, task: _Task) -> bool:
-        """Whether ``task``'s ``CancelledError`` is its deadline's; if so, it is undone."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        # NOTE: a cancellation from elsewhere too (the server's, at shutdown) still stands.
-        return task.uncancel() == 0
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self._timer = loop.call_at(when, self._expire, loop)
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        now = loop.time() + _EARLY_S
-        earliest: float | None = None
-        for task, deadline in self._reading.items():
-            if task in self._expired:
-                continue
-            if deadline <= now:
-                self._expired.add(task)
-                task.cancel("request body deadline")
-            elif earliest is None or deadline < earliest:
-                earliest = deadline
-        if earliest is not None:
-            self._arm(loop, earliest)
 
 
 async def _dropped() -> None:
@@ -111,7 +45,7 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.deadlines = Deadlines()
+        self.deadlines = Deadlines("request body deadline")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

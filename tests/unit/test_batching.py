@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from registry.batching import INLINE_EVIDENCE, Array, Batcher
-from registry.errors import ModelFailed, QueueFull, ShuttingDown
+from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 
@@ -129,6 +129,22 @@ async def test_a_cancelled_request_is_skipped_while_queued() -> None:
     kept = asyncio.create_task(batcher.submit(rows(2)))
     await until_queued(batcher, 2)
     abandoned.cancel()
+    forward.gate.set()
+    await running
+    np.testing.assert_array_equal(await kept, rows(4))
+    assert forward.batches == [1, 1]
+    await batcher.stop()
+
+
+async def test_a_request_past_its_deadline_times_out_and_is_skipped() -> None:
+    forward = GatedForward()
+    batcher = await started(forward, max_batch_size=8)
+    running = await occupied(batcher, forward, rows(0))
+    with pytest.raises(InferenceTimeout) as caught:
+        await batcher.submit(rows(1), timeout_s=0.05)
+    assert "within 0.05 s" in str(caught.value)
+    kept = asyncio.create_task(batcher.submit(rows(2), timeout_s=30))
+    await until_queued(batcher, 2)  # NOTE: the timed-out one is still queued, then skipped
     forward.gate.set()
     await running
     np.testing.assert_array_equal(await kept, rows(4))

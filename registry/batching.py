@@ -161,7 +161,7 @@ class Batcher:
         if timeout_s is None:
             return await result
         deadlines = self._deadlines
-        task = deadlines.watch(self._loop.time() + timeout_s)
+        task = deadlines.watch(deadlines.after(timeout_s))
         try:
             return await result
         except asyncio.CancelledError:

@@ -21,7 +21,6 @@ from registry.table import VersionState
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN = "(unknown)"  # NOTE: bounds label cardinality when clients ask for absent models
-_CACHED_CHILDREN = 4096
 _Children = tuple[prometheus.Counter, prometheus.Histogram]
 
 
@@ -44,6 +43,7 @@ class Metrics:
         self.collectors.register(LiveState(status, reloads))
         # NOTE: ``labels()`` checks and copies its values and takes a lock on every call,
         # more than the increment itself; the children it returns are kept here instead.
+        # No bound of its own: Prometheus keeps every child it made for as long, too.
         self._children: dict[tuple[str, str, int], _Children] = {}
 
     def observe(self, model: str, version: str, status: int, seconds: float) -> None:
@@ -55,8 +55,6 @@ class Metrics:
         children[1].observe(seconds)
 
     def _children_for(self, key: tuple[str, str, int]) -> _Children:
-        if len(self._children) >= _CACHED_CHILDREN:
-            self._children.clear()  # NOTE: only a cache; Prometheus keeps every series
         model, version, status = key
         children = (
             self.requests.labels(model, version, str(status)),

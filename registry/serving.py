@@ -1,7 +1,7 @@
 """One prediction, protocol-neutral: request bytes and headers in, response out.
 
 The native predict routes call this (through FastAPI or the fast path, which calls the
-same routes); the V2 routes share its ``run`` and ``provenance``. Inputs come as JSON (the
+same routes); the V2 routes share its ``provenance``. Inputs come as JSON (the
 default), raw little-endian bytes with ``X-Shape``, or ``.npy``, at most the model's
 ``batching.max_batch_size`` instances (413 past it: one request never makes a forward pass
 larger than the batcher would); the answer follows ``Accept`` in the same three forms.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from registry.batching import Array
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
 from registry.codec import Instances, decode_inputs, encode_prediction
 from registry.errors import UnsupportedMediaType
@@ -42,7 +41,7 @@ async def predict(
     instances = decode(
         body, content_type, shape, model.spec.input, max_rows=model.spec.batching.max_batch_size
     )
-    outputs = await run(model, instances.array, timeout_s)
+    outputs = await model.infer(instances.array, timeout_s)
     headers = provenance(model)
     answer = outputs if instances.batched else outputs[0]
     wanted = preferred_answer(accept)
@@ -60,15 +59,6 @@ async def predict(
 def provenance(model: LoadedModel) -> dict[str, str]:
     """The headers every prediction carries, so a client knows what answered."""
     return {"x-model-name": model.name, "x-model-version": model.version}
-
-
-async def run(model: LoadedModel, inputs: Array, timeout_s: float) -> Array:
-    """Queue behind other requests for this version; 504 past ``timeout_s``.
-
-    NOTE: the batcher bounds the wait with one timer for all its waiting requests
-    (``registry.deadlines``), not an ``asyncio.timeout`` each.
-    """
-    return await model.infer(inputs, timeout_s)
 
 
 def decode(

@@ -281,9 +281,8 @@ class Fronted:
         self.original = self.route.original_route
         self.provider = self.route.dependency_overrides_provider
 
-    def plan_for(self, overrides: Mapping[Call, Call] | None) -> Plan | None:
-        if not overrides:
-            return self.plan
+    def plan_for(self, overrides: Mapping[Call, Call]) -> Plan | None:
+        """The plan under these (non-empty) ``dependency_overrides``, compiled once."""
         key = tuple(overrides.items())
         try:
             return self.with_overrides[key]

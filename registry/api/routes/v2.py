@@ -33,7 +33,7 @@ from registry.api.v2_schemas import (
 )
 from registry.dtypes import DTYPES
 from registry.model import LoadedModel
-from registry.serving import provenance, run
+from registry.serving import provenance
 from registry.settings import Settings
 from registry.v2 import INPUT, OUTPUT, decode_infer, encode_infer
 
@@ -130,7 +130,7 @@ async def _infer(
     document, instances = decode_infer(
         received, header, model.spec.input, max_rows=model.spec.batching.max_batch_size
     )
-    outputs = await run(model, instances.array, settings.request_timeout_s)
+    outputs = await model.infer(instances.array, settings.request_timeout_s)
     body, json_length = encode_infer(
         model.name, model.version, document, outputs, instances.batched
     )

@@ -5,7 +5,7 @@ itself under ``valgrind --tool=callgrind`` (Debian's ``valgrind`` package), buil
 bench's weights, starts the application in process, sends ``--requests`` sequential
 predictions through the whole ASGI app (every middleware, no uvicorn) after 300 warm-up
 ones, and counts only those: the counters are zeroed before them and dumped after.
-``--stub`` replaces ``LoadedModel.infer`` with a slice, leaving the app's own work;
+``--stub`` replaces ``Batcher.submit`` with a slice, leaving the app's own work;
 ``--tree`` measures another checkout (a ``git worktree`` of an older commit) with this
 driver.
 """
@@ -72,15 +72,15 @@ async def drive(name: str, requests: int, stub: bool, work: Path) -> None:
     process, ``requests`` predictions counted."""
     from bench.__main__ import build
     from registry.app import create_app
-    from registry.model import LoadedModel
+    from registry.batching import Batcher
     from registry.settings import Settings
 
     if stub:
 
-        async def sliced(_: LoadedModel, inputs: Any, *__: Any) -> Any:
+        async def sliced(_: Batcher, inputs: Any, *__: Any) -> Any:
             return inputs[:, :10]
 
-        setattr(LoadedModel, "infer", sliced)  # noqa: B010 - any tree's LoadedModel
+        setattr(Batcher, "submit", sliced)  # noqa: B010 - any tree's Batcher
     sample = build(work, [name])[name]
     body = json.dumps({"inputs": sample[0].tolist()}).encode()
     app = create_app(Settings(manifest=work / "models.yaml", torch_threads=1))

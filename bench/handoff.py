@@ -25,7 +25,7 @@ import torch
 import uvloop
 
 from bench import MAX_BATCH, MODELS
-from registry.batching import INLINE_EVIDENCE, INLINE_MAX_S, Array, Batcher
+from registry.batching import INLINE_EVIDENCE, INLINE_MAX_S, Array, Batcher, concatenated
 from registry.examples.mlp import MLP
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
@@ -55,8 +55,10 @@ async def compare(requests: int, repeats: int) -> None:
 
     sample = np.random.default_rng(0).standard_normal((1, WIDTHS[0]), dtype=np.float32)
     config, key = BatchingSpec(max_batch_size=MAX_BATCH), VersionKey("tiny", "1")
-    threaded = Batcher(forward, config, key=key, inline_max_s=0.0)  # NOTE: never inline
-    served = Batcher(forward, config, key=key)
+    threaded = Batcher(
+        concatenated(forward), config, key=key, inline_max_s=0.0
+    )  # NOTE: never inline
+    served = Batcher(concatenated(forward), config, key=key)
     threaded.start()
     served.start()
 

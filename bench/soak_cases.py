@@ -109,10 +109,10 @@ def load_reference(manifest: Path, weights_root: Path) -> list[ModelCase]:
         cases.append(
             ModelCase(
                 name=spec.name,
-                shape=spec.input.shape,
-                dtype=spec.input.dtype,
+                shape=spec.inputs[0].shape,
+                dtype=spec.inputs[0].dtype,
                 max_batch=spec.batching.max_batch_size,
-                labels=spec.output.labels,
+                labels=spec.outputs[0].labels,
                 default=spec.resolved_default,
                 aliases=dict(spec.aliases),
                 versions=tuple(v.version for v in spec.versions),
@@ -127,7 +127,7 @@ def sample_inputs(spec: ModelSpec) -> Array:
     """Held-out rows of the data set the example models were trained on, else seeded noise."""
     from registry.examples.data import diabetes_split, digits_split
 
-    shape, dtype = spec.input.shape, DTYPES[spec.input.dtype].numpy
+    shape, dtype = spec.inputs[0].shape, DTYPES[spec.inputs[0].dtype].numpy
     rows: Array
     if int(np.prod(shape)) == 64 and dtype.kind == "f":
         rows = digits_split().x_test

@@ -1,5 +1,8 @@
 """Per-version dynamic batching on a dedicated inference thread, or inline when cheaper.
 
+What a request holds and how a pass combines them is the caller's (``LoadedModel`` runs
+its handler's hooks); the batcher only knows each request's row count.
+
 A lone request runs at once; requests that arrive while a forward pass runs wait in a
 bounded queue and the next pass takes as many as fit in ``max_batch_size`` rows. So there
 is no added latency when idle and full batches under load, without a timer to tune.
@@ -41,10 +44,10 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -57,13 +60,36 @@ from registry.manifest import BatchingSpec
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
-Forward = Callable[[Array], Array]
+Tensors = dict[str, Array]
+"""Named arrays, each with the rows of one request (or of a batch) on its first axis."""
+In = TypeVar("In")
+Out = TypeVar("Out")
+RunBatch = Callable[[list[In]], Sequence[Out | Exception]]
+"""One forward pass for several requests' inputs: each request's outputs, or the error
+that fails that request alone (an error raised fails them all)."""
+
+
+def concatenated(forward: Callable[[Array], Array]) -> RunBatch[Array, Array]:
+    """A batch function for requests that are plain arrays: one ``forward`` on all their
+    rows at once, its output split back into each request's rows."""
+
+    def run(requests: list[Array]) -> list[Array | Exception]:
+        if len(requests) == 1:
+            return [forward(requests[0])]
+        sizes = [len(rows) for rows in requests]
+        outputs = forward(np.concatenate(requests))
+        if len(outputs) != sum(sizes):
+            raise ValueError(f"output batch {len(outputs)} != input batch {sum(sizes)}")
+        return list(np.split(outputs, np.cumsum(sizes)[:-1]))
+
+    return run
 
 
 @dataclass(slots=True)
-class _Pending:
-    inputs: Array  # batch axis first
-    result: asyncio.Future[Array]
+class _Pending(Generic[In, Out]):
+    inputs: In
+    rows: int
+    result: asyncio.Future[Out]
     handed_at: float  # perf_counter() when handed to an idle thread, else 0: times hand-offs
 
 
@@ -94,7 +120,7 @@ few, because on a busy machine one pass in a few dozen is delayed (preempted, a 
 fault) and each such pass costs this many hand-offs before inline passes resume."""
 
 
-class Batcher:
+class Batcher(Generic[In, Out]):
     """One inference thread per model version, fed by the event loop.
 
     ``submit`` may be cancelled (a client timeout): the request is then skipped if still
@@ -104,16 +130,18 @@ class Batcher:
 
     def __init__(
         self,
-        forward: Forward,
+        run: RunBatch[In, Out],
         config: BatchingSpec,
         *,
         key: VersionKey,
+        rows_of: Callable[[In], int] = len,  # type: ignore[assignment]
         inline_max_s: float | None = None,
     ) -> None:
-        self._forward = forward
+        self._run_batch = run
+        self._rows_of = rows_of
         self._config = config
         self._key = key
-        self._queue: SimpleQueue[_Pending | None] = SimpleQueue()  # None stops the thread
+        self._queue: SimpleQueue[_Pending[In, Out] | None] = SimpleQueue()  # None stops the thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -142,22 +170,23 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name=f"infer-{self._key}", daemon=True)
         self._thread.start()
 
-    async def submit(self, inputs: Array, timeout_s: float | None = None) -> Array:
-        """Queue a batch of instances and wait for their outputs (same batch length).
+    async def submit(self, inputs: In, timeout_s: float | None = None) -> Out:
+        """Queue a request's instances and wait for their outputs.
 
         Past ``timeout_s`` the wait ends in ``InferenceTimeout`` (504) and the request is
         skipped if still queued; an inline pass, which never waits, always finishes.
         """
         if self._closed or self._loop is None:
             raise ShuttingDown(self._key)
-        if self._may_run_inline(inputs):
+        rows = self._rows_of(inputs)
+        if self._may_run_inline(rows):
             return self._run_inline(inputs, self._loop)
         if self._queue.qsize() >= self._config.max_queue:
             raise QueueFull(self._key, self._queue.qsize(), self._config.max_queue)
-        result: asyncio.Future[Array] = self._loop.create_future()
+        result: asyncio.Future[Out] = self._loop.create_future()
         handed_at = time.perf_counter() if self._handed == 0 else 0.0
         self._handed += 1
-        self._queue.put(_Pending(inputs, result, handed_at))
+        self._queue.put(_Pending(inputs, rows, result, handed_at))
         if timeout_s is None:
             return await result
         deadlines = self._deadlines
@@ -180,7 +209,7 @@ class Batcher:
             await asyncio.sleep(0)  # NOTE: run the deliveries the thread scheduled last
         self._thread = self._loop = None
 
-    def _may_run_inline(self, inputs: Array) -> bool:
+    def _may_run_inline(self, rows: int) -> bool:
         """On the loop: whether this request may skip the thread (see the module docstring).
 
         One row only: the evidence is timed on one-row passes, and a pass costs more the
@@ -189,25 +218,28 @@ class Batcher:
         """
         return (
             self._handed == 0
-            and len(inputs) == 1
+            and rows == 1
             and self._fast_streak >= INLINE_EVIDENCE
             and not self._inline_this_turn
         )
 
-    def _run_inline(self, inputs: Array, loop: asyncio.AbstractEventLoop) -> Array:
+    def _run_inline(self, inputs: In, loop: asyncio.AbstractEventLoop) -> Out:
         """On the loop: the pass itself, answered or failed exactly as the thread would."""
         self._inline_this_turn = True
         loop.call_soon(self._end_turn)  # NOTE: runs after the callbacks already ready
-        outcome = self._compute([inputs])
+        outcome = self._compute([inputs], 1)
         if isinstance(outcome, BaseException):
             raise outcome
-        return outcome[0]
+        answer = outcome[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def _end_turn(self) -> None:
         self._inline_this_turn = False
 
     def _work(self) -> None:
-        carry: _Pending | None = None
+        carry: _Pending[In, Out] | None = None
         while True:
             first = carry if carry is not None else self._queue.get()
             if first is None:  # the stop sentinel
@@ -217,9 +249,11 @@ class Batcher:
             if stop:
                 return
 
-    def _gather(self, first: _Pending) -> tuple[list[_Pending], _Pending | None, bool]:
+    def _gather(
+        self, first: _Pending[In, Out]
+    ) -> tuple[list[_Pending[In, Out]], _Pending[In, Out] | None, bool]:
         """``first`` plus what is queued and fits; returns the batch, a carry-over, stop."""
-        batch, rows = [first], len(first.inputs)
+        batch, rows = [first], first.rows
         limit = self._config.max_batch_size
         if self._config.max_delay_ms:
             wanted, linger_s = limit, self._config.max_delay_ms / 1000
@@ -237,46 +271,50 @@ class Batcher:
                 break
             if queued is None:  # the stop sentinel
                 return batch, None, True
-            if rows + len(queued.inputs) > limit:
+            if rows + queued.rows > limit:
                 return batch, queued, False
             batch.append(queued)
-            rows += len(queued.inputs)
+            rows += queued.rows
         return batch, None, False
 
-    def _run(self, batch: list[_Pending]) -> None:
+    def _run(self, batch: list[_Pending[In, Out]]) -> None:
         """On the inference thread: one forward pass for the batch, results to the loop.
 
         Even a batch whose requests were all cancelled reports back, so that the loop's
         count of what the thread holds drops to zero.
         """
         live = [p for p in batch if not p.result.done()]  # NOTE: cancelled while queued
-        outcome: list[Array] | BaseException
+        outcome: Sequence[Out | Exception] | BaseException
         if self._closed:
             outcome = ShuttingDown(self._key)
         elif not live:
             outcome = []
         else:
             started = time.perf_counter()
-            outcome = self._compute([p.inputs for p in live])
+            rows = sum(p.rows for p in live)
+            outcome = self._compute([p.inputs for p in live], rows)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
-                self._last_rows = sum(len(p.inputs) for p in live)
+                self._last_rows = rows
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
-    def _compute(self, inputs: list[Array]) -> list[Array] | ModelFailed:
+    def _compute(self, inputs: list[In], rows: int) -> Sequence[Out | Exception] | ModelFailed:
         """One forward pass for these requests, on whichever thread calls it; never raises.
 
         A one-row pass is timed, failed or not, as evidence for ``_may_run_inline``.
         """
         started = time.perf_counter()
         try:
-            return self._forward_all(inputs)
+            outcome = self._run_batch(inputs)
+            if len(outcome) != len(inputs):
+                raise ValueError(f"{len(outcome)} answers for {len(inputs)} requests")
+            return outcome
         except Exception:
             log.exception("inference failed", extra={"model": str(self._key)})
             return ModelFailed(self._key)
         finally:
-            if len(inputs) == 1 and len(inputs[0]) == 1:
+            if rows == 1:
                 self._measured(time.perf_counter() - started)
 
     def _measured(self, seconds: float) -> None:
@@ -295,28 +333,22 @@ class Batcher:
             return self._fixed_limit_s
         return min(self._handoff_s, INLINE_MAX_S)
 
-    def _time_handoff(self, pending: _Pending) -> None:
+    def _time_handoff(self, pending: _Pending[In, Out]) -> None:
         """On the loop, for a lone one-row request back from the thread: its round trip
         less its pass is what going to the thread cost, here and now."""
         round_trip = time.perf_counter() - pending.handed_at
         self._handoffs.append(max(round_trip - self._last_lone_s, 0.0))
         self._handoff_s = statistics.median(self._handoffs)
 
-    def _forward_all(self, inputs: list[Array]) -> list[Array]:
-        if len(inputs) == 1:
-            return [self._forward(inputs[0])]
-        sizes = [len(rows) for rows in inputs]
-        outputs = self._forward(np.concatenate(inputs))
-        if len(outputs) != sum(sizes):
-            raise ValueError(f"output batch {len(outputs)} != input batch {sum(sizes)}")
-        return np.split(outputs, np.cumsum(sizes)[:-1])
-
     def _deliver(
-        self, batch: list[_Pending], live: list[_Pending], outcome: list[Array] | BaseException
+        self,
+        batch: list[_Pending[In, Out]],
+        live: list[_Pending[In, Out]],
+        outcome: Sequence[Out | Exception] | BaseException,
     ) -> None:
         """On the event loop: resolve each waiter that is still waiting."""
         self._handed -= len(batch)
-        if len(batch) == len(live) == 1 and len(live[0].inputs) == 1 and live[0].handed_at:
+        if len(batch) == len(live) == 1 and live[0].rows == 1 and live[0].handed_at:
             self._time_handoff(live[0])
         if isinstance(outcome, BaseException):
             for pending in batch:
@@ -324,5 +356,9 @@ class Batcher:
                     pending.result.set_exception(outcome)
             return
         for pending, output in zip(live, outcome, strict=True):
-            if not pending.result.done():  # the client may have given up
+            if pending.result.done():  # the client may have given up
+                continue
+            if isinstance(output, Exception):
+                pending.result.set_exception(output)
+            else:
                 pending.result.set_result(output)

@@ -2,8 +2,11 @@
 
 The manifest names a dtype (``float32``), NumPy decodes into it, torch computes in it and
 the Open Inference Protocol calls it a datatype (``FP32``). Keeping the four names in one
-row means a dtype cannot be half-supported. No torch import here: ``registry validate``
-and the manifest stay cheap; ``torch`` is resolved on first use.
+row means a dtype cannot be half-supported. Text (``string``) and binary values (``bytes``,
+an image) are NumPy object arrays of ``str`` and ``bytes``: both are the protocol's
+``BYTES``, and no torch dtype holds them (a handler turns them into tensors). No torch
+import here: ``registry validate`` and the manifest stay cheap; ``torch`` is resolved on
+first use.
 """
 
 from __future__ import annotations
@@ -45,13 +48,17 @@ DTYPES: dict[str, DType] = {
         DType("int8", np.dtype(np.int8), "INT8"),
         DType("uint8", np.dtype(np.uint8), "UINT8"),
         DType("bool", np.dtype(np.bool_), "BOOL"),
+        DType("string", np.dtype(object), "BYTES"),
+        DType("bytes", np.dtype(object), "BYTES"),
     )
 }
-_BY_NUMPY = {row.numpy: row for row in DTYPES.values()}
+NUMERIC = {name: row for name, row in DTYPES.items() if row.numpy.kind != "O"}
+_BY_NUMPY = {row.numpy: row for row in NUMERIC.values()}
 
 
 def of_array(dtype: np.dtype[Any]) -> DType:
-    """The row for an array's dtype (any byte order); ``KeyError`` names one outside it."""
+    """The numeric row for an array's dtype (any byte order); ``KeyError`` names one outside
+    it. Object arrays have none: whether they hold text or bytes is the manifest's to say."""
     row = _BY_NUMPY.get(dtype.newbyteorder("="))
     if row is None:
         raise KeyError(f"dtype {dtype} has no place in the protocol's datatypes")

@@ -30,7 +30,8 @@ a manifest) take the message.
     ├── InvalidInput                   422 invalid_input
     ├── UnsupportedMediaType           415 unsupported_media_type
     ├── PayloadTooLarge                413 payload_too_large
-    │   └── TooManyRows                413 payload_too_large (more rows than max_batch_size)
+    │   ├── TooManyRows                413 payload_too_large (more rows than max_batch_size)
+    │   └── ImageTooLarge              413 image_too_large  (more pixels than ImageLimits)
     ├── RequestTimeout                 408 request_timeout  (the body came too slowly)
     ├── ClientClosedRequest            499 client_closed_request (never sent: metrics, logs)
     ├── Unavailable                    503 unavailable      (carries Retry-After)
@@ -228,6 +229,21 @@ class TooManyRows(PayloadTooLarge):
             "per request (its batching.max_batch_size)",
             max_batch_size=max_rows,
             received_rows=rows,
+        )
+
+
+class ImageTooLarge(PayloadTooLarge):
+    """An image whose header claims more pixels than the model takes; refused undecoded."""
+
+    code = "image_too_large"
+
+    def __init__(self, width: int, height: int, max_pixels: int) -> None:
+        RegistryError.__init__(
+            self,
+            f"the image is {width}x{height} pixels; this model takes at most {max_pixels} pixels",
+            max_pixels=max_pixels,
+            width=width,
+            height=height,
         )
 
 

@@ -18,14 +18,14 @@ import warnings
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch.export.passes import move_to_device_pass
 
-from registry.dtypes import DTYPES
+from registry.batching import Tensors
 from registry.errors import ModelLoadFailed, RegistryError, UnsafeArchitecture
+from registry.handler import Handler, HandlerContext
 from registry.keys import VersionKey
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
@@ -71,6 +71,40 @@ def import_architecture(
         f"architecture {reference!r} is not an nn.Module subclass; a factory function must be "
         "listed in REGISTRY_ARCHITECTURE_FACTORIES to be called"
     )
+
+
+def import_handler(reference: str) -> type[Handler]:
+    """``package.module:Name`` → a ``Handler`` subclass, checked before anything is called
+    (as for an architecture: naming code in the manifest must not run arbitrary code)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        target: object = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UnsafeArchitecture(f"handler {reference!r} cannot be imported: {exc}") from exc
+    if isinstance(target, type) and issubclass(target, Handler):
+        return target
+    raise UnsafeArchitecture(f"handler {reference!r} is not a registry.handler.Handler subclass")
+
+
+def make_handler(
+    spec: ModelSpec, version: VersionSpec, device: torch.device, weights_root: Path
+) -> tuple[Handler, bool]:
+    """The version's handler, built with its ``handler_args``; the defaults (``Handler``
+    itself) when the manifest names none. The flag says whether one was named."""
+    reference, arguments = spec.handler_of(version)
+    root = weights_root.resolve()
+    context = HandlerContext(
+        model=spec.name,
+        version=version.version,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        device=device,
+        files=(root / version.path).parent,
+        weights_root=root,
+    )
+    if reference is None:
+        return Handler(context), False
+    return import_handler(reference)(context, **arguments), True
 
 
 def read_state_dict(data: bytes, suffix: str) -> Mapping[str, torch.Tensor]:
@@ -148,6 +182,7 @@ def load_version(
         weights = read_weights(weights_root, version, digests)
         device = resolve_device(spec.device)
         module = deserialise(weights.data, version, device, factories)
+        handler, custom = make_handler(spec, version, device, weights_root)
     except RegistryError as exc:
         exc.details.setdefault("model", spec.name)
         exc.details.setdefault("version", version.version)
@@ -161,36 +196,35 @@ def load_version(
         device=device,
         memory_bytes=memory_bytes(module),
         load_ms=(time.perf_counter() - started) * 1000,
+        handler=handler,
+        custom_handler=custom,
         weights_sha256=weights.sha256,
     )
     del weights  # NOTE: the file's bytes, no longer needed once the module holds its tensors
-    if spec.warmup:
+    inputs = handler.warmup_inputs(WARMUP_BATCH) if spec.warmup else None
+    if inputs is not None:
         started = time.perf_counter()
         try:
-            check_output(spec, model.forward_blocking(warmup_batch(spec)))
+            (answer,) = model.run_blocking([inputs])
+            if isinstance(answer, Exception):
+                raise answer.__cause__ or answer
+            check_outputs(spec, answer)
         except Exception as exc:
             raise _load_failed(spec, version, "warm-up", exc) from exc
         model.warmup_ms = (time.perf_counter() - started) * 1000
     return model
 
 
-def warmup_batch(spec: ModelSpec) -> np.ndarray:
-    return np.zeros((WARMUP_BATCH, *spec.input.shape), dtype=DTYPES[spec.input.dtype].numpy)
-
-
-def check_output(spec: ModelSpec, output: np.ndarray) -> None:
-    """Refuse at load time what would break every request: no batch axis, a wrong label
-    count. (An output dtype outside the table already failed the pass itself.)"""
-    if output.ndim == 0 or output.shape[0] != WARMUP_BATCH:
-        raise ValueError(
-            f"output shape {list(output.shape)} lacks the batch axis (expected {WARMUP_BATCH} rows)"
-        )
-    labels = spec.output.labels
-    if labels is not None and output.shape[1:] != (len(labels),):
-        raise ValueError(
-            f"output shape per instance {list(output.shape[1:])} does not match "
-            f"{len(labels)} labels"
-        )
+def check_outputs(spec: ModelSpec, outputs: Tensors) -> None:
+    """Refuse at load time what would break every request: a wrong label count. (Rows,
+    names, dtypes and declared shapes were checked by the pass itself.)"""
+    for output in spec.outputs:
+        shape = outputs[output.name].shape[1:]
+        if output.labels is not None and shape != (len(output.labels),):
+            raise ValueError(
+                f"output {output.name!r} has instance shape {list(shape)}, which does not "
+                f"match {len(output.labels)} labels"
+            )
 
 
 _ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s'"`/:,()]+/)+(?=[^\s'"`/:,()])""")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,27 +30,72 @@ ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63
 VersionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 ArchitectureRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+HandlerRef = ArchitectureRef
 Device = Annotated[str, StringConstraints(pattern=r"^(cpu|auto|cuda(:\d+)?)$")]
 
-DType = Literal["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
+TensorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+
+DType = Literal[
+    "float32",
+    "float64",
+    "float16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "string",
+    "bytes",
+]
+"""``string`` is text (UTF-8), ``bytes`` anything binary (an image); both are V2 ``BYTES``."""
 Format = Literal["torchscript", "exported", "state_dict"]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
+def _axis(length: int) -> int:
+    if length == 0 or length < -1:
+        raise ValueError("must be greater than or equal to 1, or -1 for a length that varies")
+    return length
+
+
+Axis = Annotated[int, AfterValidator(_axis)]
+"""An axis length; ``-1`` for one whose length varies per request (a token sequence)."""
+
+
+def fits_shape(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    """Whether an instance's shape is the declared one, ``-1`` matching any length."""
+    return shape == declared or (
+        len(shape) == len(declared) and all(d in (-1, n) for n, d in zip(shape, declared))  # noqa: B905
+    )
+
+
 class TensorSpec(BaseModel):
-    """One instance's tensor, batch axis excluded."""
+    """One input tensor of one instance, batch axis excluded."""
 
     model_config = _STRICT
 
-    shape: tuple[Annotated[int, Field(ge=1)], ...]
+    name: TensorName = "input"
+    shape: tuple[Axis, ...]
     dtype: DType = "float32"
+
+    @property
+    def text(self) -> bool:
+        """A string or bytes tensor: Python objects, never a torch tensor."""
+        return self.dtype in ("string", "bytes")
 
 
 class OutputSpec(BaseModel):
+    """One output tensor; its shape and dtype are learned at warm-up where not declared."""
+
     model_config = _STRICT
 
+    name: TensorName = "output"
+    shape: tuple[Axis, ...] | None = None
+    dtype: DType | None = None
     labels: tuple[str, ...] | None = Field(default=None, min_length=1)
+    """One per entry of the last axis: the answer names the largest one's label."""
 
 
 class BatchingSpec(BaseModel):
@@ -75,6 +121,9 @@ class VersionSpec(BaseModel):
     sha256: Sha256 | None = None
     architecture: ArchitectureRef | None = None
     architecture_args: Mapping[str, Any] = Field(default_factory=dict)
+    handler: HandlerRef | None = None
+    """Replaces the model's handler (and its arguments) for this version."""
+    handler_args: Mapping[str, Any] = Field(default_factory=dict)
 
     @field_validator("path")
     @classmethod
@@ -91,6 +140,8 @@ class VersionSpec(BaseModel):
             raise ValueError(f"format {self.format} takes no 'architecture' or its args")
         if self.format == "state_dict" and self.path.suffix not in (".safetensors", ".pt"):
             raise ValueError("a state_dict path ends in .safetensors or .pt")
+        if self.handler_args and self.handler is None:
+            raise ValueError("'handler_args' without a 'handler' of this version's own")
         return self
 
 
@@ -104,8 +155,17 @@ class ModelSpec(BaseModel):
 
     name: ModelName
     description: str = ""
-    input: TensorSpec
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    input: TensorSpec | None = None
+    """One input: the shorthand for ``inputs`` with one entry (named ``input``)."""
+    inputs: tuple[TensorSpec, ...] = ()
+    """Named inputs, as clients send them (before any handler's ``decode``)."""
+    output: OutputSpec | None = None
+    """One output: the shorthand for ``outputs`` with one entry (named ``output``)."""
+    outputs: tuple[OutputSpec, ...] = ()
+    handler: HandlerRef | None = None
+    """``package.module:Name``, a ``registry.handler.Handler`` subclass: the code around the
+    forward pass (tokenize, decode an image, pool...)."""
+    handler_args: Mapping[str, Any] = Field(default_factory=dict)
     default_version: VersionName | None = None
     aliases: Mapping[VersionName, VersionName] = Field(default_factory=dict)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
@@ -130,6 +190,45 @@ class ModelSpec(BaseModel):
             if target not in names:
                 raise ValueError(f"alias {alias!r} points to {target!r}, not among {names}")
         return self
+
+    @model_validator(mode="after")
+    def _tensors_consistent(self) -> Self:
+        """One form of each (``input`` or ``inputs``), unique names, and text only where
+        a handler turns it into tensors.
+
+        NOTE: the shorthands are written into ``inputs``/``outputs`` here, so that every
+        reader has one list to read; the frozen model is still being built.
+        """
+        if self.input is None and not self.inputs:
+            raise ValueError("declare 'input' (one tensor) or 'inputs' (a list of them)")
+        if self.input is not None and self.inputs:
+            raise ValueError("declare 'input' (one tensor) or 'inputs' (a list), not both")
+        if self.output is not None and self.outputs:
+            raise ValueError("declare 'output' (one tensor) or 'outputs' (a list), not both")
+        if self.input is not None:
+            object.__setattr__(self, "inputs", (self.input,))
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (self.output or OutputSpec(),))
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            names = [t.name for t in tensors]
+            if duplicates := sorted({n for n in names if names.count(n) > 1}):
+                raise ValueError(f"duplicate {kind} names {duplicates}")
+        if "b64" in (t.name for t in self.inputs):
+            raise ValueError("an input cannot be named 'b64': {\"b64\": ...} is a binary value")
+        handled = self.handler is not None or all(v.handler for v in self.versions)
+        text = [t.name for t in self.inputs if t.text]
+        text += [t.name for t in self.outputs if t.dtype in ("string", "bytes")]
+        if text and not handled:
+            raise ValueError(
+                f"tensors {text} are text or bytes, which only a 'handler' turns into tensors"
+            )
+        return self
+
+    def handler_of(self, version: VersionSpec) -> tuple[str | None, Mapping[str, Any]]:
+        """The handler a version runs with and its arguments: its own, else the model's."""
+        if version.handler is not None:
+            return version.handler, version.handler_args
+        return self.handler, self.handler_args
 
     @property
     def resolved_default(self) -> str:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
-from registry.batching import Array, Batcher
-from registry.dtypes import DType, of_array
+from registry.batching import Array, Batcher, Tensors
+from registry.dtypes import DTYPES, DType, of_array
+from registry.errors import InvalidInput, ModelFailed, RegistryError
+from registry.handler import Handler
 from registry.keys import VersionKey
-from registry.manifest import ModelSpec, VersionSpec
+from registry.manifest import ModelSpec, OutputSpec, VersionSpec, fits_shape
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +30,7 @@ class OutputInfo:
 
 @dataclass(eq=False)
 class LoadedModel:
-    """One version in memory, on its device, in eval mode, with its own batcher.
+    """One version in memory, on its device, in eval mode, with its handler and batcher.
 
     ``leases`` counts requests that hold this version, so a retired version is only
     released once its last request has finished.
@@ -32,62 +38,180 @@ class LoadedModel:
 
     spec: ModelSpec
     version_spec: VersionSpec
-    module: Callable[[torch.Tensor], object]
+    module: Callable[..., object]
     device: torch.device
     memory_bytes: int
     load_ms: float
+    handler: Handler
+    custom_handler: bool = False
+    """Whether the manifest names a handler: then no pass ever runs on the event loop."""
     warmup_ms: float = 0.0
     weights_sha256: str = ""
     """sha256 of the very bytes this version was deserialised from."""
-    output: OutputInfo | None = None
-    """Learned at warm-up, or on the first forward pass when warm-up is off."""
+    outputs_seen: dict[str, OutputInfo] = field(default_factory=dict)
+    """Each output as a forward pass showed it: at warm-up, or the first pass without."""
     leases: int = 0
     retired: bool = False
-    _batcher: Batcher | None = field(default=None, repr=False)
+    _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)
     # NOTE: plain attributes, not properties: every request reads them, some more than once.
     name: str = field(init=False)
     version: str = field(init=False)
     key: VersionKey = field(init=False)
+    _output_names: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.spec.name
         self.version = self.version_spec.version
         self.key = VersionKey(self.name, self.version)
+        self._output_names = tuple(o.name for o in self.spec.outputs)
 
     @property
     def queue_depth(self) -> int:
         return self._batcher.queue_depth if self._batcher else 0
 
-    def forward_blocking(self, inputs: Array) -> Array:
-        """One forward pass on a batch, on the calling thread.
+    def run_blocking(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+        """One forward pass for several requests' declared inputs, through the handler's
+        hooks (``registry.handler``), on the calling thread: each request's declared
+        outputs, or the error that fails it alone.
 
         NOTE: it blocks for as long as the model computes: a route awaits ``infer``, which
         queues behind other requests and runs this on the version's inference thread.
         """
-        tensor = torch.from_numpy(np.ascontiguousarray(inputs))
+        handler = self.handler
+        answers: list[Tensors | Exception] = list(self._decoded(requests))
+        live = [i for i, decoded in enumerate(answers) if not isinstance(decoded, Exception)]
+        if not live:
+            return answers
+        inputs = handler.batch([cast(Tensors, answers[i]) for i in live])
+        tensors = {name: self._to_torch(name, array) for name, array in inputs.items()}
+        with torch.inference_mode():
+            raw = handler.predict(self.module, tensors)
+        outputs = named_outputs(raw, self._output_names)
+        rows = [rows_of(requests[i]) for i in live]
+        for name, array in outputs.items():
+            if array.ndim == 0 or len(array) != sum(rows):
+                raise ValueError(
+                    f"output {name!r} of shape {list(array.shape)} lacks the batch axis "
+                    f"(expected {sum(rows)} rows)"
+                )
+        for i, part, count in zip(live, handler.unbatch(outputs, rows), rows, strict=True):
+            answers[i] = self._encoded(part, count)
+        return answers
+
+    def _decoded(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+        """Each request's model inputs, or why that request fails; all at once if the
+        handler can, else one by one so that only the faulty one fails."""
+        handler = self.handler
+        if len(requests) > 1:
+            try:
+                return list(handler.decode_batch(requests))
+            except Exception:  # noqa: S110 (each is decoded alone below, and its error kept)
+                pass
+        answers: list[Tensors | Exception] = []
+        for inputs in requests:
+            try:
+                answers.append(handler.decode_batch([inputs])[0])
+            except Exception as exc:
+                answers.append(self._failure(exc, "decode", client_error=True))
+        return answers
+
+    def _encoded(self, outputs: Tensors, rows: int) -> Tensors | Exception:
+        try:
+            return self._checked(self.handler.encode(outputs), rows)
+        except Exception as exc:
+            return self._failure(exc, "encode", client_error=False)
+
+    def _failure(self, exc: Exception, hook: str, *, client_error: bool) -> Exception:
+        """What one request gets for a hook's error: the error itself if it is one a client
+        may see, a 422 for a ``ValueError`` in ``decode``, else a logged 500."""
+        if isinstance(exc, RegistryError):
+            return exc
+        if client_error and isinstance(exc, ValueError):
+            return InvalidInput(str(exc) or f"{type(exc).__name__} in the handler's {hook}")
+        log.error("handler %s failed", hook, exc_info=exc, extra={"model": str(self.key)})
+        failed = ModelFailed(self.key)
+        failed.__cause__ = exc  # NOTE: what a warm-up reports, for the operator
+        return failed
+
+    def _to_torch(self, name: str, array: Array) -> torch.Tensor:
+        if array.dtype.kind == "O":
+            raise TypeError(
+                f"input {name!r} holds Python objects; a handler's decode must "
+                "turn text and bytes into numbers"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type != "cpu":
             tensor = tensor.to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            output = self.module(tensor)
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"{self.key} returned {type(output).__name__}, expected a Tensor")
-        answer = output.detach().to("cpu").numpy()
-        dtype = of_array(answer.dtype)  # NOTE: an answer no protocol can carry fails here
-        if self.output is None and answer.ndim:
-            self.output = OutputInfo(tuple(answer.shape[1:]), dtype)
+        return tensor
+
+    def _checked(self, answer: Tensors, rows: int) -> Tensors:
+        """``answer`` if it is the declared outputs, ``rows`` of each; learns what each
+        looks like on the first pass. A ``ValueError`` otherwise (a 500: the model's fault).
+        """
+        if len(answer) != len(self._output_names) or any(
+            name not in answer for name in self._output_names
+        ):
+            raise ValueError(
+                f"outputs {sorted(answer)} are not the declared {list(self._output_names)}"
+            )
+        for spec in self.spec.outputs:
+            array = answer[spec.name]
+            if not isinstance(array, np.ndarray) or array.ndim == 0 or len(array) != rows:
+                raise ValueError(f"output {spec.name!r} is not an array of {rows} rows")
+            seen = self.outputs_seen.get(spec.name)
+            if seen is None or seen.shape != array.shape[1:] or seen.dtype.numpy != array.dtype:
+                self._learn(spec, array)
         return answer
+
+    def _learn(self, spec: OutputSpec, array: Array) -> None:
+        """Check an output against its declaration (the first time, and whenever its shape
+        changes) and remember what it looks like, for the V2 metadata."""
+        if array.dtype.kind == "O":
+            dtype = DTYPES[spec.dtype or "string"]
+            if spec.dtype is not None and dtype.numpy.kind != "O":
+                raise ValueError(f"output {spec.name!r} holds objects, not {spec.dtype}")
+        else:
+            dtype = of_array(array.dtype)  # NOTE: an answer no protocol can carry fails here
+            if spec.dtype is not None and dtype.name != spec.dtype:
+                raise ValueError(f"output {spec.name!r} is {dtype.name}, not {spec.dtype}")
+        shape = tuple(array.shape[1:])
+        if spec.shape is not None and not fits_shape(shape, spec.shape):
+            raise ValueError(
+                f"output {spec.name!r} has instance shape {list(shape)}, not {list(spec.shape)}"
+            )
+        if spec.name not in self.outputs_seen:
+            self.outputs_seen[spec.name] = OutputInfo(shape, dtype)
+
+    def forward_blocking(self, inputs: Array) -> Array:
+        """A one-input, one-output model's pass on a batch, on the calling thread (tests,
+        benchmarks and warm-up checks; routes go through ``infer``)."""
+        (answer,) = self.run_blocking([{self.spec.inputs[0].name: inputs}])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer[self._output_names[0]]
 
     def start(self) -> None:
         """Attach a batcher; call on the event loop that will serve this version."""
-        self._batcher = Batcher(self.forward_blocking, self.spec.batching, key=self.key)
+        self._batcher = Batcher(
+            self.run_blocking,
+            self.spec.batching,
+            key=self.key,
+            rows_of=rows_of,
+            inline_max_s=0.0 if self.custom_handler else None,
+        )
         self._batcher.start()
 
-    async def infer(self, inputs: Array, timeout_s: float | None = None) -> Array:
-        """Queue a batch of instances behind other requests and await its outputs; 504
-        (``InferenceTimeout``) past ``timeout_s``."""
+    async def infer_tensors(self, inputs: Tensors, timeout_s: float | None = None) -> Tensors:
+        """Queue a request's declared inputs behind other requests and await its declared
+        outputs; 504 (``InferenceTimeout``) past ``timeout_s``."""
         if self._batcher is None:
             raise RuntimeError(f"{self.key} is not started")
         return await self._batcher.submit(inputs, timeout_s)
+
+    async def infer(self, inputs: Array, timeout_s: float | None = None) -> Array:
+        """``infer_tensors`` for a one-input, one-output model."""
+        answer = await self.infer_tensors({self.spec.inputs[0].name: inputs}, timeout_s)
+        return answer[self._output_names[0]]
 
     def release(self) -> None:
         """Give the weights' memory back now, whatever still refers to the module.
@@ -114,5 +238,34 @@ class LoadedModel:
             await batcher.stop()
 
 
-def _released(_: torch.Tensor) -> object:
+def _released(*_: torch.Tensor) -> object:
     raise RuntimeError("this version was released")
+
+
+def rows_of(inputs: Tensors) -> int:
+    """A request's row count: every input has it (the codecs check)."""
+    return len(next(iter(inputs.values())))
+
+
+def named_outputs(raw: object, names: tuple[str, ...]) -> Tensors:
+    """What ``predict`` returned, as named NumPy arrays on the CPU: a dict keeps its names,
+    a tensor or a tuple takes the declared outputs' names in order."""
+    if isinstance(raw, Mapping):
+        items = list(raw.items())
+    elif isinstance(raw, tuple | list):
+        if len(raw) != len(names):
+            raise ValueError(f"{len(raw)} outputs came back; the manifest declares {len(names)}")
+        items = list(zip(names, raw, strict=True))
+    else:
+        if len(names) != 1:
+            raise ValueError(f"one output came back; the manifest declares {list(names)}")
+        items = [(names[0], raw)]
+    return {str(name): _to_numpy(name, value) for name, value in items}
+
+
+def _to_numpy(name: object, value: object) -> Array:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise TypeError(f"output {name!r} is {type(value).__name__}, not a tensor or an array")

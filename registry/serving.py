@@ -2,22 +2,27 @@
 
 The native predict routes call this (through FastAPI or the fast path, which calls the
 same routes); the V2 routes share its ``provenance``. Inputs come as JSON (the
-default), raw little-endian bytes with ``X-Shape``, or ``.npy``, at most the model's
-``batching.max_batch_size`` instances (413 past it: one request never makes a forward pass
-larger than the batcher would); the answer follows ``Accept`` in the same three forms.
+default), raw little-endian bytes with ``X-Shape``, or ``.npy`` (a model with one numeric
+input), or an image (``image/png``, ``image/jpeg``: a model with one ``bytes`` input), at
+most the model's ``batching.max_batch_size`` instances (413 past it: one request never
+makes a forward pass larger than the batcher would); the answer follows ``Accept`` in the
+same three forms where the model has one numeric output, and is JSON otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
-from registry.codec import Instances, decode_inputs, encode_prediction
+from registry.codec import Decoded, decode_inputs, encode_prediction
 from registry.errors import UnsupportedMediaType
 from registry.manifest import TensorSpec
 from registry.model import LoadedModel
 
 JSON = "application/json"
+IMAGES = ("image/png", "image/jpeg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +43,20 @@ async def predict(
     accept: str | None = None,
 ) -> Prediction:
     """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
-    instances = decode(
-        body, content_type, shape, model.spec.input, max_rows=model.spec.batching.max_batch_size
-    )
-    outputs = await model.infer(instances.array, timeout_s)
+    spec = model.spec
+    decoded = decode(body, content_type, shape, spec.inputs, max_rows=spec.batching.max_batch_size)
+    outputs = await model.infer_tensors(decoded.tensors, timeout_s)
     headers = provenance(model)
-    answer = outputs if instances.batched else outputs[0]
     wanted = preferred_answer(accept)
-    if wanted == RAW:
-        raw, shape_headers = encode_raw(answer)
-        return Prediction(raw, RAW, headers | shape_headers)
-    if wanted == NPY:
-        return Prediction(encode_npy(answer), NPY, headers)
-    document = encode_prediction(
-        model.name, model.version, outputs, instances.batched, model.spec.output.labels
-    )
+    if wanted != JSON and len(spec.outputs) == 1:
+        array = outputs[spec.outputs[0].name]
+        if array.dtype.kind != "O":
+            answer = array if decoded.batched else array[0]
+            if wanted == RAW:
+                raw, shape_headers = encode_raw(answer)
+                return Prediction(raw, RAW, headers | shape_headers)
+            return Prediction(encode_npy(answer), NPY, headers)
+    document = encode_prediction(model.name, model.version, outputs, decoded.batched, spec.outputs)
     return Prediction(document, JSON, headers)
 
 
@@ -62,16 +66,33 @@ def provenance(model: LoadedModel) -> dict[str, str]:
 
 
 def decode(
-    body: bytes, content_type: str | None, shape: str | None, spec: TensorSpec, *, max_rows: int
-) -> Instances:
-    """The request's instances; at most ``max_rows`` of them (the model's batch size cap)."""
+    body: bytes,
+    content_type: str | None,
+    shape: str | None,
+    specs: tuple[TensorSpec, ...],
+    *,
+    max_rows: int,
+) -> Decoded:
+    """The request's inputs; at most ``max_rows`` instances (the model's batch size cap)."""
     media = _media(content_type)
     if media in (JSON, "", "*/*", "text/plain"):
-        return decode_inputs(body, spec, max_rows=max_rows)
-    if media == RAW:
-        return decode_raw(body, shape, spec, max_rows=max_rows)
-    if media == NPY:
-        return decode_npy(body, spec, max_rows=max_rows)
+        return decode_inputs(body, specs, max_rows=max_rows)
+    (spec,) = specs if len(specs) == 1 else (None,)
+    if spec is not None and spec.dtype == "bytes" and media in IMAGES:
+        return Decoded({spec.name: np.array([body], dtype=object)}, batched=False)
+    if spec is not None and not spec.text:
+        if media == RAW:
+            return Decoded.of(spec, decode_raw(body, shape, spec, max_rows=max_rows))
+        if media == NPY:
+            return Decoded.of(spec, decode_npy(body, spec, max_rows=max_rows))
+    return _unsupported(media, spec)
+
+
+def _unsupported(media: str, spec: TensorSpec | None) -> Decoded:
+    if spec is not None and spec.dtype == "bytes":
+        raise UnsupportedMediaType(media, [JSON, *IMAGES])
+    if spec is None or spec.text:
+        raise UnsupportedMediaType(media, [JSON])
     raise UnsupportedMediaType(media, [JSON, RAW, NPY], hint=" (raw tensors need X-Shape)")
 
 

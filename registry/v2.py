@@ -2,36 +2,48 @@
 
 A request names tensors with a flat or nested ``data`` list, a ``shape`` and a
 ``datatype`` (``FP32``...); Triton's binary extension sends the JSON header first
-(``Inference-Header-Content-Length`` bytes) and each tensor's raw bytes after it. The
-models here take one input tensor, so one input is expected, whatever its name.
+(``Inference-Header-Content-Length`` bytes) and each tensor's raw bytes after it, in the
+order of the tensors. ``BYTES`` (the manifest's ``string`` and ``bytes``) is a list of
+strings in JSON, and each element as a 4-byte little-endian length and its bytes in the
+binary extension, as ``tritonclient`` writes it. Every input the model declares must come,
+by its name, and nothing else; ``outputs`` picks which outputs come back, each in JSON or
+binary.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from registry.batching import Array
+from registry.batching import Array, Tensors
 from registry.binary import tensor_from_bytes, to_little_endian
-from registry.codec import MAX_AXES, Instances, as_shape, instance_shape, parse_count, to_array
+from registry.codec import MAX_AXES, Decoded, as_shape, instance_shape, parse_count, to_array
 from registry.dtypes import DTYPES, of_array
 from registry.errors import BadRequest, InvalidInput, InvalidJSON
-from registry.manifest import TensorSpec
+from registry.manifest import OutputSpec, TensorSpec
 
 INPUT, OUTPUT = "input", "output"
+_LENGTH = struct.Struct("<I")
 
 
 def decode_infer(
-    body: bytes, header_length: str | None, spec: TensorSpec, *, max_rows: int
-) -> tuple[dict[str, Any], Instances]:
-    """The request document (id, outputs wanted) and its one input as instances.
+    body: bytes,
+    header_length: str | None,
+    specs: Sequence[TensorSpec],
+    outputs: Sequence[OutputSpec],
+    *,
+    max_rows: int,
+) -> tuple[dict[str, Any], Decoded]:
+    """The request document (id, outputs wanted) and its inputs by name.
 
     ``header_length`` is the ``Inference-Header-Content-Length`` header as sent. Values
-    follow ``registry.codec``'s rules, the native route's; the declared ``shape`` is
-    checked (batch size cap included) before the tensor is built. An optional field sent
+    follow ``registry.codec``'s rules, the native route's; each declared ``shape`` is
+    checked (batch size cap included) before its tensor is built. An optional field sent
     as ``null`` counts as absent.
     """
     head, binary = _split(body, header_length)
@@ -41,35 +53,90 @@ def decode_infer(
         raise InvalidJSON(f"the inference request is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object")
-    _check_request(document)
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput(f"expected exactly one input tensor (name {INPUT!r})")
-    tensor = inputs[0]
-    if not isinstance(tensor.get("name", ""), str | None):
-        raise InvalidInput("the input's 'name' must be a string")
-    parameters = _parameters(tensor, "the input's")
+    _check_request(document, outputs)
+    tensors = _input_tensors(document.get("inputs"), specs)
+    sizes = [_binary_size(tensor) for tensor in tensors.values()]
+    if binary and not any(size is not None for size in sizes):
+        raise InvalidInput(
+            f"{len(binary)} bytes follow the JSON header, but the inputs have no "
+            "'binary_data_size' parameter"
+        )
+    if sum(size or 0 for size in sizes) != len(binary):
+        raise InvalidInput(
+            f"the inputs' 'binary_data_size' add up to {sum(size or 0 for size in sizes)}, "
+            f"but {len(binary)} bytes follow the JSON header"
+        )
+    by_name = {spec.name: spec for spec in specs}
+    arrays: dict[str, tuple[Array, bool]] = {}
+    offset = 0
+    for (name, tensor), size in zip(tensors.items(), sizes, strict=True):
+        part = None if size is None else binary[offset : offset + size]
+        arrays[name] = _input_array(tensor, by_name[name], part, max_rows=max_rows)
+        offset += size or 0
+    if len({(batched, len(array)) for array, batched in arrays.values()}) > 1:
+        raise InvalidInput("the inputs must all be one instance, or all batches of one length")
+    batched = arrays[specs[0].name][1]
+    return document, Decoded({spec.name: arrays[spec.name][0] for spec in specs}, batched)
+
+
+def _input_tensors(inputs: object, specs: Sequence[TensorSpec]) -> dict[str, dict[str, Any]]:
+    """The request's input tensors by name, in the order sent: each declared one once."""
+    names = [spec.name for spec in specs]
+    if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+        raise InvalidInput(
+            f"'inputs' must be a list of tensor objects, exactly one input per name in {names}"
+        )
+    tensors: dict[str, dict[str, Any]] = {}
+    for tensor in inputs:
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput("each input's 'name' must be a string")
+        if name not in names:
+            raise InvalidInput(f"unknown input {name!r}; the model takes {names}")
+        if name in tensors:
+            raise InvalidInput(f"input {name!r} is given twice")
+        tensors[name] = tensor
+    if missing := [name for name in names if name not in tensors]:
+        raise InvalidInput(f"missing input {missing[0]!r}; the model takes {names}")
+    return tensors
+
+
+def _binary_size(tensor: dict[str, Any]) -> int | None:
+    size = _parameters(tensor, "the input's").get("binary_data_size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise InvalidInput(f"'binary_data_size' must be a non-negative integer, not {_short(size)}")
+    if size is not None and tensor.get("data") is not None:
+        raise InvalidInput("the input has both 'data' and 'binary_data_size'")
+    return size
+
+
+def _input_array(
+    tensor: dict[str, Any], spec: TensorSpec, binary: bytes | None, *, max_rows: int
+) -> tuple[Array, bool]:
+    """One input tensor, with a batch axis, and whether it was sent as a batch."""
+    what = f"input {spec.name!r}"
     datatype = tensor.get("datatype")
     if datatype != DTYPES[spec.dtype].v2:
         raise InvalidInput(
-            f"input datatype is {_short(datatype)}; the model takes {DTYPES[spec.dtype].v2}",
+            f"{what} has datatype {_short(datatype)}; the model takes {DTYPES[spec.dtype].v2}",
             expected_dtype=DTYPES[spec.dtype].v2,
         )
     declared = tensor.get("shape")
     shape = as_shape(declared) if isinstance(declared, list) else None
     if shape is None:
         raise InvalidInput(
-            f"input 'shape' must be a list of at most {MAX_AXES} non-negative integers"
+            f"the 'shape' of {what} must be a list of at most {MAX_AXES} non-negative integers"
         )
-    batched = instance_shape(shape, spec, max_rows=max_rows, what="input")
+    batched = instance_shape(shape, spec, max_rows=max_rows, what=what)
     count = math.prod(shape)
-    size = parameters.get("binary_data_size")
-    if size is None:
-        flat = _json_data(tensor.get("data"), binary, count, spec)
+    if binary is None:
+        flat = _json_data(tensor.get("data"), count, spec, what)
+    elif spec.text:
+        flat = _binary_elements(binary, count, spec, what)
     else:
-        flat = _binary_data(size, binary, count, tensor.get("data") is not None, spec)
+        flat = _binary_data(binary, count, spec, what)
     array = flat.reshape(shape)
-    return document, Instances(array if batched else array[np.newaxis], batched)
+    return (array if batched else array[np.newaxis]), batched
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -91,19 +158,27 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _check_request(document: dict[str, Any]) -> None:
-    """``id``, ``parameters`` and ``outputs`` have the protocol's types, or a 422."""
+def _check_request(document: dict[str, Any], outputs: Sequence[OutputSpec]) -> None:
+    """``id``, ``parameters`` and ``outputs`` have the protocol's types, or a 422; the
+    outputs asked for are the model's."""
     if not isinstance(document.get("id"), str | None):
         raise InvalidInput("the request's 'id' must be a string")
-    _parameters(document, "the request's")
-    outputs = document.get("outputs")
-    if outputs is None:
+    parameters = _parameters(document, "the request's")
+    if not isinstance(parameters.get("binary_data_output"), bool | None):
+        raise InvalidInput("the request's 'binary_data_output' must be true or false")
+    wanted = document.get("outputs")
+    if wanted is None:
         return
-    if not isinstance(outputs, list) or not all(_is_output(o) for o in outputs):
+    if not isinstance(wanted, list) or not all(_is_output(o) for o in wanted):
         raise InvalidInput(
             "'outputs' must be a list of objects, each with an optional string 'name' and "
             "optional 'parameters' (an object; 'binary_data' true or false)"
         )
+    names = [o.name for o in outputs]
+    for output in wanted:
+        name = output.get("name")
+        if name is not None and name not in names:
+            raise InvalidInput(f"unknown output {name!r}; the model gives {names}")
 
 
 def _is_output(wanted: object) -> bool:
@@ -124,44 +199,82 @@ def _parameters(holder: dict[str, Any], whose: str) -> dict[str, Any]:
     return parameters
 
 
-def _json_data(data: object, binary: bytes, count: int, spec: TensorSpec) -> Array:
-    if binary:
-        raise InvalidInput(
-            f"{len(binary)} bytes follow the JSON header, but the input has no "
-            "'binary_data_size' parameter"
-        )
+def _json_data(data: object, count: int, spec: TensorSpec, what: str) -> Array:
     if not isinstance(data, list):
         raise InvalidInput(
-            "input 'data' must be a list of numbers, flat or nested, "
-            "or the input needs a 'binary_data_size' parameter",
+            f"the 'data' of {what} must be a list of {'strings' if spec.text else 'numbers'}, flat "
+            "or nested, or the input needs a 'binary_data_size' parameter",
             expected_shape=list(spec.shape),
         )
     if len(data) > count:  # NOTE: before NumPy reads a list far longer than the shape
-        raise InvalidInput(f"input 'data' has more than the {count} values its shape holds")
-    array = to_array(data, spec, "input 'data'")
+        raise InvalidInput(f"the 'data' of {what} has more than the {count} values its shape holds")
+    if spec.text:
+        array = _json_strings(data, spec, what)
+    else:
+        array = to_array(data, spec, f"the 'data' of {what}")
     if array.size != count:
-        raise InvalidInput(f"input 'data' has {array.size} values; its shape holds {count}")
+        raise InvalidInput(f"the 'data' of {what} has {array.size} values; its shape holds {count}")
     return array.reshape(-1)
 
 
-def _binary_data(
-    size: object, binary: bytes, count: int, has_data: bool, spec: TensorSpec
-) -> Array:
-    if type(size) is not int or size < 0:
-        raise InvalidInput(f"'binary_data_size' must be a non-negative integer, not {_short(size)}")
-    if has_data:
-        raise InvalidInput("the input has both 'data' and 'binary_data_size'")
-    if size != len(binary):
-        raise InvalidInput(
-            f"'binary_data_size' is {size}, but {len(binary)} bytes follow the JSON header"
-        )
+def _json_strings(data: list[Any], spec: TensorSpec, what: str) -> Array:
+    """``BYTES`` in JSON: strings, flat or nested (a ``bytes`` input takes their UTF-8)."""
+    flat: list[str | bytes] = []
+    pending: list[object] = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item if spec.dtype == "string" else item.encode())
+        else:
+            raise InvalidInput(
+                f"the 'data' of {what} must hold strings for BYTES, not {_short(item)}"
+            )
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array
+
+
+def _binary_data(binary: bytes, count: int, spec: TensorSpec, what: str) -> Array:
     expected = count * DTYPES[spec.dtype].numpy.itemsize
-    if size != expected:
+    if len(binary) != expected:
         raise InvalidInput(
-            f"'binary_data_size' is {size} bytes; the input's shape of "
+            f"the 'binary_data_size' of {what} is {len(binary)} bytes; its shape of "
             f"{DTYPES[spec.dtype].v2} is {expected} bytes"
         )
-    return tensor_from_bytes(binary, spec, "input")
+    return tensor_from_bytes(binary, spec, what)
+
+
+def _binary_elements(binary: bytes, count: int, spec: TensorSpec, what: str) -> Array:
+    """``BYTES`` in the binary extension: each element a 4-byte little-endian length and
+    that many bytes, exactly ``count`` of them filling the tensor's part."""
+    flat: list[str | bytes] = []
+    offset = 0
+    while offset < len(binary) and len(flat) < count:
+        if offset + 4 > len(binary):
+            raise InvalidInput(f"the BYTES data of {what} ends inside an element's length")
+        (length,) = _LENGTH.unpack_from(binary, offset)
+        offset += 4
+        if offset + length > len(binary):
+            raise InvalidInput(f"an element of {length} bytes runs past the BYTES data of {what}")
+        element = binary[offset : offset + length]
+        offset += length
+        if spec.dtype == "string":
+            try:
+                flat.append(element.decode())
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{what} holds text that is not UTF-8: {exc}") from exc
+        else:
+            flat.append(element)
+    if len(flat) != count or offset != len(binary):
+        raise InvalidInput(
+            f"the BYTES data of {what} holds {len(flat)} elements in {offset} of its "
+            f"{len(binary)} bytes; its shape holds {count}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = flat
+    return array
 
 
 def _short(value: object) -> str:
@@ -173,25 +286,58 @@ def _short(value: object) -> str:
 
 
 def encode_infer(
-    model: str, version: str, request: dict[str, Any], outputs: Array, batched: bool
+    model: str,
+    version: str,
+    request: dict[str, Any],
+    outputs: Tensors,
+    batched: bool,
+    specs: Sequence[OutputSpec],
 ) -> tuple[bytes, int | None]:
-    """The response body and, when the client asked for binary output, its JSON length."""
-    answer = outputs if batched else outputs[0]
-    wanted = request.get("outputs") or [{}]
-    binary = bool((wanted[0].get("parameters") or {}).get("binary_data", False))
-    tensor: dict[str, Any] = {
-        "name": wanted[0].get("name") or OUTPUT,
-        "shape": list(answer.shape),
-        # NOTE: ``LoadedModel.forward_blocking`` fails a pass whose dtype is outside the table
-        "datatype": of_array(answer.dtype).v2,
-    }
-    document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [tensor]}
+    """The response body and, when any output goes as binary, the JSON header's length.
+
+    The outputs are those the request names (all of them by default), each in binary
+    where its ``binary_data`` or the request's ``binary_data_output`` says so.
+    """
+    default = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    wanted = request.get("outputs") or [{"name": spec.name} for spec in specs]
+    tensors: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    for output in wanted:
+        name = output.get("name") or specs[0].name
+        array = outputs[name]
+        answer = array if batched else array[0]
+        text = array.dtype.kind == "O"
+        tensor: dict[str, Any] = {
+            "name": name,
+            "shape": list(answer.shape),
+            # NOTE: ``LoadedModel`` fails a pass whose dtype is outside the table
+            "datatype": "BYTES" if text else of_array(answer.dtype).v2,
+        }
+        parameters = output.get("parameters") or {}
+        if parameters.get("binary_data", default):
+            raw = _elements_bytes(answer) if text else to_little_endian(answer)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            parts.append(raw)
+        elif text:
+            tensor["data"] = [_as_text(item) for item in answer.reshape(-1)]
+        else:
+            tensor["data"] = answer.reshape(-1)
+        tensors.append(tensor)
+    document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": tensors}
     if request.get("id") is not None:
         document["id"] = request["id"]
-    if not binary:
-        tensor["data"] = answer.reshape(-1)
+    if not parts:
         return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), None
-    raw = to_little_endian(answer)
-    tensor["parameters"] = {"binary_data_size": len(raw)}
-    head = orjson.dumps(document)
-    return head + raw, len(head)
+    head = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    return head + b"".join(parts), len(head)
+
+
+def _elements_bytes(array: Array) -> bytes:
+    elements = [item.encode() if isinstance(item, str) else item for item in array.reshape(-1)]
+    return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
+
+
+def _as_text(item: object) -> object:
+    """A ``BYTES`` element for JSON, which carries text only: bytes as UTF-8, undecodable
+    ones with replacement characters (ask for ``binary_data`` to get them exactly)."""
+    return item.decode(errors="replace") if isinstance(item, bytes) else item

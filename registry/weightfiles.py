@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from registry.errors import ChecksumMismatch, WeightsNotFound, WeightsOutsideRoot
 from registry.manifest import VersionSpec
@@ -24,12 +24,17 @@ Stamp = tuple[int, int, int, int, int]
 
 def resolve_weights(root: Path, version: VersionSpec) -> Path:
     """The weight file's real path, refusing any that resolves outside ``root``."""
+    return confined_file(root, version.path)
+
+
+def confined_file(root: Path, relative: PurePosixPath) -> Path:
+    """A file's real path under ``root``, refusing any that resolves outside it."""
     root = root.resolve()
-    path = (root / version.path).resolve()
+    path = (root / relative).resolve()
     if not path.is_relative_to(root):
-        raise WeightsOutsideRoot(str(version.path))
+        raise WeightsOutsideRoot(str(relative))
     if not path.is_file():
-        raise WeightsNotFound(str(version.path))
+        raise WeightsNotFound(str(relative))
     return path
 
 

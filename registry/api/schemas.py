@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-Nested = list[Any] | float | int | bool
+Nested = list[Any] | float | int | bool | str | dict[str, Any]
 
 
 class PredictRequest(BaseModel):
@@ -22,22 +22,35 @@ class PredictRequest(BaseModel):
 
     inputs: Nested = Field(
         description="One instance of the model's declared shape, or a batch of them "
-        "(declared shape with a leading batch axis)."
+        "(declared shape with a leading batch axis); for a model of several inputs, an "
+        "object naming each, or a list of such objects. Text is a JSON string, a binary "
+        'value (an image) {"b64": "<base64>"}.'
     )
 
 
 class PredictResponse(BaseModel):
     model: str
     version: str = Field(description="The concrete version that answered (never an alias).")
-    outputs: Nested = Field(description="One instance's output, or one per batch instance.")
-    labels: list[str] | str | None = Field(
+    outputs: Nested = Field(
+        description="One instance's output, or one per batch instance; an object naming "
+        "each output where the model has several."
+    )
+    labels: list[str] | str | dict[str, Any] | None = Field(
         default=None, description="Argmax label(s), present where the model declares labels."
     )
 
 
 class TensorSchema(BaseModel):
-    shape: list[int]
+    name: str
+    shape: list[int] = Field(description="One instance's shape; -1 for a length that varies")
     dtype: str
+
+
+class OutputSchema(BaseModel):
+    name: str
+    shape: list[int] | None = Field(description="As declared; null: learned at warm-up")
+    dtype: str | None
+    labels: list[str] | None = None
 
 
 class VersionInfo(BaseModel):
@@ -56,8 +69,11 @@ class VersionInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     description: str
-    input: TensorSchema
-    labels: list[str] | None
+    input: TensorSchema | None = Field(description="The one input, where there is one")
+    labels: list[str] | None = Field(description="The one output's labels, where it has any")
+    inputs: list[TensorSchema]
+    outputs: list[OutputSchema]
+    handler: str | None = Field(description="The default version's handler, if any")
     device: str
     default_version: str
     aliases: dict[str, str]

@@ -293,20 +293,24 @@ HOSTILE_V2 = [
     pytest.param(
         v2(shape=[2**62, 2**62]), 422, "expected one instance", id="shape-product-overflows"
     ),
-    pytest.param(v2(shape=[2**64 - 1, 4]), 422, "'shape' must be", id="shape-past-int64"),
-    pytest.param(v2(shape=[1] * 70), 422, "'shape' must be", id="shape-70-axes"),
-    pytest.param(v2(shape=[-1, 4]), 422, "'shape' must be", id="shape-negative"),
-    pytest.param(v2(shape=[True, 4]), 422, "'shape' must be", id="shape-bool"),
-    pytest.param(v2(shape=[4.0]), 422, "'shape' must be", id="shape-float"),
-    pytest.param(v2(shape="4"), 422, "'shape' must be", id="shape-str"),
+    pytest.param(
+        v2(shape=[2**64 - 1, 4]), 422, "'shape' of input 'input' must be", id="shape-past-int64"
+    ),
+    pytest.param(v2(shape=[1] * 70), 422, "'shape' of input 'input' must be", id="shape-70-axes"),
+    pytest.param(v2(shape=[-1, 4]), 422, "'shape' of input 'input' must be", id="shape-negative"),
+    pytest.param(v2(shape=[True, 4]), 422, "'shape' of input 'input' must be", id="shape-bool"),
+    pytest.param(v2(shape=[4.0]), 422, "'shape' of input 'input' must be", id="shape-float"),
+    pytest.param(v2(shape="4"), 422, "'shape' of input 'input' must be", id="shape-str"),
     pytest.param(v2(shape=[0, 4], data=[]), 422, "empty", id="shape-zero-rows"),
     pytest.param(v2(data=[[1, 2], [3, 4, 5]]), 422, "ragged", id="data-ragged"),
     pytest.param(v2(data=[[1.0, 2.0], 3.0, 4.0]), 422, "ragged", id="data-mixed-nesting"),
     pytest.param(v2(data=[nested(300)] * 4), 422, "ragged", id="data-nested-300"),
     pytest.param(v2(data=[1.0, 2.0, 3.0]), 422, "3 values", id="data-too-few"),
     pytest.param(v2(data=[0.0] * 5), 422, "more than the 4", id="data-too-many"),
-    pytest.param(v2(data="1,2,3,4"), 422, "'data' must be a list", id="data-str"),
-    pytest.param(v2(data={"a": 1}), 422, "'data' must be a list", id="data-object"),
+    pytest.param(v2(data="1,2,3,4"), 422, "'data' of input 'input' must be a list", id="data-str"),
+    pytest.param(
+        v2(data={"a": 1}), 422, "'data' of input 'input' must be a list", id="data-object"
+    ),
     pytest.param(v2(data=[{"a": 1}] * 4), 422, "non-numeric", id="data-of-objects"),
     pytest.param(b'{"inputs": [1]}', 422, "exactly one input", id="inputs-of-numbers"),
     pytest.param(b"[1, 2]", 422, "JSON object", id="request-not-an-object"),
@@ -468,7 +472,7 @@ def test_both_json_routes_accept_exactly_the_values_that_fit(
         assert_refused(native, 422, "")
         assert_refused(infer, 422, "")
         assert native.json()["error"]["message"] == infer.json()["error"].replace(
-            "input 'data'", "'inputs'"
+            "the 'data' of input 'input'", "'inputs'"
         )
     assert_still_serving(client)
 

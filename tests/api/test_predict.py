@@ -88,9 +88,7 @@ BAD_BODIES = [
     pytest.param(
         b'{"inputs": ["a", "b", "c", "d"]}', 422, "invalid_input", "float32", id="strings"
     ),
-    pytest.param(
-        b'{"inputs": {"x": 1}}', 422, "invalid_input", "nested lists of numbers", id="object"
-    ),
+    pytest.param(b'{"inputs": {"x": 1}}', 422, "invalid_input", "unknown input 'x'", id="object"),
     pytest.param(b'{"inputs": null}', 422, "invalid_input", "nested lists", id="null"),
     pytest.param(
         b'{"instances": [[1, 2, 3, 4]]}',
@@ -183,7 +181,12 @@ def test_metadata_routes(client: TestClient) -> None:
     assert lin["name"] == "lin"
     assert lin["state"] == "ready"
     assert lin["default_version"] == "2"
-    assert lin["input"] == {"shape": [4], "dtype": "float32"}
+    assert lin["input"] == {"name": "input", "shape": [4], "dtype": "float32"}
+    assert lin["inputs"] == [lin["input"]]
+    assert lin["outputs"] == [
+        {"name": "output", "shape": None, "dtype": None, "labels": lin["labels"]}
+    ]
+    assert lin["handler"] is None
     assert [v["version"] for v in lin["versions"]] == ["1", "2"]
     assert all(v["state"] == "ready" and v["memory_bytes"] == 60 for v in lin["versions"])
     assert all(v["load_ms"] > 0 for v in lin["versions"])

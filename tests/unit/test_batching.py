@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from registry.batching import INLINE_EVIDENCE, Array, Batcher
+from registry.batching import INLINE_EVIDENCE, Array, Batcher, concatenated
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
@@ -42,20 +42,22 @@ def rows(*values: float) -> Array:
     return np.array([[v] for v in values], dtype=np.float32)
 
 
-async def started(forward: GatedForward, **config: int) -> Batcher:
-    batcher = Batcher(forward, BatchingSpec(**config), key=VersionKey("m", "1"))
+async def started(forward: GatedForward, **config: int) -> Batcher[Array, Array]:
+    batcher = Batcher(concatenated(forward), BatchingSpec(**config), key=VersionKey("m", "1"))
     batcher.start()
     return batcher
 
 
-async def occupied(batcher: Batcher, forward: GatedForward, inputs: Array) -> asyncio.Task[Array]:
+async def occupied(
+    batcher: Batcher[Array, Array], forward: GatedForward, inputs: Array
+) -> asyncio.Task[Array]:
     """Submit ``inputs`` and wait until their pass runs (held at the gate): what follows queues."""
     running = asyncio.create_task(batcher.submit(inputs))
     assert await asyncio.to_thread(forward.entered.wait, 10)
     return running
 
 
-async def until_queued(batcher: Batcher, depth: int) -> None:
+async def until_queued(batcher: Batcher[Array, Array], depth: int) -> None:
     """Let the submitting tasks run until ``depth`` requests wait in the queue."""
     for _ in range(1000):
         if batcher.queue_depth >= depth:
@@ -198,15 +200,20 @@ class Recording:
 GENEROUS_S = 0.25
 
 
-def inline_batcher(forward: Recording, inline_max_s: float = GENEROUS_S, **config: int) -> Batcher:
+def inline_batcher(
+    forward: Recording, inline_max_s: float = GENEROUS_S, **config: int
+) -> Batcher[Array, Array]:
     batcher = Batcher(
-        forward, BatchingSpec(**config), key=VersionKey("m", "1"), inline_max_s=inline_max_s
+        concatenated(forward),
+        BatchingSpec(**config),
+        key=VersionKey("m", "1"),
+        inline_max_s=inline_max_s,
     )
     batcher.start()
     return batcher
 
 
-async def one_by_one(batcher: Batcher, count: int, value: float = 1) -> None:
+async def one_by_one(batcher: Batcher[Array, Array], count: int, value: float = 1) -> None:
     """Lone one-row requests, each in a later turn of the loop, as a client's would be."""
     for _ in range(count):
         np.testing.assert_array_equal(await batcher.submit(rows(value)), rows(2 * value))
@@ -267,7 +274,7 @@ async def test_of_requests_arriving_together_only_the_first_runs_inline() -> Non
 
 async def test_a_slow_forward_never_runs_on_the_loop() -> None:
     forward = Recording(delay_s=0.001)  # NOTE: four times INLINE_MAX_S, at the least
-    batcher = Batcher(forward, BatchingSpec(), key=VersionKey("m", "1"))
+    batcher = Batcher(concatenated(forward), BatchingSpec(), key=VersionKey("m", "1"))
     batcher.start()
     await one_by_one(batcher, 3 * INLINE_EVIDENCE)
     assert not any(forward.on_loop())
@@ -281,7 +288,7 @@ async def test_by_default_a_pass_shorter_than_the_measured_hand_off_goes_inline(
         threads.append(threading.get_ident())
         return inputs * 2
 
-    batcher = Batcher(instant, BatchingSpec(), key=VersionKey("m", "1"))
+    batcher = Batcher(concatenated(instant), BatchingSpec(), key=VersionKey("m", "1"))
     batcher.start()
     for _ in range(INLINE_EVIDENCE + 60):
         np.testing.assert_array_equal(await batcher.submit(rows(1)), rows(2))

@@ -44,6 +44,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_readiness_healthcheck() 
     copies = sorted(args for word, args in final if word == "COPY")
     assert copies == [  # NOTE: the built venv, the manifest and weights; no source tree
         "--from=build /opt/venv /opt/venv",
+        "--from=build /opt/weights/minilm ./weights/minilm",  # NOTE: built, not committed
         "models.yaml ./models.yaml",
         "weights ./weights",
     ]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from registry.dtypes import DTYPES, of_array
+from registry.dtypes import DTYPES, NUMERIC, of_array
 from registry.manifest import DType
 
 # NOTE: the Open Inference Protocol's tensor datatypes, as its specification lists them
@@ -22,7 +22,7 @@ def test_the_table_holds_exactly_the_manifest_dtypes() -> None:
     assert tuple(DTYPES) == get_args(DType)
 
 
-@pytest.mark.parametrize("name", list(DTYPES))
+@pytest.mark.parametrize("name", list(NUMERIC))
 def test_each_row_names_one_dtype_four_ways(name: str) -> None:
     row = DTYPES[name]
     assert row.numpy == np.dtype(name if name != "bool" else np.bool_)
@@ -34,8 +34,17 @@ def test_each_row_names_one_dtype_four_ways(name: str) -> None:
     assert of_array(row.numpy.newbyteorder(">")) is row  # NOTE: byte order is not a dtype
 
 
-def test_the_protocol_names_are_one_to_one() -> None:
-    assert len({row.v2 for row in DTYPES.values()}) == len(DTYPES)
+def test_the_protocol_names_are_one_to_one_for_numbers() -> None:
+    assert len({row.v2 for row in NUMERIC.values()}) == len(NUMERIC)
+
+
+@pytest.mark.parametrize("name", ["string", "bytes"])
+def test_text_and_bytes_are_object_arrays_and_the_protocols_bytes(name: str) -> None:
+    """Both are ``BYTES`` on the wire; the manifest says whether a value is text."""
+    row = DTYPES[name]
+    assert row.numpy == np.dtype(object)
+    assert row.v2 == "BYTES"
+    assert name not in NUMERIC
 
 
 @pytest.mark.parametrize("dtype", [np.complex64, np.uint16, np.str_, np.object_])

@@ -80,14 +80,18 @@ INVALID = [
         {**valid(), "servers": []}, None, "servers", "Extra inputs", id="unknown-top-level-key"
     ),
     pytest.param(
-        with_change("models.0.inputs", {"shape": [1]}),
+        with_change("models.0.inputz", {"shape": [1]}),
         "digits",
-        "inputs",
+        "inputz",
         "Extra inputs",
         id="unknown-model-key",
     ),
     pytest.param(
-        with_change("models.0.input", None), "digits", "input", "Field required", id="missing-input"
+        with_change("models.0.input", None),
+        "digits",
+        "(model)",
+        "declare 'input' (one tensor) or 'inputs'",
+        id="missing-input",
     ),
     pytest.param(
         with_change("models.0.name", "Digits!"), "Digits!", "name", "pattern", id="bad-name"

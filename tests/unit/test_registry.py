@@ -117,7 +117,7 @@ async def test_failed_versions_are_reported_and_refused(
 
 async def test_invalid_manifest_fails_start(tmp_path: Path, start: Start) -> None:
     (tmp_path / "models.yaml").write_text("models: [{name: x}]\n", encoding="utf-8")
-    with pytest.raises(ManifestError, match="x: input: Field required"):
+    with pytest.raises(ManifestError, match="x: versions: Field required"):
         await start(make_settings(tmp_path))
 
 

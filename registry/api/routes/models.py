@@ -9,6 +9,7 @@ from registry.api.schemas import (
     ErrorEnvelope,
     ModelInfo,
     ModelList,
+    OutputSchema,
     TensorSchema,
     VersionInfo,
 )
@@ -40,11 +41,25 @@ async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
 def _model_info(model: ModelStatus, draining: tuple[VersionStatus, ...]) -> ModelInfo:
     spec = model.spec
     versions = [*model.versions, *(v for v in draining if v.key.model == spec.name)]
+    inputs = [TensorSchema(name=i.name, shape=list(i.shape), dtype=i.dtype) for i in spec.inputs]
+    only = spec.outputs[0]
+    default = next((v for v in model.versions if v.spec.version == spec.resolved_default), None)
     return ModelInfo(
         name=spec.name,
         description=spec.description,
-        input=TensorSchema(shape=list(spec.input.shape), dtype=spec.input.dtype),
-        labels=list(spec.output.labels) if spec.output.labels else None,
+        input=inputs[0] if len(inputs) == 1 else None,
+        labels=list(only.labels) if len(spec.outputs) == 1 and only.labels else None,
+        inputs=inputs,
+        outputs=[
+            OutputSchema(
+                name=o.name,
+                shape=None if o.shape is None else list(o.shape),
+                dtype=o.dtype,
+                labels=None if o.labels is None else list(o.labels),
+            )
+            for o in spec.outputs
+        ],
+        handler=spec.handler_of(default.spec)[0] if default else spec.handler,
         device=spec.device,
         default_version=spec.resolved_default,
         aliases=dict(spec.aliases),

@@ -35,7 +35,7 @@ from registry.dtypes import DTYPES
 from registry.model import LoadedModel
 from registry.serving import provenance
 from registry.settings import Settings
-from registry.v2 import INPUT, OUTPUT, decode_infer, encode_infer
+from registry.v2 import decode_infer, encode_infer
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
@@ -102,37 +102,46 @@ async def infer_version(
 
 def _metadata(model: LoadedModel) -> ModelMetadata:
     spec = model.spec
-    tensor = TensorMetadata(
-        name=INPUT, datatype=DTYPES[spec.input.dtype].v2, shape=[-1, *spec.input.shape]
-    )
+    inputs = [
+        TensorMetadata(name=i.name, datatype=DTYPES[i.dtype].v2, shape=[-1, *i.shape])
+        for i in spec.inputs
+    ]
     return ModelMetadata(
         name=model.name,
         versions=[v.version for v in spec.versions],
         platform=f"pytorch_{model.version_spec.format}",
-        inputs=[tensor],
+        inputs=inputs,
         outputs=_outputs(model),
     )
 
 
 def _outputs(model: LoadedModel) -> list[TensorMetadata]:
-    """The output as a forward pass showed it; none listed before the first, when the
-    manifest turns warm-up off (nothing is guessed)."""
-    if model.output is None:
-        return []
-    shape = [-1, *model.output.shape]
-    return [TensorMetadata(name=OUTPUT, datatype=model.output.dtype.v2, shape=shape)]
+    """Each output as declared, or as a forward pass showed it; one that is neither (the
+    manifest turns warm-up off and nothing has run yet) is left out: nothing is guessed."""
+    described = []
+    for output in model.spec.outputs:
+        seen = model.outputs_seen.get(output.name)
+        shape = output.shape if output.shape is not None else (seen.shape if seen else None)
+        dtype = output.dtype or (seen.dtype.name if seen else None)
+        if shape is None or dtype is None:
+            continue
+        described.append(
+            TensorMetadata(name=output.name, datatype=DTYPES[dtype].v2, shape=[-1, *shape])
+        )
+    return described
 
 
 async def _infer(
     received: bytes, model: LoadedModel, request: Request, settings: Settings
 ) -> Response:
     header = request.headers.get("inference-header-content-length")
-    document, instances = decode_infer(
-        received, header, model.spec.input, max_rows=model.spec.batching.max_batch_size
+    spec = model.spec
+    document, decoded = decode_infer(
+        received, header, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
     )
-    outputs = await model.infer(instances.array, settings.request_timeout_s)
+    outputs = await model.infer_tensors(decoded.tensors, settings.request_timeout_s)
     body, json_length = encode_infer(
-        model.name, model.version, document, outputs, instances.batched
+        model.name, model.version, document, outputs, decoded.batched, spec.outputs
     )
     headers = provenance(model)
     if json_length is not None:

@@ -1,0 +1,65 @@
+"""Images (PNG or JPEG) as the float tensor an image model takes.
+
+The model's ``bytes`` input holds encoded images, sent as ``{"b64": ...}`` in JSON, as a
+raw ``image/png`` or ``image/jpeg`` body, or as V2 ``BYTES``. Each is checked and decoded
+by ``registry.images`` (a header that claims more than ``max_pixels`` is refused, 413,
+before a pixel is decoded), converted to ``mode``, resized to ``size`` with an area
+filter, scaled by ``scale`` and laid out channels first: ``[rows, channels, height,
+width]``, the model's input under the same name.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from registry.batching import Tensors
+from registry.handler import Handler, HandlerContext
+from registry.images import DEFAULT_MAX_PIXELS, ImageLimits, decode_image
+
+
+class ImageTensor(Handler):
+    def __init__(
+        self,
+        context: HandlerContext,
+        *,
+        size: Sequence[int],
+        mode: str = "RGB",
+        scale: float = 1 / 255,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        super().__init__(context)
+        self.images = [spec.name for spec in context.inputs if spec.dtype == "bytes"]
+        if not self.images:
+            raise ValueError("an image handler needs a 'bytes' input")
+        width, height = size
+        self.size = (int(width), int(height))
+        self.mode = mode
+        self.scale = np.float32(scale)
+        self.limits = ImageLimits(max_pixels=max_pixels)
+
+    def decode(self, inputs: Tensors) -> Tensors:
+        decoded = dict(inputs)
+        for name in self.images:
+            pixels = [
+                decode_image(data, limits=self.limits, mode=self.mode, size=self.size)
+                for data in inputs[name].reshape(-1)
+            ]
+            stacked = np.stack(pixels).astype(np.float32) * self.scale
+            channels_first = (
+                stacked[:, np.newaxis] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+            )
+            decoded[name] = np.ascontiguousarray(channels_first)
+        return decoded
+
+    def warmup_inputs(self, rows: int) -> Tensors | None:
+        """Blank images of the model's size: the default cannot make a valid image."""
+        buffer = io.BytesIO()
+        Image.new(self.mode, self.size).save(buffer, format="PNG")
+        made = super().warmup_inputs(rows) or {}
+        blank = np.empty(rows, dtype=object)
+        blank[:] = [buffer.getvalue()] * rows
+        return made | dict.fromkeys(self.images, blank)

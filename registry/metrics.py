@@ -2,19 +2,26 @@
 
 Counters and the latency histogram are updated per request by the observing middleware.
 Everything that describes live state (in-flight leases, queue depth, memory, load times,
-versions and their aliases, reloads) is read from a status snapshot at scrape time, so
-the hot path pays nothing for it and it can never drift from the truth.
+versions and their aliases, rows per forward pass, reloads) is read from a status snapshot
+at scrape time, so the hot path pays nothing for it and it can never drift from the truth.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import prometheus_client as prometheus
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from registry.model import BATCH_BUCKETS
 from registry.status import RegistryStatus
 from registry.table import VersionState
 
@@ -114,7 +121,23 @@ class LiveState(Collector):
             warmup.add_metric(key, (served.warmup_ms or 0) / 1000)
         for (name, version), count in sorted(leases.items()):
             in_flight.add_metric([name, version], count)
+        passes = HistogramMetricFamily(
+            "registry_batch_rows",
+            "Rows per forward pass served (requests that met in the queue share one).",
+            labels=labels,
+        )
+        for served in status.versions():
+            if served.pass_counts:
+                passes.add_metric(
+                    list(served.key), _cumulative(served.pass_counts), sum_value=served.pass_rows
+                )
         reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
         for outcome, count in sorted(self._reloads.items()):
             reloads.add_metric([outcome], count)
-        yield from (in_flight, queued, memory, load, warmup, info, reloads)
+        yield from (in_flight, queued, memory, load, warmup, info, passes, reloads)
+
+
+def _cumulative(counts: tuple[int, ...]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus's cumulative ``le`` buckets."""
+    edges = [*(str(edge) for edge in BATCH_BUCKETS), "+Inf"]
+    return list(zip(edges, itertools.accumulate(counts), strict=True))

@@ -28,6 +28,26 @@ class OutputInfo:
     dtype: DType
 
 
+BATCH_BUCKETS = tuple(2**i for i in range(13))
+"""Upper bounds of the pass-size histogram, in rows: 1, 2, 4 ... 4096 (the batch cap)."""
+
+
+@dataclass(eq=False)
+class PassSizes:
+    """How many rows each served forward pass had: counts per bucket, and their sum.
+
+    NOTE: written by the inference thread only and read whole by a scrape; list items and
+    ints are replaced atomically, so a reader sees at worst a pass not yet counted.
+    """
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+    rows: int = 0
+
+    def add(self, rows: int) -> None:
+        self.counts[min((rows - 1).bit_length(), len(BATCH_BUCKETS))] += 1
+        self.rows += rows
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """One version in memory, on its device, in eval mode, with its handler and batcher.
@@ -52,6 +72,8 @@ class LoadedModel:
     """Each output as a forward pass showed it: at warm-up, or the first pass without."""
     leases: int = 0
     retired: bool = False
+    passes: PassSizes = field(default_factory=PassSizes)
+    """The rows of every forward pass served through the batcher (not warm-up)."""
     _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)
     # NOTE: plain attributes, not properties: every request reads them, some more than once.
     name: str = field(init=False)
@@ -182,6 +204,10 @@ class LoadedModel:
         if spec.name not in self.outputs_seen:
             self.outputs_seen[spec.name] = OutputInfo(shape, dtype)
 
+    def _served_pass(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+        self.passes.add(sum(rows_of(inputs) for inputs in requests))
+        return self.run_blocking(requests)
+
     def forward_blocking(self, inputs: Array) -> Array:
         """A one-input, one-output model's pass on a batch, on the calling thread (tests,
         benchmarks and warm-up checks; routes go through ``infer``)."""
@@ -193,7 +219,7 @@ class LoadedModel:
     def start(self) -> None:
         """Attach a batcher; call on the event loop that will serve this version."""
         self._batcher = Batcher(
-            self.run_blocking,
+            self._served_pass,
             self.spec.batching,
             key=self.key,
             rows_of=rows_of,

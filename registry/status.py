@@ -32,6 +32,9 @@ class VersionStatus:
     warmup_ms: float | None
     memory_bytes: int | None
     fingerprint: str | None
+    pass_counts: tuple[int, ...] = ()
+    """Served forward passes per row bucket (``BATCH_BUCKETS``, then more)."""
+    pass_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,4 +125,6 @@ def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> 
         warmup_ms=model.warmup_ms if model else None,
         memory_bytes=model.memory_bytes if model else None,
         fingerprint=slot.fingerprint,
+        pass_counts=tuple(model.passes.counts) if model else (),
+        pass_rows=model.passes.rows if model else 0,
     )

@@ -96,3 +96,44 @@ def test_healthz_is_answered_while_a_slow_model_computes(tmp_path: Path) -> None
     started = passes(gate)
     assert {thread for thread, _ in started} == {INFERENCE_THREAD}  # never the event loop
     assert [rows for _, rows in started[history:]] == [1, 2]  # the queued two share a pass
+
+
+def test_healthz_is_answered_while_a_handler_decodes_slowly(tmp_path: Path) -> None:
+    """Handler code runs on the inference thread too: a decode that sleeps 50 ms at a time
+    until the test lets it go never holds the event loop."""
+    weights, gate = tmp_path / "weights", tmp_path / "gate"
+    gate.mkdir()
+    path = "slow-decode/1/model.pt"
+    write_state_dict(weights, path, nn.Module())
+    version = {
+        "version": "1",
+        "format": "state_dict",
+        "path": path,
+        "architecture": "tests.handlers:Identity",
+    }
+    entry = model_entry(
+        "slow-decode",
+        [version],
+        warmup=False,
+        handler="tests.handlers:Gated",
+        handler_args={"directory": str(gate)},
+    )
+    write_manifest(tmp_path, [entry])
+    with (
+        serving(tmp_path, ["--manifest", str(tmp_path / "models.yaml")]) as server,
+        server.client() as client,
+        server.client() as sender,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        held = pool.submit(sender.post, "/models/slow-decode/predict", json={"inputs": LIN_INPUT})
+        try:
+            until(lambda: (gate / "entered").exists(), "the decode started")
+            assert client.get("/healthz").status_code == 200
+            assert not held.done()  # NOTE: still decoding, behind the gate
+        finally:
+            (gate / "open").touch()
+        answer = held.result()
+    assert answer.status_code == 200
+    assert answer.json()["outputs"] == LIN_INPUT
+    threads = (gate / "entered").read_text(encoding="utf-8").split()
+    assert threads == ["infer-slow-decode:1"]

@@ -263,7 +263,14 @@ def test_a_manifest_without_models_is_refused(tmp_path: Path, text: str) -> None
 
 def test_repository_manifest_is_valid() -> None:
     manifest = load_manifest(Path(__file__).parents[2] / "models.yaml")
-    assert {m.name for m in manifest.models} == {"digits", "digits-cnn", "diabetes"}
+    assert {m.name for m in manifest.models} == {
+        "digits",
+        "digits-cnn",
+        "diabetes",
+        "minilm",
+        "similarity",
+        "digits-image",
+    }
     assert all(v.sha256 for m in manifest.models for v in m.versions)
 
 
@@ -283,3 +290,107 @@ def test_one_bad_version_is_one_problem() -> None:
     problems = caught.value.details["problems"]
     assert isinstance(problems, list)
     assert [p["key"] for p in problems] == ["versions[0].path"]
+
+
+def named(**changes: Any) -> dict[str, Any]:
+    """``valid()``'s model with named inputs instead of ``input``, and ``changes``."""
+    raw = copy.deepcopy(valid())
+    model = raw["models"][0]
+    del model["input"]
+    if "outputs" in changes:
+        del model["output"]
+    model |= {"inputs": [{"name": "pixels", "shape": [64]}]} | changes
+    return raw
+
+
+def test_named_tensors_and_the_shorthands_read_as_one_list() -> None:
+    (shorthand,) = parse_manifest(valid()).models
+    assert [(t.name, t.shape, t.dtype) for t in shorthand.inputs] == [("input", (64,), "float32")]
+    assert [(t.name, t.labels) for t in shorthand.outputs] == [
+        ("output", tuple(str(i) for i in range(10)))
+    ]
+    (text,) = parse_manifest(
+        named(
+            inputs=[
+                {"name": "text", "dtype": "string", "shape": []},
+                {"name": "ids", "dtype": "int64", "shape": [-1, 2]},
+            ],
+            outputs=[{"name": "embedding", "shape": [384]}],
+            handler="registry.handlers.text:SentenceEmbedding",
+            handler_args={"max_tokens": 128},
+        )
+    ).models
+    assert [t.name for t in text.inputs] == ["text", "ids"]
+    assert text.inputs[1].shape == (-1, 2)
+    assert text.outputs[0].dtype is None  # NOTE: learned at warm-up
+    assert text.handler_of(text.versions[0]) == (
+        "registry.handlers.text:SentenceEmbedding",
+        {"max_tokens": 128},
+    )
+
+
+def test_a_versions_handler_replaces_the_models() -> None:
+    raw = named(handler="a.b:Model", handler_args={"x": 1})
+    raw["models"][0]["versions"][0] |= {"handler": "a.b:Version", "handler_args": {"y": 2}}
+    (model,) = parse_manifest(raw).models
+    assert model.handler_of(model.versions[0]) == ("a.b:Version", {"y": 2})
+    assert model.handler_of(model.versions[1]) == ("a.b:Model", {"x": 1})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "reason"),
+    [
+        pytest.param(named(input={"shape": [1]}), "(model)", "not both", id="input-and-inputs"),
+        pytest.param(
+            named(inputs=[{"name": "a", "shape": [1]}, {"name": "a", "shape": [2]}]),
+            "(model)",
+            "duplicate input names ['a']",
+            id="duplicate-inputs",
+        ),
+        pytest.param(
+            named(outputs=[{"name": "o"}, {"name": "o"}]),
+            "(model)",
+            "duplicate output names ['o']",
+            id="duplicate-outputs",
+        ),
+        pytest.param(
+            named(inputs=[{"name": "text", "dtype": "string", "shape": []}]),
+            "(model)",
+            "only a 'handler' turns into tensors",
+            id="text-without-handler",
+        ),
+        pytest.param(
+            named(inputs=[{"name": "b64", "dtype": "bytes", "shape": []}], handler="a:B"),
+            "(model)",
+            "cannot be named 'b64'",
+            id="input-named-b64",
+        ),
+        pytest.param(
+            named(inputs=[{"name": "x", "shape": [-2]}]),
+            "inputs[0].shape[0]",
+            "or -1 for a length that varies",
+            id="axis-below-minus-one",
+        ),
+        pytest.param(
+            named(inputs=[{"name": "1x", "shape": [1]}]),
+            "inputs[0].name",
+            "pattern",
+            id="tensor-name",
+        ),
+        pytest.param(
+            named(handler="os.system"), "handler", "pattern", id="handler-not-module-colon-name"
+        ),
+    ],
+)
+def test_invalid_named_tensors_are_refused(raw: dict[str, Any], key: str, reason: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(raw)
+    problems = caught.value.details["problems"]
+    assert any(p["key"] == key and reason in p["reason"] for p in problems), problems
+
+
+def test_version_handler_args_need_the_versions_own_handler() -> None:
+    raw = named(handler="a.b:Model")
+    raw["models"][0]["versions"][0]["handler_args"] = {"y": 2}
+    with pytest.raises(ManifestError, match="'handler_args' without a 'handler'"):
+        parse_manifest(raw)

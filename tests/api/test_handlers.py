@@ -1,0 +1,318 @@
+"""Handlers, named tensors and text, through the routes and in one shared forward pass."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from torch import nn
+
+from registry.app import create_app
+from registry.batching import Tensors
+from registry.errors import InvalidInput, ModelFailed
+from registry.loaders import load_version
+from registry.manifest import load_manifest
+from tests.factories import write_manifest, write_state_dict
+from tests.handlers import BAD_INPUT, BAD_OUTPUT, CRASH, Picky
+from tests.support import make_settings
+
+
+def version(weights: Path, name: str, architecture: str, **extra: Any) -> dict[str, Any]:
+    path = f"{name}/1/model.pt"
+    write_state_dict(weights, path, nn.Module())
+    entry = {"version": "1", "format": "state_dict", "path": path}
+    return entry | {"architecture": f"tests.handlers:{architecture}"} | extra
+
+
+def models(weights: Path) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "picky",
+            "input": {"shape": [2]},
+            "handler": "tests.handlers:Picky",
+            "handler_args": {"scale": 2.0},
+            "versions": [version(weights, "picky", "Identity")],
+        },
+        {
+            "name": "lengths",
+            "inputs": [{"name": "text", "dtype": "string", "shape": []}],
+            "outputs": [{"name": "total", "dtype": "float32", "shape": [1]}],
+            "handler": "tests.handlers:Lengths",
+            "versions": [version(weights, "lengths", "Summer")],
+        },
+        {
+            "name": "pair",
+            "inputs": [{"name": "a", "shape": [2]}, {"name": "b", "shape": [2]}],
+            "outputs": [{"name": "sum"}, {"name": "difference"}],
+            "versions": [version(weights, "pair", "SumAndDifference")],
+        },
+        {
+            "name": "unsafe",
+            "input": {"shape": [2]},
+            "handler": "os:system",
+            "versions": [version(weights, "unsafe", "Identity")],
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("handlers")
+    write_manifest(root, models(root / "weights"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(directory: Path) -> Iterator[TestClient]:
+    settings = make_settings(directory, weights_dir=directory / "weights", strict_startup=False)
+    with TestClient(create_app(settings)) as client:
+        # NOTE: not /readyz, which waits for every model: ``unsafe`` is meant to fail.
+        deadline = time.monotonic() + 60
+        while any(m["state"] == "loading" for m in client.get("/models").json()["models"]):
+            assert time.monotonic() < deadline, "the models did not load"
+            time.sleep(0.02)
+        yield client
+
+
+def predict(client: TestClient, name: str, inputs: object) -> Any:
+    return client.post(f"/models/{name}/predict", json={"inputs": inputs})
+
+
+def test_a_handlers_hooks_and_arguments_shape_the_answer(client: TestClient) -> None:
+    answer = predict(client, "picky", [1.0, 2.0])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [2.0, 4.0]  # NOTE: decode scaled by handler_args
+
+
+@pytest.mark.parametrize(
+    ("value", "status", "code", "fragment"),
+    [
+        (BAD_INPUT, 422, "invalid_input", f"{BAD_INPUT} is not welcome here"),
+        (CRASH, 500, "model_failed", "raised during inference"),
+        (BAD_OUTPUT, 500, "model_failed", "raised during inference"),
+    ],
+)
+def test_a_failing_hook_fails_that_request_and_the_next_is_served(
+    client: TestClient, value: float, status: int, code: str, fragment: str
+) -> None:
+    answer = predict(client, "picky", [value, 1.0])
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == code
+    assert fragment in answer.json()["error"]["message"]
+    assert predict(client, "picky", [1.0, 1.0]).json()["outputs"] == [2.0, 2.0]
+
+
+def test_in_one_pass_each_failure_stays_with_its_own_request(directory: Path) -> None:
+    (spec, *_) = load_manifest(directory / "models.yaml").models
+    model = load_version(spec, spec.versions[0], directory / "weights")
+    assert isinstance(model.handler, Picky)
+    requests: list[Tensors] = [
+        {"input": np.array([[v, 0.0]], dtype=np.float32)}
+        for v in (1.0, BAD_INPUT, CRASH, BAD_OUTPUT, 3.0)
+    ]
+    answers = model.run_blocking(requests)
+    good, refused, crashed, unencodable, other = answers
+    assert isinstance(refused, InvalidInput)
+    assert isinstance(crashed, ModelFailed)
+    assert isinstance(unencodable, ModelFailed)
+    assert isinstance(good, dict)
+    assert isinstance(other, dict)
+    np.testing.assert_array_equal(good["output"], [[2.0, 0.0]])
+    np.testing.assert_array_equal(other["output"], [[6.0, 0.0]])
+    assert model.handler.batches[-1] == 3  # NOTE: the three that decoded shared one pass
+
+
+def test_variable_lengths_are_padded_and_batched_answers_equal_lone_ones(
+    directory: Path, client: TestClient
+) -> None:
+    spec = load_manifest(directory / "models.yaml").models[1]
+    model = load_version(spec, spec.versions[0], directory / "weights")
+    texts = ["a", "hello", "héllo wörld, a longer one"]
+    requests: list[Tensors] = [{"text": np.array([t], dtype=object)} for t in texts]
+    together = model.run_blocking(requests)
+    alone = [model.run_blocking([r])[0] for r in requests]
+    expected = [[float(sum(t.encode()))] for t in texts]
+    for shared, single, total in zip(together, alone, expected, strict=True):
+        assert isinstance(shared, dict)
+        assert isinstance(single, dict)
+        np.testing.assert_array_equal(shared["total"], single["total"])
+        np.testing.assert_array_equal(shared["total"][0], total)
+    answer = predict(client, "lengths", texts)
+    assert answer.json()["outputs"] == expected
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"a": [1.0, 2.0], "b": [3.0, 5.0]},
+        [{"a": [1.0, 2.0], "b": [3.0, 5.0]}],
+        {"a": [[1.0, 2.0]], "b": [[3.0, 5.0]]},
+    ],
+    ids=["one-instance", "list-of-instances", "batched-values"],
+)
+def test_several_named_inputs_and_outputs_by_name(client: TestClient, inputs: object) -> None:
+    answer = predict(client, "pair", inputs)
+    assert answer.status_code == 200, answer.text
+    outputs = answer.json()["outputs"]
+    one = not isinstance(inputs, list) and not isinstance(inputs["a"][0], list)  # type: ignore[index]
+    expected = {"sum": [4.0, 7.0], "difference": [-2.0, -3.0]}
+    assert outputs == (expected if one else {k: [v] for k, v in expected.items()})
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "fragment"),
+    [
+        ("pair", {"a": [1.0, 2.0]}, "missing input 'b'"),
+        ("pair", {"a": [1.0, 2.0], "b": [1.0, 2.0], "c": 1}, "unknown input 'c'"),
+        ("pair", {"a": [[1.0, 2.0]], "b": [1.0, 2.0]}, "all be one instance"),
+        ("pair", [{"a": [1.0, 2.0]}], "missing input 'b'"),
+        ("pair", [1.0, 2.0], "object naming each"),
+        ("lengths", 5, "must hold text (JSON strings), not a number"),
+        ("lengths", [["a"], "b"], "ragged"),
+        ("lengths", {"b64": "aGk="}, "must hold text"),
+        ("picky", {"b64": "aGk="}, "must be a number"),
+    ],
+)
+def test_named_inputs_that_do_not_fit_are_422s_naming_the_input(
+    client: TestClient, name: str, inputs: object, fragment: str
+) -> None:
+    answer = predict(client, name, inputs)
+    assert answer.status_code == 422, answer.text
+    assert fragment in answer.json()["error"]["message"]
+
+
+def v2_infer(client: TestClient, name: str, body: dict[str, Any], binary: bytes = b"") -> Any:
+    head = orjson.dumps(body)
+    headers = {"inference-header-content-length": str(len(head))} if binary else {}
+    return client.post(f"/v2/models/{name}/infer", content=head + binary, headers=headers)
+
+
+def bytes_elements(*elements: bytes) -> bytes:
+    """BYTES as tritonclient's binary extension writes it."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def test_v2_bytes_in_json_and_in_binary_and_several_inputs(client: TestClient) -> None:
+    texts = ["a", "héllo"]
+    tensor = {"name": "text", "shape": [2], "datatype": "BYTES"}
+    as_json = v2_infer(client, "lengths", {"inputs": [tensor | {"data": texts}]})
+    encoded = bytes_elements(*(t.encode() for t in texts))
+    in_binary = v2_infer(
+        client,
+        "lengths",
+        {"inputs": [tensor | {"parameters": {"binary_data_size": len(encoded)}}]},
+        encoded,
+    )
+    for answer in (as_json, in_binary):
+        assert answer.status_code == 200, answer.text
+        (output,) = answer.json()["outputs"]
+        assert output["name"] == "total"
+        assert output["data"] == [float(sum(t.encode())) for t in texts]
+    pair = v2_infer(
+        client,
+        "pair",
+        {
+            "inputs": [
+                {"name": "b", "shape": [2], "datatype": "FP32", "data": [3.0, 5.0]},
+                {"name": "a", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]},
+            ],
+            "outputs": [{"name": "difference"}],
+        },
+    )
+    assert pair.json()["outputs"] == [
+        {"name": "difference", "shape": [2], "datatype": "FP32", "data": [-2.0, -3.0]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "binary", "fragment"),
+    [
+        ([{"name": "text", "shape": [1], "datatype": "BYTES", "data": [5]}], b"", "strings"),
+        ([{"name": "text", "shape": [1], "datatype": "FP32", "data": [5]}], b"", "BYTES"),
+        ([{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["a"]}], b"", "'txt'"),
+        ([], b"", "missing input 'text'"),
+        (
+            [
+                {
+                    "name": "text",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 6},
+                }
+            ],
+            struct.pack("<I", 9) + b"ab",
+            "runs past",
+        ),
+        (
+            [
+                {
+                    "name": "text",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 5},
+                }
+            ],
+            bytes_elements(b"a"),
+            "holds 1 elements",
+        ),
+        (
+            [
+                {
+                    "name": "text",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 5},
+                }
+            ],
+            bytes_elements(b"\xff"),
+            "not UTF-8",
+        ),
+    ],
+    ids=[
+        "number-for-text",
+        "wrong-datatype",
+        "wrong-name",
+        "missing",
+        "overrun",
+        "too-few",
+        "bad-utf8",
+    ],
+)
+def test_v2_bytes_that_do_not_fit_are_422s(
+    client: TestClient, inputs: list[dict[str, Any]], binary: bytes, fragment: str
+) -> None:
+    answer = v2_infer(client, "lengths", {"inputs": inputs}, binary)
+    assert answer.status_code == 422, answer.text
+    assert fragment in answer.json()["error"]
+
+
+def test_v2_asks_for_an_output_the_model_lacks(client: TestClient) -> None:
+    tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}
+    answer = v2_infer(client, "lengths", {"inputs": [tensor], "outputs": [{"name": "nope"}]})
+    assert answer.status_code == 422
+    assert "unknown output 'nope'" in answer.json()["error"]
+
+
+def test_metadata_names_every_tensor(client: TestClient) -> None:
+    pair = client.get("/v2/models/pair").json()
+    assert pair["inputs"] == [
+        {"name": "a", "datatype": "FP32", "shape": [-1, 2]},
+        {"name": "b", "datatype": "FP32", "shape": [-1, 2]},
+    ]
+    assert [o["name"] for o in pair["outputs"]] == ["sum", "difference"]
+    lengths = client.get("/v2/models/lengths").json()
+    assert lengths["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert lengths["outputs"] == [{"name": "total", "datatype": "FP32", "shape": [-1, 1]}]
+
+
+def test_a_handler_that_is_not_a_handler_is_never_called(client: TestClient) -> None:
+    (unsafe,) = [m for m in client.get("/models").json()["models"] if m["name"] == "unsafe"]
+    assert unsafe["state"] == "failed"
+    assert "not a registry.handler.Handler subclass" in unsafe["versions"][0]["error"]

@@ -127,18 +127,24 @@ class Handler:
 
         The default makes zeros (a variable axis one long) and short texts; it cannot make
         a valid image, so a model with a ``bytes`` input skips warm-up unless its handler
-        says how.
+        says how (``placeholders`` makes the rest).
         """
-        made: Tensors = {}
-        for spec in self.context.inputs:
-            shape = (rows, *(max(n, 1) for n in spec.shape))
-            if spec.dtype == "bytes":
-                return None
-            if spec.dtype == "string":
-                made[spec.name] = np.full(shape, "warm-up", dtype=object)
-            else:
-                made[spec.name] = np.zeros(shape, dtype=DTYPES[spec.dtype].numpy)
-        return made
+        if any(spec.dtype == "bytes" for spec in self.context.inputs):
+            return None
+        return placeholders(self.context.inputs, rows)
+
+
+def placeholders(specs: Sequence[TensorSpec], rows: int) -> Tensors:
+    """Zeros and short texts of the declared shapes (a variable axis one long), ``rows``
+    of each; ``bytes`` inputs are left out: no placeholder is a valid image."""
+    made: Tensors = {}
+    for spec in specs:
+        shape = (rows, *(max(n, 1) for n in spec.shape))
+        if spec.dtype == "string":
+            made[spec.name] = np.full(shape, "warm-up", dtype=object)
+        elif spec.dtype != "bytes":
+            made[spec.name] = np.zeros(shape, dtype=DTYPES[spec.dtype].numpy)
+    return made
 
 
 def concatenate(arrays: Sequence[Array], pad_value: float = 0) -> Array:

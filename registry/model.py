@@ -126,9 +126,12 @@ class LoadedModel:
         handler = self.handler
         if len(requests) > 1:
             try:
-                return list(handler.decode_batch(requests))
+                decoded: list[Tensors | Exception] = list(handler.decode_batch(requests))
             except Exception:  # noqa: S110 (each is decoded alone below, and its error kept)
                 pass
+            else:
+                if len(decoded) == len(requests):
+                    return decoded
         answers: list[Tensors | Exception] = []
         for inputs in requests:
             try:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from registry.batching import Tensors
-from registry.handler import Handler, HandlerContext
+from registry.batching import Array, Tensors
+from registry.handler import Handler, HandlerContext, placeholders
 from registry.images import DEFAULT_MAX_PIXELS, ImageLimits, decode_image
 
 
@@ -42,24 +42,27 @@ class ImageTensor(Handler):
         self.limits = ImageLimits(max_pixels=max_pixels)
 
     def decode(self, inputs: Tensors) -> Tensors:
+        """Each image as ``[channels, height, width]`` floats, in place of its bytes."""
         decoded = dict(inputs)
         for name in self.images:
-            pixels = [
-                decode_image(data, limits=self.limits, mode=self.mode, size=self.size)
-                for data in inputs[name].reshape(-1)
-            ]
-            stacked = np.stack(pixels).astype(np.float32) * self.scale
-            channels_first = (
-                stacked[:, np.newaxis] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-            )
-            decoded[name] = np.ascontiguousarray(channels_first)
+            images = inputs[name]
+            pixels = np.stack([self._pixels(data) for data in images.reshape(-1)])
+            decoded[name] = pixels.reshape(*images.shape, *pixels.shape[1:])
         return decoded
+
+    def _pixels(self, data: bytes) -> Array:
+        image = decode_image(data, limits=self.limits, mode=self.mode, size=self.size)
+        scaled = image.astype(np.float32) * self.scale
+        return scaled[np.newaxis] if scaled.ndim == 2 else scaled.transpose(2, 0, 1)
 
     def warmup_inputs(self, rows: int) -> Tensors | None:
         """Blank images of the model's size: the default cannot make a valid image."""
         buffer = io.BytesIO()
         Image.new(self.mode, self.size).save(buffer, format="PNG")
-        made = super().warmup_inputs(rows) or {}
-        blank = np.empty(rows, dtype=object)
-        blank[:] = [buffer.getvalue()] * rows
-        return made | dict.fromkeys(self.images, blank)
+        made = placeholders(self.context.inputs, rows)
+        for spec in self.context.inputs:
+            if spec.dtype == "bytes":
+                blank = np.empty((rows, *(max(n, 1) for n in spec.shape)), dtype=object)
+                blank.fill(buffer.getvalue())
+                made[spec.name] = blank
+        return made

@@ -56,8 +56,19 @@ def loaded_fingerprint(model: LoadedModel) -> str:
 
 
 def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> str:
+    # NOTE: the handler and its arguments shape every answer as much as the weights do;
+    # a version's own are in its dump below.
     shaping = model.model_dump(
-        mode="json", include={"input", "output", "batching", "device", "warmup"}
+        mode="json",
+        include={
+            "inputs",
+            "outputs",
+            "handler",
+            "handler_args",
+            "batching",
+            "device",
+            "warmup",
+        },
     )
     document = {"model": shaping, "version": version.model_dump(mode="json")}
     payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS) + weights_digest.encode()

@@ -12,7 +12,8 @@ def manifest(*models: dict[str, Any]) -> Manifest:
 
 
 def model(name: str, *versions: str, **extra: Any) -> dict[str, Any]:
-    return {
+    """A model entry; an ``extra`` of None removes that key."""
+    entry = {
         "name": name,
         "input": {"shape": [4]},
         "versions": [
@@ -20,6 +21,7 @@ def model(name: str, *versions: str, **extra: Any) -> dict[str, Any]:
         ],
         **extra,
     }
+    return {key: value for key, value in entry.items() if value is not None}
 
 
 def fingerprints(m: Manifest, digest: str = "d") -> dict[VersionKey, str]:
@@ -42,6 +44,10 @@ def test_fingerprint_follows_what_shapes_the_loaded_object() -> None:
         {"warmup": False},
         {"batching": {"max_batch_size": 2}},
         {"output": {"labels": ["a"]}},
+        {"handler": "a.b:Handler"},
+        {"handler": "a.b:Handler", "handler_args": {"max_tokens": 8}},
+        {"input": None, "inputs": [{"name": "x", "shape": [4]}]},
+        {"output": None, "outputs": [{"name": "y", "shape": [2]}]},
     ]
     for change in shaping:
         changed = manifest(model("m", "1", **change)).models[0]

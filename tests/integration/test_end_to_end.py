@@ -110,6 +110,9 @@ def test_metadata_and_bad_input_over_http(server: Server) -> None:
             "digits": "ready",
             "digits-cnn": "ready",
             "diabetes": "ready",
+            "minilm": "ready",
+            "similarity": "ready",
+            "digits-image": "ready",
         }
         bad = client.post("/models/digits/predict", json={"inputs": [1.0, 2.0]})
         assert bad.status_code == 422

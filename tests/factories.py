@@ -185,6 +185,17 @@ def echo_model(weights: Path, name: str, architecture: str, **args: Any) -> dict
     return model_entry(name, [state_dict_version("1", path, architecture, **args)])
 
 
+def parameterless_version(
+    weights: Path, name: str, architecture: str, **extra: Any
+) -> dict[str, Any]:
+    """Version 1 of ``name``: ``architecture`` (``module:Name``, parameter-free) over an
+    empty state dict, with ``extra`` keys (``architecture_args``, ``handler``...)."""
+    path = f"{name}/1/model.pt"
+    write_state_dict(weights, path, nn.Module())
+    entry = {"version": "1", "format": "state_dict", "path": path}
+    return entry | {"architecture": architecture} | extra
+
+
 def write_manifest(directory: Path, models: Iterable[Mapping[str, Any]]) -> Path:
     path = directory / "models.yaml"
     path.write_text(yaml.safe_dump({"models": list(models)}, sort_keys=False), encoding="utf-8")

@@ -12,23 +12,19 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from torch import nn
 
 from registry.app import create_app
 from registry.batching import Tensors
 from registry.errors import InvalidInput, ModelFailed
 from registry.loaders import load_version
 from registry.manifest import load_manifest
-from tests.factories import write_manifest, write_state_dict
+from tests.factories import parameterless_version, write_manifest
 from tests.handlers import BAD_INPUT, BAD_OUTPUT, CRASH, Picky
 from tests.support import make_settings
 
 
-def version(weights: Path, name: str, architecture: str, **extra: Any) -> dict[str, Any]:
-    path = f"{name}/1/model.pt"
-    write_state_dict(weights, path, nn.Module())
-    entry = {"version": "1", "format": "state_dict", "path": path}
-    return entry | {"architecture": f"tests.handlers:{architecture}"} | extra
+def version(weights: Path, name: str, architecture: str) -> dict[str, Any]:
+    return parameterless_version(weights, name, f"tests.handlers:{architecture}")
 
 
 def models(weights: Path) -> list[dict[str, Any]]:

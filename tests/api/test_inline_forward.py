@@ -18,10 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from torch import nn
 
 from registry.batching import INLINE_EVIDENCE
-from tests.factories import LIN_INPUT, model_entry, write_manifest, write_state_dict
+from tests.factories import LIN_INPUT, model_entry, parameterless_version, write_manifest
 from tests.integration.server import serving
 from tests.slow_model import passes
 
@@ -31,15 +30,9 @@ INFERENCE_THREAD = "infer-gated:1"  # the Batcher's thread for gated:1
 
 
 def gated_model(weights: Path, gate: Path) -> dict[str, object]:
-    path = "gated/1/model.pt"
-    write_state_dict(weights, path, nn.Module())
-    version = {
-        "version": "1",
-        "format": "state_dict",
-        "path": path,
-        "architecture": "tests.slow_model:Gated",
-        "architecture_args": {"directory": str(gate)},
-    }
+    version = parameterless_version(
+        weights, "gated", "tests.slow_model:Gated", architecture_args={"directory": str(gate)}
+    )
     return model_entry("gated", [version], warmup=False)  # NOTE: warm-up would pass the gate
 
 
@@ -103,14 +96,7 @@ def test_healthz_is_answered_while_a_handler_decodes_slowly(tmp_path: Path) -> N
     until the test lets it go never holds the event loop."""
     weights, gate = tmp_path / "weights", tmp_path / "gate"
     gate.mkdir()
-    path = "slow-decode/1/model.pt"
-    write_state_dict(weights, path, nn.Module())
-    version = {
-        "version": "1",
-        "format": "state_dict",
-        "path": path,
-        "architecture": "tests.handlers:Identity",
-    }
+    version = parameterless_version(weights, "slow-decode", "tests.handlers:Identity")
     entry = model_entry(
         "slow-decode",
         [version],

@@ -1,0 +1,70 @@
+"""``make bench``'s minilm section, without servers: the manifest it serves is the
+repository's own entry, and rows per forward pass read the same from this project's
+histogram and from LitServe's batch sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.minilm import SENTENCE, Passes, manifest
+from registry.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+METRICS = """\
+# HELP registry_batch_rows Rows per forward pass served.
+# TYPE registry_batch_rows histogram
+registry_batch_rows_bucket{le="1",model="minilm",version="1"} 3.0
+registry_batch_rows_bucket{le="2",model="minilm",version="1"} 3.0
+registry_batch_rows_bucket{le="4",model="minilm",version="1"} 4.0
+registry_batch_rows_bucket{le="8",model="minilm",version="1"} 4.0
+registry_batch_rows_bucket{le="64",model="minilm",version="1"} 6.0
+registry_batch_rows_bucket{le="+Inf",model="minilm",version="1"} 6.0
+registry_batch_rows_count{model="minilm",version="1"} 6.0
+registry_batch_rows_sum{model="minilm",version="1"} 110.0
+registry_batch_rows_bucket{le="1",model="other",version="1"} 9.0
+registry_batch_rows_bucket{le="+Inf",model="other",version="1"} 9.0
+registry_batch_rows_count{model="other",version="1"} 9.0
+registry_batch_rows_sum{model="other",version="1"} 9.0
+"""
+
+
+def test_manifest_is_the_repository_entry_alone(tmp_path: Path) -> None:
+    text, max_batch = manifest(ROOT / "models.yaml")
+    (tmp_path / "models.yaml").write_text(text)
+    (model,) = load_manifest(tmp_path / "models.yaml").models
+    (original,) = [m for m in load_manifest(ROOT / "models.yaml").models if m.name == "minilm"]
+    assert model == original
+    assert max_batch == original.batching.max_batch_size == 64
+
+
+def test_passes_from_metrics_take_one_model_and_uncumulate() -> None:
+    passes = Passes.from_metrics(METRICS)
+    assert passes.buckets == {1.0: 3.0, 4.0: 1.0, 64.0: 2.0}
+    assert passes.count == 6
+    assert passes.mean == pytest.approx(110 / 6)
+
+
+def test_passes_from_sizes_bucket_as_the_histogram_does() -> None:
+    passes = Passes.from_sizes([1, 1, 3, 60, 46, 2])
+    assert passes.buckets == {1.0: 2.0, 2.0: 1.0, 4.0: 1.0, 64.0: 2.0}
+    assert passes.rows == 113
+
+
+def test_a_cell_is_the_difference_of_two_reads() -> None:
+    before = Passes.from_sizes([1, 1])
+    after = Passes.from_sizes([1, 1, 64, 64, 30])
+    cell = after - before
+    assert cell.as_dict() == {
+        "passes": 3,
+        "rows": 158,
+        "mean": 52.67,
+        "buckets": {"32": 1, "64": 2},
+    }
+    assert (before - before).as_dict()["mean"] == 0.0
+
+
+def test_the_sentence_is_short_and_real() -> None:
+    assert 10 <= len(SENTENCE.split()) <= 15

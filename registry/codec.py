@@ -102,7 +102,7 @@ def to_inputs(inputs: object, specs: Sequence[TensorSpec], *, max_rows: int) -> 
     """A native request's ``inputs``: the value itself for a one-input model (one instance
     or a list of them), an object naming every input (``{"text_a": ..., "text_b": ...}``,
     each one instance or a batch, alike), or a list of such objects (a batch)."""
-    if len(specs) == 1 and not _names_inputs(inputs):
+    if len(specs) == 1 and not _names_inputs(inputs) and not _lists_named(inputs):
         return Decoded.of(specs[0], to_instances(inputs, specs[0], max_rows=max_rows))
     if isinstance(inputs, dict):
         _check_names(inputs, specs)
@@ -116,7 +116,8 @@ def to_inputs(inputs: object, specs: Sequence[TensorSpec], *, max_rows: int) -> 
                 **_expected(specs),
             )
         return Decoded({name: p.array for name, p in parts.items()}, parts[specs[0].name].batched)
-    if isinstance(inputs, list) and inputs and all(_names_inputs(i) for i in inputs):
+    if _lists_named(inputs):
+        inputs = cast(list[object], inputs)
         if len(inputs) > max_rows:
             raise too_many_rows(len(inputs), max_rows)
         instances = cast(list[dict[str, object]], inputs)
@@ -138,6 +139,11 @@ def to_inputs(inputs: object, specs: Sequence[TensorSpec], *, max_rows: int) -> 
         "or a list of such objects (a batch)",
         **_expected(specs),
     )
+
+
+def _lists_named(value: object) -> bool:
+    """A list of objects that name inputs: a batch, one object per instance."""
+    return isinstance(value, list) and bool(value) and all(_names_inputs(v) for v in value)
 
 
 def _names_inputs(value: object) -> bool:

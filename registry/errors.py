@@ -207,7 +207,7 @@ class UnsupportedMediaType(RegistryError):
     status_code, code = 415, "unsupported_media_type"
 
     def __init__(self, media: str, supported: Sequence[str], hint: str = "") -> None:
-        named = f"{', '.join(supported[:-1])} or {supported[-1]}"
+        named = f"{', '.join(supported[:-1])} or {supported[-1]}" if supported[1:] else supported[0]
         super().__init__(f"cannot read {media!r}; send {named}{hint}", supported=list(supported))
 
 

@@ -201,18 +201,26 @@ def load_version(
         weights_sha256=weights.sha256,
     )
     del weights  # NOTE: the file's bytes, no longer needed once the module holds its tensors
-    inputs = handler.warmup_inputs(WARMUP_BATCH) if spec.warmup else None
-    if inputs is not None:
-        started = time.perf_counter()
-        try:
-            (answer,) = model.run_blocking([inputs])
-            if isinstance(answer, Exception):
-                raise answer.__cause__ or answer
-            check_outputs(spec, answer)
-        except Exception as exc:
-            raise _load_failed(spec, version, "warm-up", exc) from exc
-        model.warmup_ms = (time.perf_counter() - started) * 1000
+    if spec.warmup:
+        warm_up(model, spec, version)
     return model
+
+
+def warm_up(model: LoadedModel, spec: ModelSpec, version: VersionSpec) -> None:
+    """One pass of ``WARMUP_BATCH`` rows from the handler's ``warmup_inputs`` (none: no
+    warm-up), checked as every request's will be, and timed."""
+    started = time.perf_counter()
+    try:
+        inputs = model.handler.warmup_inputs(WARMUP_BATCH)
+        if inputs is None:
+            return
+        (answer,) = model.run_blocking([inputs])
+        if isinstance(answer, Exception):
+            raise answer.__cause__ or answer
+        check_outputs(spec, answer)
+    except Exception as exc:
+        raise _load_failed(spec, version, "warm-up", exc) from exc
+    model.warmup_ms = (time.perf_counter() - started) * 1000
 
 
 def check_outputs(spec: ModelSpec, outputs: Tensors) -> None:

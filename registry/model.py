@@ -86,6 +86,10 @@ class LoadedModel:
         self.version = self.version_spec.version
         self.key = VersionKey(self.name, self.version)
         self._output_names = tuple(o.name for o in self.spec.outputs)
+        # NOTE: hooks left at their defaults are identities: skipping them keeps a model
+        # without a handler as cheap per request as before handlers existed.
+        self._decodes = overrides(self.handler, "decode", "decode_batch")
+        self._encodes = overrides(self.handler, "encode")
 
     @property
     def queue_depth(self) -> int:
@@ -100,21 +104,26 @@ class LoadedModel:
         queues behind other requests and runs this on the version's inference thread.
         """
         handler = self.handler
-        answers: list[Tensors | Exception] = list(self._decoded(requests))
-        live = [i for i, decoded in enumerate(answers) if not isinstance(decoded, Exception)]
-        if not live:
-            return answers
+        answers: list[Tensors | Exception]
+        if self._decodes:
+            answers = self._decoded(requests)
+            live = [i for i, decoded in enumerate(answers) if not isinstance(decoded, Exception)]
+            if not live:
+                return answers
+        else:
+            answers, live = list(requests), list(range(len(requests)))
         inputs = handler.batch([cast(Tensors, answers[i]) for i in live])
         tensors = {name: self._to_torch(name, array) for name, array in inputs.items()}
         with torch.inference_mode():
             raw = handler.predict(self.module, tensors)
         outputs = named_outputs(raw, self._output_names)
         rows = [rows_of(requests[i]) for i in live]
+        total = sum(rows)
         for name, array in outputs.items():
-            if array.ndim == 0 or len(array) != sum(rows):
+            if not array.ndim or len(array) != total:
                 raise ValueError(
                     f"output {name!r} of shape {list(array.shape)} lacks the batch axis "
-                    f"(expected {sum(rows)} rows)"
+                    f"(expected {total} rows)"
                 )
         for i, part, count in zip(live, handler.unbatch(outputs, rows), rows, strict=True):
             answers[i] = self._encoded(part, count)
@@ -142,7 +151,7 @@ class LoadedModel:
 
     def _encoded(self, outputs: Tensors, rows: int) -> Tensors | Exception:
         try:
-            return self._checked(self.handler.encode(outputs), rows)
+            return self._checked(self.handler.encode(outputs) if self._encodes else outputs, rows)
         except Exception as exc:
             return self._failure(exc, "encode", client_error=False)
 
@@ -173,16 +182,17 @@ class LoadedModel:
         """``answer`` if it is the declared outputs, ``rows`` of each; learns what each
         looks like on the first pass. A ``ValueError`` otherwise (a 500: the model's fault).
         """
-        if len(answer) != len(self._output_names) or any(
-            name not in answer for name in self._output_names
-        ):
+        if len(answer) != len(self._output_names):
             raise ValueError(
                 f"outputs {sorted(answer)} are not the declared {list(self._output_names)}"
             )
         for spec in self.spec.outputs:
-            array = answer[spec.name]
-            if not isinstance(array, np.ndarray) or array.ndim == 0 or len(array) != rows:
-                raise ValueError(f"output {spec.name!r} is not an array of {rows} rows")
+            array = answer.get(spec.name)
+            if not isinstance(array, np.ndarray) or not array.ndim or len(array) != rows:
+                raise ValueError(
+                    f"outputs {sorted(answer)} are not the declared {list(self._output_names)}, "
+                    f"each an array of {rows} rows"
+                )
             seen = self.outputs_seen.get(spec.name)
             if seen is None or seen.shape != array.shape[1:] or seen.dtype.numpy != array.dtype:
                 self._learn(spec, array)
@@ -276,9 +286,16 @@ def rows_of(inputs: Tensors) -> int:
     return len(next(iter(inputs.values())))
 
 
+def overrides(handler: Handler, *hooks: str) -> bool:
+    """Whether ``handler``'s class replaces any of these hooks of ``Handler``'s."""
+    return any(getattr(type(handler), hook) is not getattr(Handler, hook) for hook in hooks)
+
+
 def named_outputs(raw: object, names: tuple[str, ...]) -> Tensors:
     """What ``predict`` returned, as named NumPy arrays on the CPU: a dict keeps its names,
     a tensor or a tuple takes the declared outputs' names in order."""
+    if type(raw) is torch.Tensor and len(names) == 1:  # NOTE: the common case, first
+        return {names[0]: raw.detach().to("cpu").numpy()}
     if isinstance(raw, Mapping):
         items = list(raw.items())
     elif isinstance(raw, tuple | list):

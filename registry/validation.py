@@ -45,15 +45,17 @@ def validate_manifest(settings: Settings, *, load: bool = False) -> list[str]:
 
                     load_version(model, version, root, factories=factories)
                 else:
-                    check_without_loading(version, root)
+                    check_without_loading(version, root, model.handler_of(version)[0])
             except RegistryError as exc:
                 found.append(f"{model.name}:{version.version}: {exc.message}")
     return found
 
 
-def check_without_loading(version: VersionSpec, weights_root: Path) -> None:
+def check_without_loading(
+    version: VersionSpec, weights_root: Path, handler: str | None = None
+) -> None:
     """What can be refused without torch: the file (confined, present, its checksum), a
-    ``.pt2`` archive's contents, and an architecture module that does not exist.
+    ``.pt2`` archive's contents, and an architecture or handler module that does not exist.
 
     NOTE: whether the architecture is an ``nn.Module`` subclass needs its module imported,
     which imports torch; ``--load`` and every real load check it before calling anything.
@@ -64,11 +66,14 @@ def check_without_loading(version: VersionSpec, weights_root: Path) -> None:
         read_weights(weights_root, version)  # NOTE: the checksum needs the bytes
     else:
         resolve_weights(weights_root, version)  # confined and present: nothing to read
-    if version.architecture is not None:
-        module = version.architecture.partition(":")[0]
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise UnsafeArchitecture(f"architecture {version.architecture!r}: no module {module!r}")
+    for kind, reference in (("architecture", version.architecture), ("handler", handler)):
+        if reference is not None and not _module_exists(reference.partition(":")[0]):
+            module = reference.partition(":")[0]
+            raise UnsafeArchitecture(f"{kind} {reference!r}: no module {module!r}")
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

@@ -101,3 +101,10 @@ class SumAndDifference(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return a + b, a - b
+
+
+class NoWarmup(Handler):
+    """Its ``warmup_inputs`` fails: the version fails to load, with the reason."""
+
+    def warmup_inputs(self, rows: int) -> Tensors | None:
+        raise RuntimeError(f"no warm-up inputs today, not even {rows} rows")

@@ -50,6 +50,12 @@ def models(weights: Path) -> list[dict[str, Any]]:
             "versions": [version(weights, "pair", "SumAndDifference")],
         },
         {
+            "name": "no-warmup",
+            "input": {"shape": [2]},
+            "handler": "tests.handlers:NoWarmup",
+            "versions": [version(weights, "no-warmup", "Identity")],
+        },
+        {
             "name": "unsafe",
             "input": {"shape": [2]},
             "handler": "os:system",
@@ -306,6 +312,25 @@ def test_metadata_names_every_tensor(client: TestClient) -> None:
     lengths = client.get("/v2/models/lengths").json()
     assert lengths["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert lengths["outputs"] == [{"name": "total", "datatype": "FP32", "shape": [-1, 1]}]
+
+
+def test_a_warm_up_that_fails_fails_its_version_with_the_reason(client: TestClient) -> None:
+    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "no-warmup"]
+    assert failed["state"] == "failed"
+    assert "no warm-up inputs today" in failed["versions"][0]["error"]
+
+
+def test_a_list_of_named_instances_is_a_batch_for_one_input_too(client: TestClient) -> None:
+    answer = predict(client, "lengths", [{"text": "a"}, {"text": "hi"}])
+    assert answer.json()["outputs"] == [[97.0], [float(ord("h") + ord("i"))]]
+
+
+def test_a_text_model_names_json_as_what_it_reads(client: TestClient) -> None:
+    answer = client.post(
+        "/models/lengths/predict", content=b"\x89PNG", headers={"content-type": "image/png"}
+    )
+    assert answer.status_code == 415
+    assert answer.json()["error"]["message"] == "cannot read 'image/png'; send application/json"
 
 
 def test_a_handler_that_is_not_a_handler_is_never_called(client: TestClient) -> None:

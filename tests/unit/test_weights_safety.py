@@ -237,3 +237,14 @@ def test_validate_without_load_names_a_missing_architecture_module(
     manifest = write_manifest(tmp_path, [model_entry("m", [version])])
     assert main(["validate", str(manifest)]) == 1
     assert "no module 'no_such_package.models'" in capsys.readouterr().err
+
+
+def test_validate_without_load_names_a_missing_handler_module(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_state_dict(weights, "m/1/model.pt", Affine())
+    version = state_dict_version("1", "m/1/model.pt", "Affine")
+    entry = model_entry("m", [version], handler="no_such_package.handlers:Text")
+    manifest = write_manifest(tmp_path, [entry])
+    assert main(["validate", str(manifest)]) == 1
+    assert "handler 'no_such_package.handlers:Text': no module" in capsys.readouterr().err

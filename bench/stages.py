@@ -22,10 +22,11 @@ from typing import Any
 import orjson
 import torch
 
-from registry.codec import decode_inputs, encode_prediction
+from registry.codec import encode_prediction
 from registry.loaders import load_version
 from registry.manifest import load_manifest
 from registry.model import LoadedModel
+from registry.named import decode_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."

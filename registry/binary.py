@@ -21,7 +21,6 @@ import numpy as np
 
 from registry.batching import Array
 from registry.codec import (
-    MAX_AXES,
     Instances,
     accepts,
     as_shape,
@@ -29,7 +28,7 @@ from registry.codec import (
     instance_shape,
     parse_count,
 )
-from registry.dtypes import DTYPES
+from registry.dtypes import DTYPES, MAX_AXES
 from registry.errors import InvalidInput
 from registry.manifest import TensorSpec
 

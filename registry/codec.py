@@ -4,8 +4,10 @@ orjson parses the body and NumPy builds the array in one call: no per-number pyd
 validation. Shape and dtype are checked against the manifest so a client learns exactly
 what was expected (422) instead of meeting a model error (500).
 
-What a model accepts is decided here once, for every route and encoding (native JSON,
-raw, ``.npy``, V2 JSON and V2 binary), by ``fit_dtype`` and ``instance_shape``:
+Which value goes to which named input is ``registry.named``'s; text and binary values are
+``registry.objects``'s. What a numeric input accepts is decided here once, for every route
+and encoding (native JSON, raw, ``.npy``, V2 JSON and V2 binary), by ``fit_dtype`` and
+``instance_shape``:
 
 - A value must fit the declared dtype exactly enough: a float goes only into a float
   dtype, an integer into an integer or float dtype, ``true``/``false`` into any dtype (as
@@ -28,21 +30,19 @@ valid request pays microseconds for them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import orjson
 
 from registry.batching import Array, Tensors
-from registry.dtypes import DTYPES, NUMERIC
+from registry.dtypes import DTYPES, MAX_AXES, NUMERIC
 from registry.errors import InvalidInput, InvalidJSON, TooManyRows
 from registry.manifest import OutputSpec, TensorSpec, fits_shape
+from registry.objects import json_type, json_value, to_objects
 
-MAX_AXES = 64  # NumPy's limit on an array's dimensions
 _MAX_DIM = 2**63 - 1
 
 # NOTE: which array kinds each dtype kind takes: bool into anything, integers into integers
@@ -67,18 +67,6 @@ class Instances:
     batched: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A request's declared inputs by name, the same rows each; ``batched`` as sent."""
-
-    tensors: Tensors
-    batched: bool
-
-    @classmethod
-    def of(cls, spec: TensorSpec, instances: Instances) -> Decoded:
-        return cls({spec.name: instances.array}, instances.batched)
-
-
 def parse_json(body: bytes) -> Any:
     if not body:
         raise InvalidJSON("the request body is empty; send a JSON object with 'inputs'")
@@ -86,96 +74,6 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
-
-
-def decode_inputs(body: bytes, specs: Sequence[TensorSpec], *, max_rows: int) -> Decoded:
-    """``{"inputs": ...}`` (see ``to_inputs``) → each input with a batch axis."""
-    document = parse_json(body)
-    if not isinstance(document, dict) or "inputs" not in document:
-        raise InvalidInput(
-            "the body must be a JSON object with an 'inputs' field", **_expected(specs)
-        )
-    return to_inputs(document["inputs"], specs, max_rows=max_rows)
-
-
-def to_inputs(inputs: object, specs: Sequence[TensorSpec], *, max_rows: int) -> Decoded:
-    """A native request's ``inputs``: the value itself for a one-input model (one instance
-    or a list of them), an object naming every input (``{"text_a": ..., "text_b": ...}``,
-    each one instance or a batch, alike), or a list of such objects (a batch)."""
-    if len(specs) == 1 and not _names_inputs(inputs) and not _lists_named(inputs):
-        return Decoded.of(specs[0], to_instances(inputs, specs[0], max_rows=max_rows))
-    if isinstance(inputs, dict):
-        _check_names(inputs, specs)
-        parts = {
-            spec.name: to_instances(inputs[spec.name], spec, max_rows=max_rows, what=_what(spec))
-            for spec in specs
-        }
-        if len({(p.batched, len(p.array)) for p in parts.values()}) > 1:
-            raise InvalidInput(
-                "the inputs must all be one instance, or all batches of the same length",
-                **_expected(specs),
-            )
-        return Decoded({name: p.array for name, p in parts.items()}, parts[specs[0].name].batched)
-    if _lists_named(inputs):
-        inputs = cast(list[object], inputs)
-        if len(inputs) > max_rows:
-            raise too_many_rows(len(inputs), max_rows)
-        instances = cast(list[dict[str, object]], inputs)
-        for instance in instances:
-            _check_names(instance, specs)
-        tensors: Tensors = {}
-        for spec in specs:
-            column = [instance[spec.name] for instance in instances]
-            part = to_instances(column, spec, max_rows=max_rows, what=_what(spec))
-            if not part.batched or len(part.array) != len(column):
-                raise InvalidInput(
-                    f"each instance's {_what(spec)} must have shape {list(spec.shape)}",
-                    **_expected(specs),
-                )
-            tensors[spec.name] = part.array
-        return Decoded(tensors, batched=True)
-    raise InvalidInput(
-        "'inputs' must be an object naming each of the model's inputs, "
-        "or a list of such objects (a batch)",
-        **_expected(specs),
-    )
-
-
-def _lists_named(value: object) -> bool:
-    """A list of objects that name inputs: a batch, one object per instance."""
-    return isinstance(value, list) and bool(value) and all(_names_inputs(v) for v in value)
-
-
-def _names_inputs(value: object) -> bool:
-    """An object that names inputs; ``{"b64": ...}`` is a binary value instead."""
-    return isinstance(value, dict) and not _is_b64(value)
-
-
-def _is_b64(value: object) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and "b64" in value
-
-
-def _check_names(named: dict[str, object], specs: Sequence[TensorSpec]) -> None:
-    wanted = [spec.name for spec in specs]
-    if unknown := sorted(set(named) - set(wanted)):
-        raise InvalidInput(
-            f"unknown input {unknown[0]!r}; the model takes {wanted}", **_expected(specs)
-        )
-    if missing := [name for name in wanted if name not in named]:
-        raise InvalidInput(
-            f"missing input {missing[0]!r}; the model takes {wanted}", **_expected(specs)
-        )
-
-
-def _what(spec: TensorSpec) -> str:
-    return f"input {spec.name!r}"
-
-
-def _expected(specs: Sequence[TensorSpec]) -> dict[str, object]:
-    """The error details that say what the model takes."""
-    if len(specs) == 1:
-        return {"expected_shape": list(specs[0].shape)}
-    return {"expected_inputs": {s.name: {"shape": list(s.shape), "dtype": s.dtype} for s in specs}}
 
 
 def to_instances(
@@ -205,7 +103,8 @@ def instance_shape(
     Anything else is a 422, an empty batch included; more than ``max_rows`` instances a
     413. Callers check a declared shape with this before allocating anything for it.
     """
-    if fits_shape(shape, spec.shape) and 0 not in shape:
+    declared = spec.shape
+    if shape == declared or (-1 in declared and fits_shape(shape, declared) and 0 not in shape):
         return False
     if len(shape) == len(spec.shape) + 1 and fits_shape(shape[1:], spec.shape):
         rows = shape[0]
@@ -266,7 +165,7 @@ def to_array(values: object, spec: TensorSpec, what: str = "'inputs'") -> Array:
     if not isinstance(values, list | int | float):  # NOTE: bool is an int
         raise InvalidInput(
             f"{what} must be a number or nested lists of numbers ({spec.dtype}), "
-            f"not {_json_type(values)}",
+            f"not {json_type(values)}",
             expected_shape=list(spec.shape),
         )
     try:
@@ -277,55 +176,6 @@ def to_array(values: object, spec: TensorSpec, what: str = "'inputs'") -> Array:
             expected_shape=list(spec.shape),
         ) from exc
     return fit_dtype(parsed, spec, what)
-
-
-def to_objects(values: object, spec: TensorSpec, what: str = "'inputs'") -> Array:
-    """A JSON string (``string``) or ``{"b64": ...}`` (``bytes``), or nested lists of them,
-    as an object array of ``str`` or ``bytes``; anything else is a 422."""
-    shape: list[int] = []
-    probe = values
-    while isinstance(probe, list) and len(shape) < MAX_AXES:
-        shape.append(len(probe))
-        if not probe:
-            break
-        probe = probe[0]
-    leaf = _text if spec.dtype == "string" else _binary
-    flat: list[str | bytes] = []
-
-    def walk(value: object, depth: int) -> None:
-        if depth == len(shape):
-            flat.append(leaf(value, what))
-            return
-        if not isinstance(value, list) or len(value) != shape[depth]:
-            raise InvalidInput(
-                f"{what} is ragged (or nested too deep): every instance must have the same shape",
-                expected_shape=list(spec.shape),
-            )
-        for item in value:
-            walk(item, depth + 1)
-
-    walk(values, 0)
-    array = np.empty(len(flat), dtype=object)
-    array[:] = flat
-    return array.reshape(shape)
-
-
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must hold text (JSON strings), not {_json_type(value)}")
-    return value
-
-
-def _binary(value: object, what: str) -> bytes:
-    encoded = value.get("b64") if isinstance(value, dict) and _is_b64(value) else None
-    if not isinstance(encoded, str):
-        raise InvalidInput(
-            f'{what} must hold binary values as {{"b64": "<base64>"}}, not {_json_type(value)}'
-        )
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
-        raise InvalidInput(f"{what} holds a 'b64' value that is not base64: {exc}") from exc
 
 
 def fit_dtype(array: Array, spec: TensorSpec, what: str = "'inputs'") -> Array:
@@ -387,18 +237,6 @@ def _describe_kind(array: Array) -> str:
     }.get(array.dtype.kind, str(array.dtype))
 
 
-def _json_type(value: object) -> str:
-    return {
-        dict: "an object",
-        str: "a string",
-        type(None): "null",
-        list: "a list",
-        int: "a number",
-        float: "a number",
-        bool: "a boolean",
-    }.get(type(value), type(value).__name__)
-
-
 def encode_prediction(
     model: str, version: str, outputs: Tensors, batched: bool, specs: Sequence[OutputSpec]
 ) -> bytes:
@@ -407,34 +245,21 @@ def encode_prediction(
     document: dict[str, Any] = {"model": model, "version": version}
     if len(specs) == 1:
         spec = specs[0]
-        document["outputs"] = _json_value(outputs[spec.name], batched)
+        array = outputs[spec.name]
+        if array.dtype.kind != "O":  # NOTE: numbers, which orjson writes as they are
+            document["outputs"] = array if batched else array[0]
+        else:
+            document["outputs"] = json_value(array, batched)
         if spec.labels is not None:
             document["labels"] = _labels(outputs[spec.name], spec.labels, batched)
         return dumps(document)
-    document["outputs"] = {s.name: _json_value(outputs[s.name], batched) for s in specs}
+    document["outputs"] = {s.name: json_value(outputs[s.name], batched) for s in specs}
     labelled = {
         s.name: _labels(outputs[s.name], s.labels, batched) for s in specs if s.labels is not None
     }
     if labelled:
         document["labels"] = labelled
     return dumps(document)
-
-
-def _json_value(array: Array, batched: bool) -> Any:
-    """An output as orjson writes it: NumPy numbers directly; text and bytes (which it
-    cannot) as strings and ``{"b64": ...}``."""
-    value = array if batched else array[0]
-    if array.dtype.kind != "O":
-        return value
-    return _json_objects(value.tolist() if isinstance(value, np.ndarray) else value)
-
-
-def _json_objects(value: object) -> object:
-    if isinstance(value, list):
-        return [_json_objects(item) for item in value]
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode("ascii")}
-    return value
 
 
 def _labels(array: Array, labels: tuple[str, ...], batched: bool) -> list[str] | str:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     import torch
 
 
+MAX_AXES = 64
+"""NumPy's limit on an array's dimensions: no request may nest deeper."""
+
+
 @dataclass(frozen=True, slots=True)
 class DType:
     name: str

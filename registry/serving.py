@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
-from registry.codec import Decoded, decode_inputs, encode_prediction
+from registry.codec import encode_prediction
 from registry.errors import UnsupportedMediaType
 from registry.manifest import TensorSpec
 from registry.model import LoadedModel
+from registry.named import Decoded, decode_inputs
 
 JSON = "application/json"
 IMAGES = ("image/png", "image/jpeg")

@@ -22,10 +22,11 @@ import orjson
 
 from registry.batching import Array, Tensors
 from registry.binary import tensor_from_bytes, to_little_endian
-from registry.codec import MAX_AXES, Decoded, as_shape, instance_shape, parse_count, to_array
-from registry.dtypes import DTYPES, of_array
+from registry.codec import as_shape, instance_shape, parse_count, to_array
+from registry.dtypes import DTYPES, MAX_AXES, of_array
 from registry.errors import BadRequest, InvalidInput, InvalidJSON
 from registry.manifest import OutputSpec, TensorSpec
+from registry.named import Decoded
 
 INPUT, OUTPUT = "input", "output"
 _LENGTH = struct.Struct("<I")

@@ -1,14 +1,16 @@
-"""``make bench`` (``python -m bench``): serve two MLPs and drive them over loopback.
+"""``make bench`` (``python -m bench``): serve two MLPs and a sentence encoder over loopback.
 
-For each model (``tiny`` 64-128-10, HTTP-bound; ``medium`` 512-2048-2048-512,
+For each MLP (``tiny`` 64-128-10, HTTP-bound; ``medium`` 512-2048-2048-512,
 compute-bound) and each concurrency, the same load runs against
 
 - this project (``python -m registry serve``, batching up to 16 rows),
 - a tutorial-style FastAPI app (``bench/tutorial_app.py``),
 
-and beside them the in-process forward limit (samples/s at batch 1 and 16). Ratios come
-from the same run, so a noisy machine moves both sides. Results: a table on stdout and
-JSON in ``bench/results/``.
+and beside them the in-process forward limit (samples/s at batch 1 and 16). For
+``minilm`` (all-MiniLM-L6-v2, one sentence per request) the peer is LitServe with its own
+batching instead, on the same tokenizer, encoder and weights, and the table adds the rows
+per forward pass each side ran (``bench/minilm.py``). Ratios come from the same run, so a
+noisy machine moves both sides. Results: tables on stdout and JSON in ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ import httpx
 import numpy as np
 import torch
 
-from bench import MAX_BATCH, MODELS, load
+from bench import MAX_BATCH, MODELS, load, minilm
+from bench.launch import free_port, launch
 from registry.examples.mlp import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,15 +39,49 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--models", default="tiny,medium")
+    parser.add_argument(
+        "--models",
+        default=f"tiny,medium,{minilm.NAME}",
+        help=f"of {', '.join([*MODELS, minilm.NAME])} (all)",
+    )
     parser.add_argument("--conc", default="1,8,64")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--litserve-batch-ms",
+        type=float,
+        default=minilm.LITSERVE_BATCH_MS,
+        help=f"LitServe's batch_timeout for minilm, ms ({minilm.LITSERVE_BATCH_MS:g})",
+    )
+    parser.add_argument(
+        "--litserve-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads of LitServe's worker for minilm (0: torch's default)",
+    )
+    parser.add_argument(
+        "--litserve-workers",
+        type=int,
+        default=1,
+        help="LitServe's workers_per_device for minilm (1, its default)",
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.0,
+        help="minilm, on a shared machine: wait (<= 90 s) until other processes use fewer "
+        "cores than this before each cell, redo a disturbed cell at most twice (0: off)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    names = args.models.split(",")
+    requested = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = set(requested) - {*MODELS, minilm.NAME}
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; known: {[*MODELS, minilm.NAME]}")
+    names = [n for n in requested if n in MODELS]
     concurrencies = [int(c) for c in args.conc.split(",")]
 
+    encoder: dict[str, Any] | None = None  # the minilm section's results
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         samples = build(work, names)
@@ -71,10 +105,28 @@ def main() -> None:
                             f"non-2xx {result.non2xx}",
                             flush=True,
                         )
-    report(results, limits, concurrencies, names)
+        if minilm.NAME in requested:
+            opts = minilm.Options(
+                concurrencies,
+                args.duration,
+                args.warmup,
+                args.litserve_batch_ms,
+                args.litserve_threads,
+                args.litserve_workers,
+                args.quiet,
+            )
+            encoder = minilm.run(work, opts)
+            results += encoder["results"]
+    if names:
+        report(results, limits, concurrencies, names)
+    if encoder is not None:
+        minilm.report(encoder, concurrencies)
     out = args.out or ROOT / "bench" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "forward_limit": limits}, indent=2))
+    saved: dict[str, Any] = {"results": results, "forward_limit": limits}
+    if encoder is not None:
+        saved[minilm.NAME] = {k: v for k, v in encoder.items() if k != "results"}
+    out.write_text(json.dumps(saved, indent=2))
     print(f"\nJSON: {out}")
 
 
@@ -119,13 +171,6 @@ def forward_limit(name: str) -> dict[str, float]:
     return limits
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serving(server: str, work: Path) -> Iterator[str]:
     port = free_port()
@@ -159,27 +204,9 @@ def serving(server: str, work: Path) -> Iterator[str]:
             "--log-level",
             "warning",
         ]
-    log = (work / f"{server}.log").open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{server} did not start:\n{(work / f'{server}.log').read_text()}")
-            time.sleep(0.1)
+    with launch(server, command, env, ROOT, work / f"{server}.log", f"{url}/readyz"):
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        log.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def check(target: str, body: bytes, name: str, work: Path) -> None:

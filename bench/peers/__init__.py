@@ -45,7 +45,9 @@ PEER_ENV = {
 # table was measured with; the extras are install fixes (see docs/benchmarks.md).
 ENV_PACKAGES = {
     "naive": ["fastapi", "uvicorn[standard]"],
-    "litserve": ["litserve==0.2.19"],
+    # NOTE: tokenizers and safetensors for the minilm comparison of `make bench`
+    # (servers/litserve_minilm.py), pinned to the versions this project's .venv holds.
+    "litserve": ["litserve==0.2.19", "tokenizers==0.23.3", "safetensors==0.8.0"],
     # NOTE: with uvloop 0.22+ every MLServer 1.7.1 parallel worker dies at start
     # (asyncio.get_event_loop(): "There is no current event loop").
     "mlserver": ["mlserver==1.7.1", "uvloop<0.22"],

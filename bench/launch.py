@@ -1,0 +1,87 @@
+"""Start one server for ``make bench`` and stop it afterwards, whatever it is.
+
+Shared by the MLP section (this project, the tutorial app) and the minilm section (this
+project, LitServe) so every server is started, awaited and stopped the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+READY_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def launch(
+    name: str, command: list[str], env: dict[str, str], cwd: Path, log: Path, ready: str
+) -> Iterator[int]:
+    """Run ``command`` in a process group of its own until ``GET ready`` answers 200;
+    yields the group's id (the leader's pid) so callers can count the group's CPU.
+
+    A process group because LitServe (and uvicorn with workers) start children: SIGTERM
+    to the group, then SIGKILL, so no server outlives its cells and takes cores from the
+    next one.
+    """
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=out, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + READY_S
+            while not _ready(ready):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{name} did not start:\n{log.read_text()}")
+                time.sleep(0.2)
+            yield process.pid
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # NOTE: the leader may exit before its children (LitServe's workers): wait for
+        # the group to empty, else SIGKILL what is left.
+        if not _group_alive(process.pid, grace):
+            break
+
+
+def _group_alive(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,0 +1,478 @@
+"""``make bench``'s ``minilm`` section: this project beside LitServe on a sentence encoder.
+
+The MLPs of the other section say little about a model whose requests carry text: here
+every request is one sentence, tokenized, run through all-MiniLM-L6-v2 (6 layers, 384
+wide) and mean-pooled to 384 floats. Both servers run the same tokenizer file, the same
+encoder module (``registry.examples.minilm``) and the same pooling on the same weights,
+so the comparison is of the serving alone:
+
+- this project: ``registry serve`` with the repository's ``minilm`` entry as is (handler
+  ``registry.handlers.text:SentenceEmbedding``, ``max_batch_size: 64``, adaptive batching),
+  weights from the repository's ``weights/``;
+- LitServe (``bench/peers/servers/litserve_minilm.py``, in the ``litserve`` venv of
+  ``make bench-peers``): ``max_batch_size=64``, ``batch_timeout`` LITSERVE_BATCH_MS,
+  ``workers_per_device=1``; ``batch`` tokenizes every text of the batch in one
+  ``encode_batch``, as the project's handler does.
+
+Both answers to the bench sentence are checked against the same embedding computed
+in-process before either server is timed (cosine >= MIN_COSINE). Rows per forward pass
+come from this project's ``registry_batch_rows`` histogram (``/metrics``, read before and
+after each cell) and from the sizes LitServe's ``batch`` writes to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from bench import load
+from bench.launch import free_port, launch
+from bench.peers import ROOT, cache_dir
+from bench.peers.install import TORCH, ensure_venv, peer_env, venv_bin
+from bench.peers.run import QUIET_WAIT_S, measure, other_cores
+from registry.examples.minilm import MiniLMEncoder
+
+NAME = "minilm"
+VERSION = "1"
+# NOTE: one body for every request (bench/load.py and wrk send one): a realistic short
+# query, 14 words, 17 tokens with [CLS] and [SEP]. Neither side caches, so repeating it
+# costs each the full tokenize and forward every time.
+SENTENCE = "How do I reset my password after moving to a new phone number abroad?"
+# NOTE: LitServe waits this long for a batch to fill. Its docs pair max_batch_size with a
+# batch_timeout of a few ms; 2 ms is what `make bench-peers` gives every batching peer,
+# and LitServe's better setting here: at c=1 every request pays it (beside a ~15 ms
+# single-sentence forward on 2 cores), while on 2 quiet cores 5 ms gave bigger batches
+# (27 rows, not 16) but the same req/s at c=64 and ~20 % fewer at c=1.
+LITSERVE_BATCH_MS = 2.0
+MIN_COSINE = 0.9999
+SETTLE_S = 1.0  # around a cell, so the passes of requests in flight land on the right side
+SERVERS = ("registry", "litserve")
+CPU_KEYS = ("server_cpu_s", "load_cpu_s", "other_cpu_s")
+
+
+@dataclass
+class Passes:
+    """Forward passes by rows, as non-cumulative counts per ``le`` bucket (powers of 2)."""
+
+    buckets: dict[float, float] = field(default_factory=dict)
+    rows: float = 0.0
+
+    @property
+    def count(self) -> float:
+        return sum(self.buckets.values())
+
+    @property
+    def mean(self) -> float:
+        return self.rows / self.count if self.count else 0.0
+
+    def __sub__(self, earlier: Passes) -> Passes:
+        edges = set(self.buckets) | set(earlier.buckets)
+        diff = {e: self.buckets.get(e, 0.0) - earlier.buckets.get(e, 0.0) for e in edges}
+        return Passes({e: n for e, n in sorted(diff.items()) if n}, self.rows - earlier.rows)
+
+    def as_dict(self) -> dict[str, Any]:
+        shown = {("+Inf" if math.isinf(e) else f"{e:g}"): int(n) for e, n in self.buckets.items()}
+        return {"passes": int(self.count), "rows": int(self.rows), "mean": round(self.mean, 2)} | {
+            "buckets": shown
+        }
+
+    @classmethod
+    def from_sizes(cls, sizes: list[int]) -> Passes:
+        """LitServe's batch sizes, bucketed as the project's histogram buckets them."""
+        buckets: dict[float, float] = {}
+        for size in sizes:
+            edge = float(1 << max(size - 1, 0).bit_length())
+            buckets[edge] = buckets.get(edge, 0.0) + 1
+        return cls(dict(sorted(buckets.items())), float(sum(sizes)))
+
+    @classmethod
+    def from_metrics(cls, text: str, model: str = NAME, version: str = VERSION) -> Passes:
+        """``registry_batch_rows`` of one (model, version) from a ``/metrics`` page."""
+        cumulative: dict[float, float] = {}
+        rows = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name != "registry_batch_rows":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("model") != model or labels.get("version") != version:
+                    continue
+                if sample.name.endswith("_bucket"):
+                    cumulative[float(labels["le"])] = sample.value
+                elif sample.name.endswith("_sum"):
+                    rows = sample.value
+        buckets, below = {}, 0.0
+        for edge, total in sorted(cumulative.items()):
+            if total - below:
+                buckets[edge] = total - below
+            below = total
+        return cls(buckets, rows)
+
+
+def manifest(repository_manifest: Path) -> tuple[str, int]:
+    """The repository's ``minilm`` entry alone, unchanged, and its ``max_batch_size``.
+
+    The entry is copied rather than rewritten so the bench serves what the repository
+    serves (handler, tokenizer, truncation, batching); its paths resolve under
+    ``--weights-dir``, the repository's ``weights/``.
+    """
+    models = yaml.safe_load(repository_manifest.read_text())["models"]
+    (entry,) = [m for m in models if m["name"] == NAME]
+    entry["versions"] = [v for v in entry["versions"] if str(v["version"]) == VERSION]
+    return yaml.safe_dump({"models": [entry]}, sort_keys=False), int(
+        entry["batching"]["max_batch_size"]
+    )
+
+
+class Reference:
+    """The embedding computed in-process, as the handler computes it: what both servers'
+    answers are checked against, and the in-process limit neither can beat."""
+
+    def __init__(self, folder: Path, max_tokens: int = 256) -> None:
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_tokens)
+        self.model = MiniLMEncoder().eval()
+        self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        longest = max(len(e.ids) for e in encodings)
+        ids = torch.zeros((len(texts), longest), dtype=torch.int64)
+        mask = torch.zeros((len(texts), longest), dtype=torch.int64)
+        for i, e in enumerate(encodings):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            mask[i, : len(e.ids)] = 1
+        return ids, mask
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embed_ids(*self.tokenize(texts))
+
+    def embed_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """Forward, masked mean pooling, L2 normalisation: the handler's ``embed``."""
+        with torch.inference_mode():
+            states = self.model(ids, mask)
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)
+            unit: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return unit
+
+    def limit(self, batches: tuple[int, ...], seconds: float = 1.0) -> dict[str, float]:
+        """Sentences/s in-process (tokenize, forward, pool) at each batch size, with one
+        torch intra-op thread and with torch's default (one per core).
+
+        NOTE: both, because on a small shared machine the default's OpenMP threads can
+        wait on each other for a time slice at every parallel region: then one thread is
+        several times faster, and the limit is the better of the two.
+        """
+        default = torch.get_num_threads()
+        found = {}
+        try:
+            for threads in sorted({1, default}):
+                torch.set_num_threads(threads)
+                for batch in batches:
+                    texts = [SENTENCE] * batch
+                    for _ in range(3):
+                        self.embed(texts)
+                    count, started = 0, time.perf_counter()
+                    while time.perf_counter() - started < seconds:
+                        self.embed(texts)
+                        count += 1
+                    rate = count * batch / (time.perf_counter() - started)
+                    found[f"batch_{batch}_threads_{threads}"] = round(rate, 1)
+        finally:
+            torch.set_num_threads(default)
+        return found
+
+    def split(self, batch: int, seconds: float = 0.5) -> dict[str, float]:
+        """Milliseconds per pass of ``batch`` sentences on one thread: tokenizing, then the
+        forward (with pooling), so the report can say where a server's CPU goes."""
+        texts = [SENTENCE] * batch
+        ids, mask = self.tokenize(texts)
+        default = torch.get_num_threads()
+        torch.set_num_threads(1)
+        steps: dict[str, Callable[[], object]] = {
+            "tokenize_ms": lambda: self.tokenize(texts),
+            "forward_ms": lambda: self.embed_ids(ids, mask),
+        }
+        found: dict[str, float] = {}
+        for name, step in steps.items():
+            step()
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                step()
+                count += 1
+            found[name] = round((time.perf_counter() - started) / count * 1000, 3)
+        torch.set_num_threads(default)
+        return {"batch": batch} | found
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@dataclass
+class Server:
+    """One running server: where to send, and how to read its passes so far."""
+
+    name: str
+    target: str
+    pgid: int
+    passes: Callable[[], Passes]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``python -m bench`` passes on (see its ``--help``)."""
+
+    concurrencies: list[int]
+    duration: float = 5.0
+    warmup: float = 2.0
+    batch_ms: float = LITSERVE_BATCH_MS
+    threads: int = 0  # LitServe worker's torch threads; 0: torch's default
+    workers: int = 1  # LitServe's workers_per_device
+    quiet: float = 0.0  # > 0: wait for foreign load below this many cores before a cell
+
+
+@contextmanager
+def serving(
+    server: str, work: Path, weights: Path, max_batch: int, opts: Options
+) -> Iterator[Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = work / f"{server}-{NAME}.log"
+    if server == "registry":
+        # NOTE: none of the caller's REGISTRY_* settings, and a cwd without a stray .env.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        command = [
+            sys.executable,
+            "-m",
+            "registry",
+            "serve",
+            "--manifest",
+            str(work / f"{NAME}.yaml"),
+            "--weights-dir",
+            str(weights),
+            "--port",
+            str(port),
+        ]
+        with launch(server, command, env, work, log, f"{url}/readyz") as pgid:
+            yield Server(server, f"{url}/models/{NAME}/predict", pgid, lambda: _scrape(url))
+        return
+    rows = work / "litserve-rows.txt"
+    rows.write_text("")
+    env = peer_env(cache_dir())
+    command = [
+        str(venv_bin(cache_dir(), "litserve", "python")),
+        "-m",
+        "bench.peers.servers.litserve_minilm",
+        str(weights / NAME / VERSION),
+        str(port),
+        str(max_batch),
+        str(opts.batch_ms / 1000),
+        str(rows),
+        str(opts.threads),
+        str(opts.workers),
+    ]
+    with launch(server, command, env, ROOT, log, f"{url}/health") as pgid:
+        yield Server(server, f"{url}/predict", pgid, lambda: _sizes(rows))
+
+
+def _scrape(url: str) -> Passes:
+    return Passes.from_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def _sizes(path: Path) -> Passes:
+    return Passes.from_sizes([int(line) for line in path.read_text().split()])
+
+
+def run(work: Path, opts: Options) -> dict[str, Any]:
+    """Check both servers against the in-process embedding, then time each cell.
+
+    Returns the result rows (``server``, ``model``, ``conc``, load figures, ``batch``) and
+    the settings, checks and in-process limits for the JSON and the report.
+    """
+    weights = ROOT / "weights"
+    folder = weights / NAME / VERSION
+    if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
+        raise SystemExit(
+            f"{folder} lacks model.safetensors or tokenizer.json: run "
+            "`python -m registry.examples.minilm_files weights` (part of `make install`)"
+        )
+    text, max_batch = manifest(ROOT / "models.yaml")
+    (work / f"{NAME}.yaml").write_text(text)
+    versions = ensure_venv(cache_dir(), "litserve", TORCH)
+    reference = Reference(folder)
+    want = reference.embed([SENTENCE])[0]
+    _wait_quiet(-1, opts.quiet)
+    limits = reference.limit((1, max_batch))
+    split = [reference.split(1), reference.split(max_batch)]
+    body = json.dumps({"inputs": SENTENCE}).encode()
+    results: list[dict[str, Any]] = []
+    checks: dict[str, float] = {}
+    answers: dict[str, np.ndarray] = {}
+    for name in SERVERS:
+        with serving(name, work, weights, max_batch, opts) as server:
+            answers[name] = _check(server.target, body, want)
+            checks[f"{name}_vs_in_process"] = round(cosine(answers[name], want), 7)
+            load.run(server.target, body, 8, opts.warmup)
+            for conc in opts.concurrencies:
+                r = _cell(server, body, conc, opts)
+                results.append({"server": name, "model": NAME, "conc": conc} | r)
+                print(
+                    f"  {name:9} {NAME:7} c={conc:<3} {r['rps']:9.1f} req/s  "
+                    f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                    f"non-2xx {r['non2xx']}  rows/pass {r['batch']['mean']:5.2f} "
+                    f"({r['batch']['passes']} passes)  cores: server {r['server_cores']:.2f} "
+                    f"load {r['load_cores']:.2f} other {r['other_cores']:.2f}",
+                    flush=True,
+                )
+    checks["registry_vs_litserve"] = round(cosine(answers["registry"], answers["litserve"]), 7)
+    settings = {
+        "sentence": SENTENCE,
+        "duration_s": opts.duration,
+        "quiet_cores": opts.quiet,
+        "registry": {"max_batch_size": max_batch, "batching": "adaptive (models.yaml)"},
+        "litserve": {
+            "version": versions.get("litserve"),
+            "max_batch_size": max_batch,
+            "batch_timeout_s": opts.batch_ms / 1000,
+            "workers_per_device": opts.workers,
+            "accelerator": "cpu",
+            "torch_threads": opts.threads or f"torch's default ({torch.get_num_threads()})",
+        },
+    }
+    return {
+        "results": results,
+        "checks": checks,
+        "forward_limit": limits,
+        "split": split,
+        "settings": settings,
+    }
+
+
+def _cell(server: Server, body: bytes, conc: int, opts: Options) -> dict[str, Any]:
+    """One cell: load figures, the CPU seconds of the server's process group, of the load
+    generator and of everything else (on a shared machine the last says whether a cell
+    can be trusted), and the passes the server ran for it.
+
+    With ``opts.quiet`` > 0, first wait (at most QUIET_WAIT_S) until foreign load is below
+    it, and redo a disturbed cell at most twice, keeping the least disturbed attempt.
+    """
+    best: dict[str, Any] | None = None
+    for attempt in range(3 if opts.quiet > 0 else 1):
+        _wait_quiet(server.pgid, opts.quiet)
+        time.sleep(SETTLE_S)  # NOTE: so passes of the last requests land before the read
+        before = server.passes()
+        r = measure(server.target, body, conc, opts.duration, server.pgid)
+        time.sleep(SETTLE_S)
+        passes = server.passes() - before
+        wall = max(float(r["wall_s"]), 1e-9)
+        r |= {"rps": round(float(r["rps"]), 1), "batch": passes.as_dict(), "attempt": attempt}
+        r |= {f"{k[:-6]}_cores": round(float(r[k]) / wall, 2) for k in CPU_KEYS}
+        if best is None or r["other_cpu_s"] < best["other_cpu_s"]:
+            best = r
+        if r["other_cores"] <= opts.quiet:
+            break
+        print(f"    c={conc}: foreign CPU {r['other_cores']:.2f} cores > {opts.quiet}, again")
+    assert best is not None  # noqa: S101 -- the loop ran at least once
+    return best
+
+
+def _wait_quiet(pgid: int, quiet: float) -> None:
+    """With ``quiet`` > 0, wait (at most QUIET_WAIT_S) until processes other than this
+    one and group ``pgid`` (-1: none) use fewer cores than ``quiet``."""
+    if quiet > 0:
+        deadline = time.monotonic() + QUIET_WAIT_S
+        while time.monotonic() < deadline and other_cores(pgid) > quiet:
+            pass
+
+
+def _check(target: str, body: bytes, want: np.ndarray) -> np.ndarray:
+    headers = {"content-type": "application/json"}
+    answer = httpx.post(target, content=body, headers=headers, timeout=60)
+    answer.raise_for_status()
+    got = np.asarray(answer.json()["outputs"], dtype=np.float32)
+    if got.shape != want.shape or cosine(got, want) < MIN_COSINE:
+        raise SystemExit(
+            f"{target} answered an embedding of shape {got.shape} at cosine "
+            f"{cosine(got.ravel()[: want.size], want):.6f} to the in-process one (< {MIN_COSINE})"
+        )
+    return got
+
+
+def report(section: Mapping[str, Any], concurrencies: list[int]) -> None:
+    """The minilm table, the in-process limit and whether the targets hold."""
+    cell = {(r["server"], r["conc"]): r for r in section["results"]}
+    limits = section["forward_limit"]
+    print(
+        "\n| model | c | registry req/s | p50 ms | p99 ms | rows/pass | LitServe req/s "
+        "| p50 ms | p99 ms | rows/pass | registry ÷ LitServe |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios = {}
+    for conc in concurrencies:
+        ours, theirs = cell[("registry", conc)], cell[("litserve", conc)]
+        ratios[conc] = float(ours["rps"]) / max(float(theirs["rps"]), 1e-9)
+        print(
+            f"| {NAME} | {conc} | {ours['rps']} | {ours['p50_ms']:.2f} | {ours['p99_ms']:.2f} "
+            f"| {ours['batch']['mean']:.2f} | {theirs['rps']} | {theirs['p50_ms']:.2f} "
+            f"| {theirs['p99_ms']:.2f} | {theirs['batch']['mean']:.2f} | {ratios[conc]:.2f}x |"
+        )
+    print("\nrows per pass (passes per bucket, le):")
+    for conc in concurrencies:
+        for server in SERVERS:
+            batch = cell[(server, conc)]["batch"]
+            print(f"  {server:9} c={conc:<3} {batch['buckets']}")
+    print("\nCPU per cell (cores busy; server ms of CPU per request; other = foreign load):")
+    for conc in concurrencies:
+        for server in SERVERS:
+            r = cell[(server, conc)]
+            per = float(r["server_cpu_s"]) * 1000 / max(int(r["requests"]), 1)
+            print(
+                f"  {server:9} c={conc:<3} server {r['server_cores']:.2f}  {per:6.1f} ms/req  "
+                f"load {r['load_cores']:.2f}  other {r['other_cores']:.2f}"
+            )
+    shown = ", ".join(
+        f"batch {k.split('_')[1]} x {k.split('_')[3]} thread(s): {v:.0f}/s"
+        for k, v in limits.items()
+    )
+    print(f"in-process (tokenize + forward + pool, sentences/s): {shown}")
+    for part in section["split"]:
+        print(
+            f"in-process pass of {part['batch']}, one thread: tokenize "
+            f"{part['tokenize_ms']:.2f} ms, forward + pool {part['forward_ms']:.2f} ms"
+        )
+    print(f"answers: cosine {section['checks']}")
+    litserve = section["settings"]["litserve"]
+    print(
+        f"LitServe {litserve['version']}: max_batch_size {litserve['max_batch_size']}, "
+        f"batch_timeout {litserve['batch_timeout_s'] * 1000:g} ms, "
+        f"workers_per_device {litserve['workers_per_device']}, "
+        f"torch threads {litserve['torch_threads']}"
+    )
+    targets = {64: 2.0, 1: 1.0}
+    for conc, wanted in targets.items():
+        if conc in ratios:
+            verdict = "holds" if ratios[conc] >= wanted else "MISSED"
+            print(
+                f"target c={conc}: registry ÷ LitServe >= {wanted:g}x: "
+                f"{ratios[conc]:.2f}x, {verdict}"
+            )

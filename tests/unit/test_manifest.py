@@ -386,6 +386,7 @@ def test_invalid_named_tensors_are_refused(raw: dict[str, Any], key: str, reason
     with pytest.raises(ManifestError) as caught:
         parse_manifest(raw)
     problems = caught.value.details["problems"]
+    assert isinstance(problems, list)
     assert any(p["key"] == key and reason in p["reason"] for p in problems), problems
 
 

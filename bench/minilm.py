@@ -46,7 +46,7 @@ from bench.launch import free_port, launch
 from bench.peers import ROOT, cache_dir
 from bench.peers.install import TORCH, ensure_venv, peer_env, venv_bin
 from bench.peers.run import QUIET_WAIT_S, measure, other_cores
-from registry.examples.minilm import MiniLMEncoder
+from registry.examples.minilm import MiniLMEncoder, token_batch
 
 NAME = "minilm"
 VERSION = "1"
@@ -152,14 +152,7 @@ class Reference:
         self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        longest = max(len(e.ids) for e in encodings)
-        ids = torch.zeros((len(texts), longest), dtype=torch.int64)
-        mask = torch.zeros((len(texts), longest), dtype=torch.int64)
-        for i, e in enumerate(encodings):
-            ids[i, : len(e.ids)] = torch.tensor(e.ids)
-            mask[i, : len(e.ids)] = 1
-        return ids, mask
+        return token_batch(self.tokenizer, texts)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embed_ids(*self.tokenize(texts))

@@ -9,6 +9,7 @@ states; mean pooling and normalisation belong to the handler, which holds the ma
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 
@@ -166,3 +167,17 @@ class MiniLMEncoder(nn.Module):
         mask = torch.zeros(padding.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(padding, torch.finfo(x.dtype).min)
         return self.encoder(x, mask)  # type: ignore[no-any-return]
+
+
+def token_batch(tokenizer: Tokenizer, texts: list[str]) -> tuple[Tensor, Tensor]:
+    """Texts as token ids right-padded with 0 to the longest, and their attention mask,
+    from one ``encode_batch`` call: the encoder's inputs, for benchmarks and peers that
+    run it without this project's handler (``registry.handlers.text``)."""
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
+    longest = max(len(e.ids) for e in encodings)
+    ids = torch.zeros((len(texts), longest), dtype=torch.int64)
+    mask = torch.zeros((len(texts), longest), dtype=torch.int64)
+    for i, encoding in enumerate(encodings):
+        ids[i, : len(encoding.ids)] = torch.tensor(encoding.ids)
+        mask[i, : len(encoding.ids)] = 1
+    return ids, mask

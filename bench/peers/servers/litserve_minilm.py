@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from registry.examples.minilm import MiniLMEncoder
+from registry.examples.minilm import MiniLMEncoder, token_batch
 
 
 class MiniLMAPI(ls.LitAPI):
@@ -77,14 +77,7 @@ class MiniLMAPI(ls.LitAPI):
         """All texts in one ``encode_batch`` (parallel, in Rust), right-padded with 0."""
         if self._rows is not None:
             os.write(self._rows, f"{len(inputs)}\n".encode())
-        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True)
-        longest = max(len(e.ids) for e in encodings)
-        ids = torch.zeros((len(inputs), longest), dtype=torch.int64)
-        mask = torch.zeros((len(inputs), longest), dtype=torch.int64)
-        for i, encoding in enumerate(encodings):
-            ids[i, : len(encoding.ids)] = torch.tensor(encoding.ids)
-            mask[i, : len(encoding.ids)] = 1
-        return ids, mask
+        return token_batch(self.tokenizer, inputs)
 
     def predict(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         ids, attention = x

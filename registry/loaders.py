@@ -13,6 +13,7 @@ import importlib
 import io
 import logging
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Mapping
@@ -126,9 +127,16 @@ def _load_torchscript(data: bytes, device: torch.device) -> nn.Module:
     return module.eval()
 
 
+_EXPORT_LOAD = threading.Lock()
+"""NOTE: ``torch.export.load`` keeps the deserializer in a module global and refuses a
+second one at once (``_CURRENT_DESERIALIZER is already set``): one at a time, whatever
+``REGISTRY_LOAD_WORKERS`` lets run beside it."""
+
+
 def _load_exported(data: bytes, device: torch.device) -> nn.Module:
     check_exported_archive(data)
-    program = torch.export.load(io.BytesIO(data))
+    with _EXPORT_LOAD:
+        program = torch.export.load(io.BytesIO(data))
     if device.type != "cpu":
         program = move_to_device_pass(program, device)
     # NOTE: an exported graph keeps the mode it was traced in; .eval() is not supported.

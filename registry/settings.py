@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     """Torch intra-op threads; default: the number of cores."""
 
+    load_workers: int | None = Field(default=None, ge=1, le=64)
+    """Versions loaded at once, at start-up and on reload; default: the number of cores,
+    at most 4. Loading is mostly reading, deserialising and warming up, each on its own
+    thread; more at once than the cores can warm up only makes each take longer."""
+
     strict_startup: bool = True
     """Exit non-zero when any model fails to load, instead of serving a partial set."""
 
@@ -118,3 +123,7 @@ class Settings(BaseSettings):
     @property
     def intra_op_threads(self) -> int:
         return self.torch_threads or os.cpu_count() or 1
+
+    @property
+    def loaders(self) -> int:
+        return self.load_workers or min(os.cpu_count() or 1, 4)

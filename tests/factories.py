@@ -6,11 +6,12 @@ name them like any user's ``architecture``.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -69,6 +70,43 @@ class SlowToBuild(nn.Module):
     def __init__(self, seconds: float = 1.0) -> None:
         super().__init__()
         time.sleep(seconds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1
+
+
+_BARRIERS: dict[str, threading.Barrier] = {}
+_BARRIERS_LOCK = threading.Lock()
+
+
+class Rendezvous(nn.Module):
+    """Builds only once ``parties`` versions naming the same ``group`` are being built at
+    the same moment: loads that run one after another fail (the barrier times out)."""
+
+    def __init__(self, group: str, parties: int = 2, timeout_s: float = 20.0) -> None:
+        super().__init__()
+        with _BARRIERS_LOCK:
+            barrier = _BARRIERS.setdefault(group, threading.Barrier(parties))
+        barrier.wait(timeout=timeout_s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1
+
+
+class CountsBuilds(nn.Module):
+    """Records how many versions of ``group`` were being built at once, at most."""
+
+    building: ClassVar[dict[str, list[int]]] = {}  # group -> [now, most]
+
+    def __init__(self, group: str, seconds: float = 0.05) -> None:
+        super().__init__()
+        with _BARRIERS_LOCK:
+            counts = self.building.setdefault(group, [0, 0])
+            counts[0] += 1
+            counts[1] = max(counts)
+        time.sleep(seconds)
+        with _BARRIERS_LOCK:
+            counts[0] -= 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 1

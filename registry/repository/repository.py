@@ -1,9 +1,9 @@
 """``ModelRepository``: finds the models a manifest names and applies them to the registry.
 
 It reads and validates the manifest, fingerprints weight files, plans what changed, loads
-versions on its own loader thread (start-up loading, then each reload) and hands every
-resulting table to ``ModelRegistry.swap``. The registry never reads a file; this never
-holds a lease.
+versions on its own pool of loader threads (``REGISTRY_LOAD_WORKERS`` at once: start-up
+loading, then each reload) and hands every resulting table to ``ModelRegistry.swap``. The
+registry never reads a file; this never holds a lease.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ class ModelRepository:
         self._background = background
         self._digests = WeightDigests()
         self._lock = asyncio.Lock()  # NOTE: start-up loading and every reload hold it
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-load")
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.loaders, thread_name_prefix="registry-load"
+        )
         self._startup: asyncio.Task[list[LoadFailure]] | None = None
         self._closing = False
         self.reload_outcomes: Counter[str] = Counter()
@@ -97,12 +99,17 @@ class ModelRepository:
         return await asyncio.shield(self._startup)
 
     async def _load_startup(self, manifest: Manifest) -> list[LoadFailure]:
+        """Every version, ``REGISTRY_LOAD_WORKERS`` at a time (the pool bounds them), each
+        swapped in and served as soon as it is loaded."""
+
+        async def load(key: VersionKey, slot: VersionSlot) -> None:
+            if self._closing:
+                return
+            loaded = await self._load_slot(key, slot, manifest)
+            self._registry.swap(with_slot(self._registry.table, key, loaded))
+
         async with self._lock:
-            for key, slot in slots(self._registry.table):
-                if self._closing:
-                    break
-                loaded = await self._load_slot(key, slot, manifest)
-                self._registry.swap(with_slot(self._registry.table, key, loaded))
+            await asyncio.gather(*(load(key, slot) for key, slot in slots(self._registry.table)))
         failures = [
             LoadFailure(key.model, key.version, slot.error or "")
             for key, slot in slots(self._registry.table)
@@ -133,7 +140,7 @@ class ModelRepository:
         return VersionSlot(slot.spec, model, loaded_fingerprint(model))
 
     async def _on_loader(self, function: Callable[..., T], *args: object) -> T:
-        """Run blocking work (hashing, deserialising, warm-up) on the loader thread."""
+        """Run blocking work (hashing, deserialising, warm-up) on a loader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def _load(self, key: VersionKey, manifest: Manifest) -> LoadedModel:
@@ -210,6 +217,8 @@ class ModelRepository:
                 loaded = await self._load_plan(plan)
             self._refuse_when_closing()
             if loaded.failed:
+                for model in loaded.fresh.values():
+                    model.release()  # NOTE: never started nor served: nothing holds it
                 raise ReloadFailed(report(loaded).model_dump())
             for model in loaded.fresh.values():
                 model.start()
@@ -228,17 +237,24 @@ class ModelRepository:
         return planning.plan(loaded, current, manifest, found), unreadable
 
     async def _load_plan(self, plan: Plan) -> Loaded:
-        """Load the plan's new and changed versions, stopping at the first failure.
+        """Load the plan's new and changed versions, ``REGISTRY_LOAD_WORKERS`` at a time;
+        after the first failure nothing more is started.
 
         Nothing loaded here is started or served until the caller swaps it in.
         """
         fresh: dict[VersionKey, LoadedModel] = {}
-        for key in plan.to_load:
+        failed: dict[VersionKey, str] = {}
+
+        async def load(key: VersionKey) -> None:
+            if failed:
+                return
             try:
                 fresh[key] = await self._load(key, plan.manifest)
             except RegistryError as exc:
-                return Loaded(fresh, {key: exc.message})
-        return Loaded(fresh, {})
+                failed.setdefault(key, exc.message)
+
+        await asyncio.gather(*(load(key) for key in plan.to_load))
+        return Loaded(fresh, failed)
 
     def _refuse_when_closing(self) -> None:
         if self._closing:

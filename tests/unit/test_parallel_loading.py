@@ -1,0 +1,94 @@
+"""Versions load ``REGISTRY_LOAD_WORKERS`` at a time, at start-up and on reload.
+
+By construction, not by the clock: ``Rendezvous`` versions build only while the other
+versions of their group are building too, so serial loading fails them; ``CountsBuilds``
+records how many of its versions were ever being built at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.settings import Settings
+from registry.table import VersionState
+from tests.factories import CountsBuilds, model_entry, parameterless_version, write_manifest
+from tests.support import Running, make_settings, running
+
+pytestmark = pytest.mark.anyio
+
+Start = Callable[[Settings], Awaitable[Running]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    async with AsyncExitStack() as stack:
+
+        async def started(settings: Settings) -> Running:
+            return await stack.enter_async_context(running(settings))
+
+        yield started
+
+
+def models(weights: Path, architecture: str, count: int, **args: Any) -> list[dict[str, Any]]:
+    return [
+        model_entry(
+            f"m{i}",
+            [
+                parameterless_version(
+                    weights, f"m{i}", f"tests.factories:{architecture}", architecture_args=args
+                )
+            ],
+            warmup=False,
+        )
+        for i in range(count)
+    ]
+
+
+def states(serving: Running) -> dict[str, VersionState]:
+    return {str(v.key): v.state for v in serving.registry.status().versions()}
+
+
+async def test_start_up_loads_versions_side_by_side(tmp_path: Path, start: Start) -> None:
+    group = uuid.uuid4().hex
+    write_manifest(tmp_path, models(tmp_path / "weights", "Rendezvous", 2, group=group))
+    serving = await start(make_settings(tmp_path, load_workers=2))
+    assert await serving.repository.wait_loaded() == []
+    assert set(states(serving).values()) == {VersionState.READY}
+
+
+async def test_one_worker_loads_one_version_at_a_time(tmp_path: Path, start: Start) -> None:
+    group = uuid.uuid4().hex
+    write_manifest(tmp_path, models(tmp_path / "weights", "CountsBuilds", 3, group=group))
+    serving = await start(make_settings(tmp_path, load_workers=1))
+    assert await serving.repository.wait_loaded() == []
+    assert CountsBuilds.building[group][1] == 1
+
+
+async def test_a_reload_loads_its_new_versions_side_by_side(tmp_path: Path, start: Start) -> None:
+    weights = tmp_path / "weights"
+    kept = models(weights, "CountsBuilds", 1, group=uuid.uuid4().hex)
+    write_manifest(tmp_path, kept)
+    serving = await start(make_settings(tmp_path, load_workers=2))
+    await serving.repository.wait_loaded()
+    added = models(weights, "Rendezvous", 3, group=uuid.uuid4().hex)[1:]  # m1 and m2
+    write_manifest(tmp_path, kept + added)
+    report = await serving.repository.reload(actor="test")
+    assert sorted(report.added) == ["m1:1", "m2:1"]
+    assert report.unchanged == ["m0:1"]
+    assert set(states(serving).values()) == {VersionState.READY}
+
+
+def test_the_default_is_the_cores_at_most_four(tmp_path: Path) -> None:
+    assert 1 <= make_settings(tmp_path).loaders <= 4
+    assert make_settings(tmp_path, load_workers=7).loaders == 7

@@ -138,7 +138,7 @@ def test_metrics_over_http_count_exactly_what_was_sent(tmp_path: Path) -> None:
             "models: [{name: x, input: {shape: [0]}, "
             "versions: [{version: '1', format: torchscript, path: ../a.pt}]}]\n",
             [
-                "error: invalid manifest '{path}': x: input.shape[0]: must be greater than or equal",
+                "error: invalid manifest '{path}': x: input.shape[0]: must be greater than",
                 "error: invalid manifest '{path}': x: versions[0].path: must be a relative path",
             ],
         ),

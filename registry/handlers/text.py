@@ -42,9 +42,12 @@ class SentenceEncoder(Handler):
         super().__init__(context)
         if overflow not in ("truncate", "refuse"):
             raise ValueError(f"overflow must be 'truncate' or 'refuse', not {overflow!r}")
-        self.texts = [spec.name for spec in context.inputs if spec.dtype == "string"]
-        if not self.texts:
-            raise ValueError("a sentence encoder needs at least one 'string' input")
+        texts = [spec for spec in context.inputs if spec.dtype == "string"]
+        if not texts or any(spec.shape for spec in texts):
+            raise ValueError(
+                "a sentence encoder needs 'string' inputs of shape [] (one text per instance)"
+            )
+        self.texts = [spec.name for spec in texts]
         self.max_tokens = max_tokens
         self.refuse = overflow == "refuse"
         self.tokenizer = Tokenizer.from_file(str(context.file(tokenizer)))

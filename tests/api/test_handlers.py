@@ -56,6 +56,12 @@ def models(weights: Path) -> list[dict[str, Any]]:
             "versions": [version(weights, "no-warmup", "Identity")],
         },
         {
+            "name": "two-texts",
+            "inputs": [{"name": "texts", "dtype": "string", "shape": [2]}],
+            "handler": "registry.handlers.text:SentenceEmbedding",
+            "versions": [version(weights, "two-texts", "Identity")],
+        },
+        {
             "name": "unsafe",
             "input": {"shape": [2]},
             "handler": "os:system",
@@ -318,6 +324,14 @@ def test_a_warm_up_that_fails_fails_its_version_with_the_reason(client: TestClie
     (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "no-warmup"]
     assert failed["state"] == "failed"
     assert "no warm-up inputs today" in failed["versions"][0]["error"]
+
+
+def test_the_sentence_encoder_refuses_texts_it_cannot_read_one_by_one(
+    client: TestClient,
+) -> None:
+    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "two-texts"]
+    assert failed["state"] == "failed"
+    assert "of shape [] (one text per instance)" in failed["versions"][0]["error"]
 
 
 def test_a_list_of_named_instances_is_a_batch_for_one_input_too(client: TestClient) -> None:

@@ -254,7 +254,8 @@ class ModelRepository:
                 failed.setdefault(key, exc.message)
 
         await asyncio.gather(*(load(key) for key in plan.to_load))
-        return Loaded(fresh, failed)
+        in_plan_order = {key: fresh[key] for key in plan.to_load if key in fresh}
+        return Loaded(in_plan_order, failed)
 
     def _refuse_when_closing(self) -> None:
         if self._closing:

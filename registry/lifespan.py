@@ -57,7 +57,7 @@ def serving_lifespan(
                 "registry": registry,
                 "repository": repository,
                 "settings": settings,
-                "metrics": Metrics(registry.status, repository.reload_outcomes),
+                "metrics": Metrics(registry.status, repository.reload_outcomes, repository.loads),
             }
         finally:
             triggers.stop()

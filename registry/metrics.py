@@ -2,7 +2,7 @@
 
 Counters and the latency histogram are updated per request by the observing middleware.
 Everything that describes live state (in-flight leases, queue depth, memory, load times,
-versions and their aliases, rows per forward pass, reloads) is read from a status snapshot
+versions and their aliases, rows per forward pass, reloads, loads) is read from a status snapshot
 at scrape time, so the hot path pays nothing for it and it can never drift from the truth.
 """
 
@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from registry.model import BATCH_BUCKETS
+from registry.repository.report import LOAD_BUCKETS, LoadTally
 from registry.status import RegistryStatus
 from registry.table import VersionState
 
@@ -32,7 +33,9 @@ _Children = tuple[prometheus.Counter, prometheus.Histogram]
 
 
 class Metrics:
-    def __init__(self, status: Callable[[], RegistryStatus], reloads: Counter[str]) -> None:
+    def __init__(
+        self, status: Callable[[], RegistryStatus], reloads: Counter[str], loads: LoadTally
+    ) -> None:
         self.collectors = prometheus.CollectorRegistry(auto_describe=True)
         self.requests = prometheus.Counter(
             "registry_requests",
@@ -47,7 +50,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.collectors,
         )
-        self.collectors.register(LiveState(status, reloads))
+        self.collectors.register(LiveState(status, reloads, loads))
         # NOTE: ``labels()`` checks and copies its values and takes a lock on every call,
         # more than the increment itself; the children it returns are kept here instead.
         # No bound of its own: Prometheus keeps every child it made for as long, too.
@@ -77,9 +80,12 @@ class Metrics:
 class LiveState(Collector):
     """Gauges read from one status snapshot when Prometheus scrapes."""
 
-    def __init__(self, status: Callable[[], RegistryStatus], reloads: Counter[str]) -> None:
+    def __init__(
+        self, status: Callable[[], RegistryStatus], reloads: Counter[str], loads: LoadTally
+    ) -> None:
         self._status = status
         self._reloads = reloads
+        self._loads = loads
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -135,9 +141,32 @@ class LiveState(Collector):
         for outcome, count in sorted(self._reloads.items()):
             reloads.add_metric([outcome], count)
         yield from (in_flight, queued, memory, load, warmup, info, passes, reloads)
+        yield from self._load_families()
+
+    def _load_families(self) -> Iterator[Metric]:
+        """Loads by model and outcome, and how long they took (start-up and reloads)."""
+        loads = CounterMetricFamily(
+            "registry_loads", "Version loads by model and outcome.", labels=["model", "outcome"]
+        )
+        for (model, outcome), count in sorted(self._loads.outcomes.items()):
+            loads.add_metric([model, outcome], count)
+        durations = HistogramMetricFamily(
+            "registry_load_duration_seconds",
+            "Time to read, deserialise and warm up a version, loaded or failed.",
+            labels=["model"],
+        )
+        for model, counts in sorted(self._loads.counts.items()):
+            durations.add_metric(
+                [model],
+                _cumulative(tuple(counts), LOAD_BUCKETS),
+                sum_value=self._loads.seconds[model],
+            )
+        yield from (loads, durations)
 
 
-def _cumulative(counts: tuple[int, ...]) -> list[tuple[str, float]]:
+def _cumulative(
+    counts: tuple[int, ...], bounds: tuple[float, ...] = BATCH_BUCKETS
+) -> list[tuple[str, float]]:
     """Per-bucket counts as Prometheus's cumulative ``le`` buckets."""
-    edges = [*(str(edge) for edge in BATCH_BUCKETS), "+Inf"]
+    edges = [*(str(edge) for edge in bounds), "+Inf"]
     return list(zip(edges, itertools.accumulate(counts), strict=True))

@@ -6,8 +6,11 @@ structured log line saying who asked, the outcome and what changed.
 
 from __future__ import annotations
 
+import bisect
 import logging
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
@@ -17,6 +20,33 @@ from registry.model import LoadedModel
 from registry.repository.planning import AliasMove, Plan
 
 log = logging.getLogger(__name__)
+
+
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Upper bounds, in seconds, of the load-duration histogram: from a tiny state dict to a
+large checkpoint read from a slow disk."""
+
+
+@dataclass
+class LoadTally:
+    """Every load so far, at start-up and on reload: outcomes and durations per model,
+    for ``/metrics``.
+
+    NOTE: written on the event loop only (each load's end), read by a scrape there too.
+    """
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(model, ``loaded`` or ``failed``) -> loads."""
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    """model -> loads per ``LOAD_BUCKETS`` bucket, then one for longer."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """model -> seconds spent loading, in all."""
+
+    def add(self, model: str, loaded: bool, seconds: float) -> None:
+        self.outcomes[model, "loaded" if loaded else "failed"] += 1
+        counts = self.counts.setdefault(model, [0] * (len(LOAD_BUCKETS) + 1))
+        counts[bisect.bisect_left(LOAD_BUCKETS, seconds)] += 1
+        self.seconds[model] = self.seconds.get(model, 0.0) + seconds
 
 
 class LoadTiming(BaseModel):

@@ -26,7 +26,7 @@ from registry.manifest import Manifest, load_manifest
 from registry.model import LoadedModel
 from registry.repository import planning
 from registry.repository.planning import Plan, fingerprint_manifest, loaded_fingerprint
-from registry.repository.report import ReloadReport, log_done, log_refused
+from registry.repository.report import LoadTally, ReloadReport, log_done, log_refused
 from registry.settings import Settings
 from registry.table import VersionSlot, VersionState, loading_table, slots, with_slot
 from registry.tasks import Background
@@ -67,6 +67,8 @@ class ModelRepository:
         self._closing = False
         self.reload_outcomes: Counter[str] = Counter()
         """Reloads so far by outcome (applied, dry_run, or an error code), for metrics."""
+        self.loads = LoadTally()
+        """Every load so far, its outcome and how long it took, for metrics."""
         self._reload_ended = asyncio.Condition()
 
     @property
@@ -144,17 +146,25 @@ class ModelRepository:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def _load(self, key: VersionKey, manifest: Manifest) -> LoadedModel:
+        """One version, read and warmed up on a loader thread; counted and timed."""
         model, version = planning.specs(manifest, key)
-        return await self._on_loader(
-            partial(
-                load_version,
-                model,
-                version,
-                self._settings.weights_root,
-                factories=self._settings.architecture_factories,
-                digests=self._digests,
+        started = time.perf_counter()
+        loaded = False
+        try:
+            found = await self._on_loader(
+                partial(
+                    load_version,
+                    model,
+                    version,
+                    self._settings.weights_root,
+                    factories=self._settings.architecture_factories,
+                    digests=self._digests,
+                )
             )
-        )
+            loaded = True
+            return found
+        finally:
+            self.loads.add(key.model, loaded, time.perf_counter() - started)
 
     async def reload(
         self, *, actor: str, dry_run: bool = False, allow_remove_all: bool = False

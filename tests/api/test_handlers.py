@@ -351,3 +351,5 @@ def test_a_handler_that_is_not_a_handler_is_never_called(client: TestClient) -> 
     (unsafe,) = [m for m in client.get("/models").json()["models"] if m["name"] == "unsafe"]
     assert unsafe["state"] == "failed"
     assert "not a registry.handler.Handler subclass" in unsafe["versions"][0]["error"]
+    failed = 'registry_loads_total{model="unsafe",outcome="failed"} 1.0'
+    assert failed in client.get("/metrics").text

@@ -75,6 +75,16 @@ def test_live_state_gauges_and_info(client: TestClient) -> None:
     assert all(len(dict(labels)["sha256"]) == 64 for labels in infos)
 
 
+def test_loads_are_counted_and_timed_by_model(client: TestClient) -> None:
+    samples = scrape(client)
+    assert samples[("registry_loads_total", (("model", "lin"), ("outcome", "loaded")))] == 2
+    lin = (("model", "lin"),)
+    assert samples[("registry_load_duration_seconds_count", lin)] == 2
+    assert samples[("registry_load_duration_seconds_sum", lin)] > 0
+    every = (("le", "+Inf"), ("model", "lin"))
+    assert samples[("registry_load_duration_seconds_bucket", every)] == 2
+
+
 def test_reloads_are_counted_by_outcome(client: TestClient) -> None:
     auth = {"Authorization": "Bearer t"}
     client.post("/admin/reload", headers=auth)

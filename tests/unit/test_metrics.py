@@ -7,6 +7,7 @@ from collections import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry.metrics import Metrics
+from registry.repository.report import LoadTally
 from registry.status import RegistryStatus
 
 
@@ -24,7 +25,7 @@ def _samples(metrics: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], f
 
 
 def test_each_series_counts_its_own_requests_through_the_cache() -> None:
-    metrics = Metrics(_no_models, Counter())
+    metrics = Metrics(_no_models, Counter(), LoadTally())
     for _ in range(2):
         metrics.observe("lin", "1", 200, 0.002)
     for status in (404, 413, 422, 503):

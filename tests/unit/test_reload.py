@@ -335,7 +335,11 @@ async def test_in_flight_metric_is_one_series_while_a_reloaded_version_drains(
         await serving.repository.reload(actor="test")
         assert [v.key for v in serving.registry.status().draining] == [held.key]
         with serving.registry.lease("lin", "2"):
-            metrics = Metrics(serving.registry.status, serving.repository.reload_outcomes)
+            metrics = Metrics(
+                serving.registry.status,
+                serving.repository.reload_outcomes,
+                serving.repository.loads,
+            )
             text = metrics.render().decode()
     samples = [
         sample

@@ -110,13 +110,13 @@ def instance_shape(
         rows = shape[0]
         if rows > max_rows:
             raise too_many_rows(rows, max_rows)
-        if rows > 0:
+        if rows > 0 and 0 not in shape:  # NOTE: an empty -1 axis is empty in a batch too
             return True
     if 0 in shape:
         raise InvalidInput(f"{what} is empty", expected_shape=list(spec.shape))
     raise InvalidInput(
         f"{what} has shape {list(shape)}; expected one instance of shape "
-        f"{list(spec.shape)} or a batch of shape [n, {', '.join(map(str, spec.shape))}]",
+        f"{list(spec.shape)} or a batch of shape [{', '.join(map(str, ('n', *spec.shape)))}]",
         expected_shape=list(spec.shape),
         received_shape=list(shape),
     )

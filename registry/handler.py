@@ -61,7 +61,8 @@ class HandlerContext:
     weights_root: Path
 
     def file(self, relative: str) -> Path:
-        """A file beside the version's weights, by a name from ``handler_args``.
+        """A file named in ``handler_args``, relative to the version's folder (a tokenizer
+        lies beside the weights).
 
         NOTE: confined to the weights root like weight paths, symlinks included, so a
         manifest can name a tokenizer but never a file elsewhere on the machine.

@@ -119,8 +119,13 @@ def read_state_dict(data: bytes, suffix: str) -> Mapping[str, torch.Tensor]:
     return state
 
 
+_TORCHSCRIPT_LOAD = threading.Lock()
+"""NOTE: ``warnings.catch_warnings`` saves and restores the process's filters, which two
+loads at once would interleave: one TorchScript load at a time."""
+
+
 def _load_torchscript(data: bytes, device: torch.device) -> nn.Module:
-    with warnings.catch_warnings():
+    with _TORCHSCRIPT_LOAD, warnings.catch_warnings():
         # NOTE: TorchScript is deprecated upstream yet still what most users have on disk.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
         module: nn.Module = torch.jit.load(io.BytesIO(data), map_location=device)

@@ -89,6 +89,7 @@ class LoadedModel:
         # NOTE: hooks left at their defaults are identities: skipping them keeps a model
         # without a handler as cheap per request as before handlers existed.
         self._decodes = overrides(self.handler, "decode", "decode_batch")
+        self._decodes_batches = overrides(self.handler, "decode_batch")
         self._encodes = overrides(self.handler, "encode")
 
     @property
@@ -133,7 +134,7 @@ class LoadedModel:
         """Each request's model inputs, or why that request fails; all at once if the
         handler can, else one by one so that only the faulty one fails."""
         handler = self.handler
-        if len(requests) > 1:
+        if len(requests) > 1 and self._decodes_batches:
             try:
                 decoded: list[Tensors | Exception] = list(handler.decode_batch(requests))
             except Exception:  # noqa: S110 (each is decoded alone below, and its error kept)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -59,7 +59,12 @@ def _text(value: object, what: str) -> str:
 
 
 def _binary(value: object, what: str) -> bytes:
-    encoded = value.get("b64") if isinstance(value, dict) and is_b64(value) else None
+    if is_b64(value):
+        encoded = cast(dict[str, object], value)["b64"]
+        if not isinstance(encoded, str):
+            raise InvalidInput(f"{what}: 'b64' must be a base64 string, not {json_type(encoded)}")
+    else:
+        encoded = None
     if not isinstance(encoded, str):
         raise InvalidInput(
             f'{what} must hold binary values as {{"b64": "<base64>"}}, not {json_type(value)}'

@@ -176,10 +176,14 @@ def _check_request(document: dict[str, Any], outputs: Sequence[OutputSpec]) -> N
             "optional 'parameters' (an object; 'binary_data' true or false)"
         )
     names = [o.name for o in outputs]
-    for output in wanted:
-        name = output.get("name")
+    asked = [output.get("name") for output in wanted]
+    for name in asked:
+        if name is None and len(names) > 1:
+            raise InvalidInput(f"each of 'outputs' needs a 'name': the model gives {names}")
         if name is not None and name not in names:
             raise InvalidInput(f"unknown output {name!r}; the model gives {names}")
+    if duplicates := sorted({n for n in asked if n is not None and asked.count(n) > 1}):
+        raise InvalidInput(f"output {duplicates[0]!r} is asked for twice")
 
 
 def _is_output(wanted: object) -> bool:
@@ -219,19 +223,16 @@ def _json_data(data: object, count: int, spec: TensorSpec, what: str) -> Array:
 
 
 def _json_strings(data: list[Any], spec: TensorSpec, what: str) -> Array:
-    """``BYTES`` in JSON: strings, flat or nested (a ``bytes`` input takes their UTF-8)."""
+    """``BYTES`` in JSON: a flat list of strings, as ``tritonclient`` sends it (a ``bytes``
+    input takes their UTF-8)."""
     flat: list[str | bytes] = []
-    pending: list[object] = [data]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, list):
-            pending.extend(reversed(item))
-        elif isinstance(item, str):
-            flat.append(item if spec.dtype == "string" else item.encode())
-        else:
+    for item in data:
+        if not isinstance(item, str):
             raise InvalidInput(
-                f"the 'data' of {what} must hold strings for BYTES, not {_short(item)}"
+                f"the 'data' of {what} must be a flat list of strings for BYTES, "
+                f"not hold {_short(item)}"
             )
+        flat.append(item if spec.dtype == "string" else item.encode())
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array

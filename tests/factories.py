@@ -112,6 +112,18 @@ class CountsBuilds(nn.Module):
         return x * 1
 
 
+class FailsToBuild(nn.Module):
+    """Counts its attempts in ``attempts[group]``, then raises: a version that cannot load."""
+
+    attempts: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, group: str) -> None:
+        super().__init__()
+        with _BARRIERS_LOCK:
+            self.attempts[group] = self.attempts.get(group, 0) + 1
+        raise RuntimeError("this version cannot be built")
+
+
 class ComplexOut(nn.Module):
     """Answers in complex numbers, which no protocol here can encode."""
 

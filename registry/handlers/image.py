@@ -18,7 +18,7 @@ from PIL import Image
 
 from registry.batching import Array, Tensors
 from registry.handler import Handler, HandlerContext, placeholders
-from registry.images import DEFAULT_MAX_PIXELS, ImageLimits, decode_image
+from registry.images import DEFAULT_MAX_PIXELS, OUTPUT_MODES, ImageLimits, decode_image
 
 
 class ImageTensor(Handler):
@@ -37,6 +37,8 @@ class ImageTensor(Handler):
             raise ValueError("an image handler needs a 'bytes' input")
         width, height = size
         self.size = (int(width), int(height))
+        if mode not in OUTPUT_MODES:
+            raise ValueError(f"mode must be one of {sorted(OUTPUT_MODES)}, not {mode!r}")
         self.mode = mode
         self.scale = np.float32(scale)
         self.limits = ImageLimits(max_pixels=max_pixels)

@@ -63,6 +63,9 @@ class ModelRepository:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.loaders, thread_name_prefix="registry-load"
         )
+        # NOTE: loads wait here, not in the executor's queue, so each can still see a
+        # failure or a close that happened while it waited, and not start.
+        self._load_slots = asyncio.Semaphore(settings.loaders)
         self._startup: asyncio.Task[list[LoadFailure]] | None = None
         self._closing = False
         self.reload_outcomes: Counter[str] = Counter()
@@ -105,10 +108,11 @@ class ModelRepository:
         swapped in and served as soon as it is loaded."""
 
         async def load(key: VersionKey, slot: VersionSlot) -> None:
-            if self._closing:
-                return
-            loaded = await self._load_slot(key, slot, manifest)
-            self._registry.swap(with_slot(self._registry.table, key, loaded))
+            async with self._load_slots:
+                if self._closing:
+                    return
+                loaded = await self._load_slot(key, slot, manifest)
+                self._registry.swap(with_slot(self._registry.table, key, loaded))
 
         async with self._lock:
             await asyncio.gather(*(load(key, slot) for key, slot in slots(self._registry.table)))
@@ -256,12 +260,13 @@ class ModelRepository:
         failed: dict[VersionKey, str] = {}
 
         async def load(key: VersionKey) -> None:
-            if failed:
-                return
-            try:
-                fresh[key] = await self._load(key, plan.manifest)
-            except RegistryError as exc:
-                failed.setdefault(key, exc.message)
+            async with self._load_slots:
+                if failed or self._closing:
+                    return
+                try:
+                    fresh[key] = await self._load(key, plan.manifest)
+                except RegistryError as exc:
+                    failed.setdefault(key, exc.message)
 
         await asyncio.gather(*(load(key) for key in plan.to_load))
         in_plan_order = {key: fresh[key] for key in plan.to_load if key in fresh}

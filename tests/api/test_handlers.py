@@ -186,6 +186,7 @@ def test_several_named_inputs_and_outputs_by_name(client: TestClient, inputs: ob
         ("lengths", [["a"], "b"], "ragged"),
         ("lengths", {"b64": "aGk="}, "must hold text"),
         ("picky", {"b64": "aGk="}, "must be a number"),
+        ("lengths", [["a"]], "a batch of shape [n]"),
     ],
 )
 def test_named_inputs_that_do_not_fit_are_422s_naming_the_input(
@@ -247,6 +248,11 @@ def test_v2_bytes_in_json_and_in_binary_and_several_inputs(client: TestClient) -
         ([{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["a"]}], b"", "'txt'"),
         ([], b"", "missing input 'text'"),
         (
+            [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", ["b"]]}],
+            b"",
+            "flat list of strings",
+        ),
+        (
             [
                 {
                     "name": "text",
@@ -288,6 +294,7 @@ def test_v2_bytes_in_json_and_in_binary_and_several_inputs(client: TestClient) -
         "wrong-datatype",
         "wrong-name",
         "missing",
+        "nested",
         "overrun",
         "too-few",
         "bad-utf8",
@@ -298,6 +305,24 @@ def test_v2_bytes_that_do_not_fit_are_422s(
 ) -> None:
     answer = v2_infer(client, "lengths", {"inputs": inputs}, binary)
     assert answer.status_code == 422, answer.text
+    assert fragment in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("outputs", "fragment"),
+    [
+        ([{}], "needs a 'name'"),
+        ([{"name": "sum"}, {"name": "sum"}], "'sum' is asked for twice"),
+    ],
+)
+def test_v2_outputs_of_a_model_of_several_are_named_once(
+    client: TestClient, outputs: list[dict[str, Any]], fragment: str
+) -> None:
+    tensors = [
+        {"name": name, "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]} for name in "ab"
+    ]
+    answer = v2_infer(client, "pair", {"inputs": tensors, "outputs": outputs})
+    assert answer.status_code == 422
     assert fragment in answer.json()["error"]
 
 

@@ -15,9 +15,16 @@ from typing import Any
 
 import pytest
 
+from registry.errors import ReloadFailed
 from registry.settings import Settings
 from registry.table import VersionState
-from tests.factories import CountsBuilds, model_entry, parameterless_version, write_manifest
+from tests.factories import (
+    CountsBuilds,
+    FailsToBuild,
+    model_entry,
+    parameterless_version,
+    write_manifest,
+)
 from tests.support import Running, make_settings, running
 
 pytestmark = pytest.mark.anyio
@@ -92,3 +99,18 @@ async def test_a_reload_loads_its_new_versions_side_by_side(tmp_path: Path, star
 def test_the_default_is_the_cores_at_most_four(tmp_path: Path) -> None:
     assert 1 <= make_settings(tmp_path).loaders <= 4
     assert make_settings(tmp_path, load_workers=7).loaders == 7
+
+
+async def test_a_reload_starts_no_load_after_the_first_failure(
+    tmp_path: Path, start: Start
+) -> None:
+    weights = tmp_path / "weights"
+    kept = models(weights, "CountsBuilds", 1, group=uuid.uuid4().hex)
+    write_manifest(tmp_path, kept)
+    serving = await start(make_settings(tmp_path, load_workers=1))
+    await serving.repository.wait_loaded()
+    group = uuid.uuid4().hex
+    write_manifest(tmp_path, kept + models(weights, "FailsToBuild", 4, group=group)[1:])
+    with pytest.raises(ReloadFailed):
+        await serving.repository.reload(actor="test")
+    assert FailsToBuild.attempts[group] == 1

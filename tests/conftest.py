@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from fastapi.testclient import TestClient
 from registry.app import create_app
 from registry.settings import Settings
 from tests.factories import affine_model, write_manifest
-from tests.support import FatalRecorder, make_settings, wait_ready
+from tests.support import FatalRecorder, Running, Start, make_settings, running, wait_ready
 
 
 @pytest.fixture
@@ -65,3 +66,14 @@ def small_body_client(tmp_path: Path, weights: Path, fast_path: bool) -> Iterato
     with TestClient(create_app(settings)) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Starts registries that are closed when the test ends, passed or failed."""
+    async with AsyncExitStack() as stack:
+
+        async def started(settings: Settings) -> Running:
+            return await stack.enter_async_context(running(settings))
+
+        yield started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,10 @@ class Running:
     background: Background
     registry: ModelRegistry
     repository: ModelRepository
+
+
+Start = Callable[[Settings], Awaitable[Running]]
+"""The ``start`` fixture: starts a registry that is closed when the test ends."""
 
 
 @asynccontextmanager

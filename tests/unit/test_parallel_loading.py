@@ -8,15 +8,12 @@ records how many of its versions were ever being built at once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from registry.errors import ReloadFailed
-from registry.settings import Settings
 from registry.table import VersionState
 from tests.factories import (
     CountsBuilds,
@@ -25,26 +22,14 @@ from tests.factories import (
     parameterless_version,
     write_manifest,
 )
-from tests.support import Running, make_settings, running
+from tests.support import Running, Start, make_settings
 
 pytestmark = pytest.mark.anyio
-
-Start = Callable[[Settings], Awaitable[Running]]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    async with AsyncExitStack() as stack:
-
-        async def started(settings: Settings) -> Running:
-            return await stack.enter_async_context(running(settings))
-
-        yield started
 
 
 def models(weights: Path, architecture: str, count: int, **args: Any) -> list[dict[str, Any]]:

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from registry.errors import (
 from registry.settings import Settings
 from registry.table import VersionState
 from tests.factories import affine_model, echo_model, write_manifest
-from tests.support import Running, make_settings, running
+from tests.support import Start, make_settings, running
 
 pytestmark = pytest.mark.anyio
 
@@ -29,20 +27,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-Start = Callable[[Settings], Awaitable[Running]]
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    """Starts registries that are closed when the test ends, passed or failed."""
-    async with AsyncExitStack() as stack:
-
-        async def started(settings: Settings) -> Running:
-            return await stack.enter_async_context(running(settings))
-
-        yield started
 
 
 async def test_loads_every_version_then_is_ready(settings: Settings, start: Start) -> None:

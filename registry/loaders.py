@@ -59,11 +59,7 @@ def import_architecture(
     (``REGISTRY_ARCHITECTURE_FACTORIES``): otherwise write access to the manifest would be
     code execution (``architecture: "os:system"`` runs a shell command when called).
     """
-    module_name, _, attribute = reference.partition(":")
-    try:
-        target: object = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise UnsafeArchitecture(f"architecture {reference!r} cannot be imported: {exc}") from exc
+    target = _imported("architecture", reference)
     if isinstance(target, type) and issubclass(target, nn.Module):
         return target
     if reference in factories and callable(target):
@@ -77,14 +73,19 @@ def import_architecture(
 def import_handler(reference: str) -> type[Handler]:
     """``package.module:Name`` → a ``Handler`` subclass, checked before anything is called
     (as for an architecture: naming code in the manifest must not run arbitrary code)."""
-    module_name, _, attribute = reference.partition(":")
-    try:
-        target: object = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise UnsafeArchitecture(f"handler {reference!r} cannot be imported: {exc}") from exc
+    target = _imported("handler", reference)
     if isinstance(target, type) and issubclass(target, Handler):
         return target
     raise UnsafeArchitecture(f"handler {reference!r} is not a registry.handler.Handler subclass")
+
+
+def _imported(kind: str, reference: str) -> object:
+    """What ``package.module:Name`` names, not yet called or checked."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UnsafeArchitecture(f"{kind} {reference!r} cannot be imported: {exc}") from exc
 
 
 def make_handler(

@@ -8,7 +8,6 @@ at scrape time, so the hot path pays nothing for it and it can never drift from 
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -21,8 +20,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from registry.buckets import cumulative
 from registry.model import BATCH_BUCKETS
-from registry.repository.report import LOAD_BUCKETS, LoadTally
+from registry.repository.report import LoadTally
 from registry.status import RegistryStatus
 from registry.table import VersionState
 
@@ -134,9 +134,8 @@ class LiveState(Collector):
         )
         for served in status.versions():
             if served.pass_counts:
-                passes.add_metric(
-                    list(served.key), _cumulative(served.pass_counts), sum_value=served.pass_rows
-                )
+                buckets = cumulative(BATCH_BUCKETS, served.pass_counts)
+                passes.add_metric(list(served.key), buckets, sum_value=served.pass_rows)
         reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
         for outcome, count in sorted(self._reloads.items()):
             reloads.add_metric([outcome], count)
@@ -155,18 +154,7 @@ class LiveState(Collector):
             "Time to read, deserialise and warm up a version, loaded or failed.",
             labels=["model"],
         )
-        for model, counts in sorted(self._loads.counts.items()):
-            durations.add_metric(
-                [model],
-                _cumulative(tuple(counts), LOAD_BUCKETS),
-                sum_value=self._loads.seconds[model],
-            )
+        for model, seconds in sorted(self._loads.durations.items()):
+            buckets = cumulative(seconds.bounds, tuple(seconds.counts))
+            durations.add_metric([model], buckets, sum_value=seconds.total)
         yield from (loads, durations)
-
-
-def _cumulative(
-    counts: tuple[int, ...], bounds: tuple[float, ...] = BATCH_BUCKETS
-) -> list[tuple[str, float]]:
-    """Per-bucket counts as Prometheus's cumulative ``le`` buckets."""
-    edges = [*(str(edge) for edge in bounds), "+Inf"]
-    return list(zip(edges, itertools.accumulate(counts), strict=True))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from registry.batching import Array, Batcher, Tensors
+from registry.buckets import Buckets
 from registry.dtypes import DTYPES, DType, of_array
 from registry.errors import InvalidInput, ModelFailed, RegistryError
 from registry.handler import Handler
@@ -30,22 +31,6 @@ class OutputInfo:
 
 BATCH_BUCKETS = tuple(2**i for i in range(13))
 """Upper bounds of the pass-size histogram, in rows: 1, 2, 4 ... 4096 (the batch cap)."""
-
-
-@dataclass(eq=False)
-class PassSizes:
-    """How many rows each served forward pass had: counts per bucket, and their sum.
-
-    NOTE: written by the inference thread only and read whole by a scrape; list items and
-    ints are replaced atomically, so a reader sees at worst a pass not yet counted.
-    """
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
-    rows: int = 0
-
-    def add(self, rows: int) -> None:
-        self.counts[min((rows - 1).bit_length(), len(BATCH_BUCKETS))] += 1
-        self.rows += rows
 
 
 @dataclass(eq=False)
@@ -72,7 +57,7 @@ class LoadedModel:
     """Each output as a forward pass showed it: at warm-up, or the first pass without."""
     leases: int = 0
     retired: bool = False
-    passes: PassSizes = field(default_factory=PassSizes)
+    passes: Buckets = field(default_factory=lambda: Buckets(BATCH_BUCKETS))
     """The rows of every forward pass served through the batcher (not warm-up)."""
     _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)
     # NOTE: plain attributes, not properties: every request reads them, some more than once.

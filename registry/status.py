@@ -126,5 +126,5 @@ def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> 
         memory_bytes=model.memory_bytes if model else None,
         fingerprint=slot.fingerprint,
         pass_counts=tuple(model.passes.counts) if model else (),
-        pass_rows=model.passes.rows if model else 0,
+        pass_rows=int(model.passes.total) if model else 0,
     )

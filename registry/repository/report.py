@@ -6,7 +6,6 @@ structured log line saying who asked, the outcome and what changed.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from registry.buckets import Buckets
 from registry.errors import RegistryError
 from registry.keys import VersionKey
 from registry.model import LoadedModel
@@ -37,16 +37,12 @@ class LoadTally:
 
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(model, ``loaded`` or ``failed``) -> loads."""
-    counts: dict[str, list[int]] = field(default_factory=dict)
-    """model -> loads per ``LOAD_BUCKETS`` bucket, then one for longer."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    """model -> seconds spent loading, in all."""
+    durations: dict[str, Buckets] = field(default_factory=dict)
+    """model -> its loads' seconds, per ``LOAD_BUCKETS`` bucket."""
 
     def add(self, model: str, loaded: bool, seconds: float) -> None:
         self.outcomes[model, "loaded" if loaded else "failed"] += 1
-        counts = self.counts.setdefault(model, [0] * (len(LOAD_BUCKETS) + 1))
-        counts[bisect.bisect_left(LOAD_BUCKETS, seconds)] += 1
-        self.seconds[model] = self.seconds.get(model, 0.0) + seconds
+        self.durations.setdefault(model, Buckets(LOAD_BUCKETS)).add(seconds)
 
 
 class LoadTiming(BaseModel):

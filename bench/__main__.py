@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bench import MAX_BATCH, MODELS, load, minilm
-from bench.launch import free_port, launch
+from bench.launch import free_port, launch, registry_serve
 from registry.examples.mlp import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,19 +174,10 @@ def forward_limit(name: str) -> dict[str, float]:
 @contextmanager
 def serving(server: str, work: Path) -> Iterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     if server == "registry":
-        command = [
-            sys.executable,
-            "-m",
-            "registry",
-            "serve",
-            "--manifest",
-            str(work / "models.yaml"),
-            "--port",
-            str(port),
-        ]
+        command, env = registry_serve(work / "models.yaml", port)
     else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         specs = {
             n: [w, str(work / "weights" / f"{n}.pt")]
             for n, w in MODELS.items()

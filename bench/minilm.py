@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -42,7 +40,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from bench import load
-from bench.launch import free_port, launch
+from bench.launch import free_port, launch, registry_serve
 from bench.peers import ROOT, cache_dir
 from bench.peers.install import TORCH, ensure_venv, peer_env, venv_bin
 from bench.peers.run import QUIET_WAIT_S, measure, other_cores
@@ -251,21 +249,9 @@ def serving(
     url = f"http://127.0.0.1:{port}"
     log = work / f"{server}-{NAME}.log"
     if server == "registry":
-        # NOTE: none of the caller's REGISTRY_* settings, and a cwd without a stray .env.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        command = [
-            sys.executable,
-            "-m",
-            "registry",
-            "serve",
-            "--manifest",
-            str(work / f"{NAME}.yaml"),
-            "--weights-dir",
-            str(weights),
-            "--port",
-            str(port),
-        ]
+        # NOTE: run from ``work``: a cwd without a stray .env.
+        manifest = work / f"{NAME}.yaml"
+        command, env = registry_serve(manifest, port, "--weights-dir", str(weights))
         with launch(server, command, env, work, log, f"{url}/readyz") as pgid:
             yield Server(server, f"{url}/models/{NAME}/predict", pgid, lambda: _scrape(url))
         return

@@ -146,9 +146,12 @@ class Batcher(Generic[In, Out]):
         key: VersionKey,
         rows_of: Callable[[In], int] = len,  # type: ignore[assignment]
         inline_max_s: float | None = None,
+        on_pass: Callable[[int], object] | None = None,
     ) -> None:
         self._run_batch = run
         self._rows_of = rows_of
+        self._on_pass = on_pass
+        """Told each pass's rows (inline or on the thread), for the pass-size histogram."""
         self._config = config
         self._key = key
         self._queue: SimpleQueue[_Pending[In, Out] | None] = SimpleQueue()  # None stops the thread
@@ -316,6 +319,8 @@ class Batcher(Generic[In, Out]):
         A one-row pass is timed, failed or not, as evidence for ``_may_run_inline``.
         """
         started = time.perf_counter()
+        if self._on_pass is not None:
+            self._on_pass(rows)
         try:
             outcome = self._run_batch(inputs)
             if len(outcome) != len(inputs):

@@ -203,10 +203,6 @@ class LoadedModel:
         if spec.name not in self.outputs_seen:
             self.outputs_seen[spec.name] = OutputInfo(shape, dtype)
 
-    def _served_pass(self, requests: list[Tensors]) -> list[Tensors | Exception]:
-        self.passes.add(sum(rows_of(inputs) for inputs in requests))
-        return self.run_blocking(requests)
-
     def forward_blocking(self, inputs: Array) -> Array:
         """A one-input, one-output model's pass on a batch, on the calling thread (tests,
         benchmarks and warm-up checks; routes go through ``infer``)."""
@@ -218,11 +214,12 @@ class LoadedModel:
     def start(self) -> None:
         """Attach a batcher; call on the event loop that will serve this version."""
         self._batcher = Batcher(
-            self._served_pass,
+            self.run_blocking,
             self.spec.batching,
             key=self.key,
             rows_of=rows_of,
             inline_max_s=0.0 if self.custom_handler else None,
+            on_pass=self.passes.add,
         )
         self._batcher.start()
 

@@ -90,9 +90,9 @@ def _imported(kind: str, reference: str) -> object:
 
 def make_handler(
     spec: ModelSpec, version: VersionSpec, device: torch.device, weights_root: Path
-) -> tuple[Handler, bool]:
+) -> Handler:
     """The version's handler, built with its ``handler_args``; the defaults (``Handler``
-    itself) when the manifest names none. The flag says whether one was named."""
+    itself) when the manifest names none."""
     reference, arguments = spec.handler_of(version)
     root = weights_root.resolve()
     context = HandlerContext(
@@ -105,8 +105,8 @@ def make_handler(
         weights_root=root,
     )
     if reference is None:
-        return Handler(context), False
-    return import_handler(reference)(context, **arguments), True
+        return Handler(context)
+    return import_handler(reference)(context, **arguments)
 
 
 def read_state_dict(data: bytes, suffix: str) -> Mapping[str, torch.Tensor]:
@@ -196,7 +196,7 @@ def load_version(
         weights = read_weights(weights_root, version, digests)
         device = resolve_device(spec.device)
         module = deserialise(weights.data, version, device, factories)
-        handler, custom = make_handler(spec, version, device, weights_root)
+        handler = make_handler(spec, version, device, weights_root)
     except RegistryError as exc:
         exc.details.setdefault("model", spec.name)
         exc.details.setdefault("version", version.version)
@@ -211,7 +211,6 @@ def load_version(
         memory_bytes=memory_bytes(module),
         load_ms=(time.perf_counter() - started) * 1000,
         handler=handler,
-        custom_handler=custom,
         weights_sha256=weights.sha256,
     )
     del weights  # NOTE: the file's bytes, no longer needed once the module holds its tensors

@@ -18,12 +18,12 @@ import numpy as np
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
 from registry.codec import encode_prediction
 from registry.errors import UnsupportedMediaType
+from registry.images import ACCEPTED as IMAGES
 from registry.manifest import TensorSpec
 from registry.model import LoadedModel
 from registry.named import Decoded, decode_inputs
 
 JSON = "application/json"
-IMAGES = ("image/png", "image/jpeg")
 
 
 @dataclass(frozen=True, slots=True)

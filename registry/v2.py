@@ -28,7 +28,6 @@ from registry.errors import BadRequest, InvalidInput, InvalidJSON
 from registry.manifest import OutputSpec, TensorSpec
 from registry.named import Decoded
 
-INPUT, OUTPUT = "input", "output"
 _LENGTH = struct.Struct("<I")
 
 

@@ -49,6 +49,8 @@ DType = Literal[
     "bytes",
 ]
 """``string`` is text (UTF-8), ``bytes`` anything binary (an image); both are V2 ``BYTES``."""
+OBJECT_DTYPES = ("string", "bytes")
+"""The dtypes whose values are Python objects, which only a handler turns into tensors."""
 Format = Literal["torchscript", "exported", "state_dict"]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
@@ -83,7 +85,7 @@ class TensorSpec(BaseModel):
     @property
     def text(self) -> bool:
         """A string or bytes tensor: Python objects, never a torch tensor."""
-        return self.dtype in ("string", "bytes")
+        return self.dtype in OBJECT_DTYPES
 
 
 class OutputSpec(BaseModel):
@@ -217,7 +219,7 @@ class ModelSpec(BaseModel):
             raise ValueError("an input cannot be named 'b64': {\"b64\": ...} is a binary value")
         handled = self.handler is not None or all(v.handler for v in self.versions)
         text = [t.name for t in self.inputs if t.text]
-        text += [t.name for t in self.outputs if t.dtype in ("string", "bytes")]
+        text += [t.name for t in self.outputs if t.dtype in OBJECT_DTYPES]
         if text and not handled:
             raise ValueError(
                 f"tensors {text} are text or bytes, which only a 'handler' turns into tensors"

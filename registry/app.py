@@ -16,7 +16,7 @@ from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.fastpath import PredictFastPath
 from registry.api.limits import BodySizeLimit
 from registry.api.observe import Observe
-from registry.api.routes import admin, health, models, predict, v2
+from registry.api.routes import admin, health, management, models, predict, v2
 from registry.lifespan import Fatal, serving_lifespan
 from registry.logs import configure_logging_once
 from registry.settings import Settings
@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
         # would look up the global providers on every request to find none configured.
         telemetry=NO_TELEMETRY,
     )
-    for router in (models.router, predict.router, admin.router, health.router, v2.router):
+    routers = (models, predict, admin, management, health, v2)
+    for router in (module.router for module in routers):
         app.include_router(router)
     # NOTE: each add_middleware wraps what was added before: innermost first.
     if settings.fast_path:

@@ -2,22 +2,28 @@
 
 It keeps the table requests resolve against, counts their leases, swaps in a new table in
 one assignment, keeps retired versions alive while requests still hold them, releases
-them after, and describes all of it as one ``status()`` snapshot. Finding models (reading
-the manifest, planning, loading) is ``registry.repository``'s job: it builds tables and
-hands them to ``swap``.
+them after (refunding their memory to the budget), evicts idle ones when asked, and
+describes all of it as one ``status()`` snapshot. Finding models (reading the manifest,
+planning, loading) is ``registry.repository``'s job: it builds tables and hands them to
+``swap``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from types import TracebackType
 
+from registry.budget import EvictionReason, MemoryBudget
 from registry.errors import ShuttingDown
 from registry.keys import VersionKey
 from registry.model import LoadedModel
 from registry.status import RegistryStatus, snapshot
-from registry.table import Table, live_models, not_serving, resolve
+from registry.table import Table, live_models, not_serving, resolve, with_slot
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
@@ -26,13 +32,17 @@ log = logging.getLogger(__name__)
 class ModelRegistry:
     """Holds the live table, leases versions to requests and releases retired ones."""
 
-    def __init__(self, background: Background) -> None:
+    def __init__(self, background: Background, budget: MemoryBudget | None = None) -> None:
         self._background = background
+        self.budget = budget or MemoryBudget(None)
         self._table: Table = {}
         self._draining: set[LoadedModel] = set()
+        """Retired versions not yet released: leased still, or giving their memory back."""
         self._loading: tuple[VersionKey, ...] = ()
         self._ready = False
         self._closing = False
+        self.evictions: Counter[tuple[str, str]] = Counter()
+        """(model, ``EvictionReason``) -> versions taken out of memory, for metrics."""
 
     @property
     def table(self) -> Table:
@@ -43,12 +53,16 @@ class ModelRegistry:
         """Start-up loading finished and what it loaded is served; false once closing."""
         return self._ready and not self._closing
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def mark_ready(self) -> None:
         self._ready = True
 
     def status(self) -> RegistryStatus:
         """A frozen picture of every version: state, leases, queue, timings, memory."""
-        return snapshot(self._table, self._draining, self._loading, self.ready)
+        return snapshot(self._table, self._draining, self._loading, self.ready, self.budget)
 
     @contextmanager
     def loading(self, keys: tuple[VersionKey, ...]) -> Iterator[None]:
@@ -73,12 +87,12 @@ class ModelRegistry:
                 model.retired = True
                 self._release_when_idle(model)
 
-    @contextmanager
-    def lease(self, name: str, version: str | None = None) -> Iterator[LoadedModel]:
-        """Hold a ready version for the length of a request.
+    def lease(self, name: str, version: str | None = None) -> Lease:
+        """Resolve a ready version for a request, to hold with ``with``.
 
-        ``version`` is a version, an alias, or ``None`` for the default. The lease keeps a
-        version that a reload retires alive until the request is done with it.
+        ``version`` is a version, an alias, or ``None`` for the default. Raises at once when
+        the version cannot serve (``NotLoaded`` where a request may load it). The lease
+        keeps a version that a reload retires alive until the request is done with it.
         """
         if self._closing:
             raise ShuttingDown()
@@ -86,14 +100,67 @@ class ModelRegistry:
         slot = entry.versions[concrete]
         model = slot.model
         if model is None:
-            raise not_serving(VersionKey(name, concrete), slot.state, slot.error)
-        model.leases += 1
-        try:
-            yield model
-        finally:
-            model.leases -= 1
-            if model.retired:
-                self._release_when_idle(model)
+            raise not_serving(VersionKey(name, concrete), slot)
+        return Lease(self, model)
+
+    def idlest(self, device: str) -> LoadedModel | None:
+        """The least recently used version on ``device`` that may be evicted now: served,
+        not resident, no request holding it or queued for it."""
+        candidates = [
+            slot.model
+            for entry in self._table.values()
+            for slot in entry.versions.values()
+            if slot.model is not None
+            and not slot.model.leases
+            and not slot.model.queue_depth
+            and not entry.spec.pinned(slot.spec)
+            and slot.model.charge is not None
+            and slot.model.charge[0] == device
+        ]
+        return min(candidates, key=lambda model: model.last_used, default=None)
+
+    async def evict(self, model: LoadedModel, why: str) -> None:
+        """Take an idle version out of memory and wait until its memory is given back.
+
+        It stays in the table, unloaded, and a request loads it again (``on_demand``).
+        """
+        slot = self._table[model.name].versions[model.version]
+        if slot.model is not model or model.leases:
+            raise RuntimeError(f"{model.key} is not an idle version of the table")
+        model.evicted = EvictionReason.MEMORY_BUDGET
+        self._log_eviction(model, why)
+        unloaded = replace(
+            slot, model=None, unloaded=True, on_demand=True, last_eviction=model.evicted
+        )
+        self._table = with_slot(self._table, model.key, unloaded)
+        model.retired = True
+        self._draining.add(model)
+        await self._release(model)
+
+    def unload(self, key: VersionKey, *, on_demand: bool) -> None:
+        """An operator's unload: out of the table now, released once no request holds it."""
+        slot = self._table[key.model].versions[key.version]
+        model = slot.model
+        unloaded = replace(
+            slot, model=None, error=None, unloaded=True, on_demand=on_demand, failures=0
+        )
+        if model is not None:
+            model.evicted = EvictionReason.UNLOAD
+            unloaded = replace(unloaded, last_eviction=EvictionReason.UNLOAD)
+            self._log_eviction(model, "requested through the management API")
+        self.swap(with_slot(self._table, key, unloaded))
+
+    def _log_eviction(self, model: LoadedModel, why: str) -> None:
+        reason = model.evicted or ""
+        self.evictions[model.name, reason] += 1
+        log.info(
+            "evicted %s (%d bytes, idle %.1f s, reason %s): %s",
+            model.key,
+            model.memory_bytes,
+            time.monotonic() - model.last_used,
+            reason,
+            why,
+        )
 
     def _release_when_idle(self, model: LoadedModel) -> None:
         """Release a retired version now, or keep it draining while requests hold it.
@@ -101,16 +168,23 @@ class ModelRegistry:
         NOTE: a retired version is out of the table, so its leases only ever go down and
         reach zero at most once.
         """
-        if model.leases:
-            self._draining.add(model)
-            return
-        self._draining.discard(model)
-        self._background.spawn(self._release(model), name=f"release {model.key}")
+        self._draining.add(model)
+        if not model.leases:
+            self._background.spawn(self._release(model), name=f"release {model.key}")
 
     async def _release(self, model: LoadedModel) -> None:
         await model.stop()
-        model.release()
+        self.discard(model)
+        self._draining.discard(model)
         log.info("released %s", model.key)
+
+    def discard(self, model: LoadedModel) -> None:
+        """Give a version's memory back and refund its charge: one that was retired and
+        stopped, or one loaded that was never served."""
+        model.release()
+        if model.charge is not None:
+            self.budget.refund(*model.charge)
+            model.charge = None
 
     async def close(self) -> None:
         """Stop every batcher and drop every model; later leases and swaps are refused."""
@@ -119,5 +193,32 @@ class ModelRegistry:
         self._table, self._draining = {}, set()
         for model in models:
             await model.stop()
-            model.release()
+            self.discard(model)
         log.info("registry closed: every model released")
+
+
+class Lease:
+    """A request's hold on a version: it counts while the ``with`` block runs."""
+
+    __slots__ = ("_model", "_registry")
+
+    def __init__(self, registry: ModelRegistry, model: LoadedModel) -> None:
+        self._registry = registry
+        self._model = model
+
+    def __enter__(self) -> LoadedModel:
+        model = self._model
+        model.leases += 1
+        model.last_used = time.monotonic()
+        return model
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        model = self._model
+        model.leases -= 1
+        if model.retired:
+            self._registry._release_when_idle(model)

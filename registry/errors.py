@@ -37,7 +37,10 @@ a manifest) take the message.
     ├── Unavailable                    503 unavailable      (carries Retry-After)
     │   ├── NotReady                   503 not_ready
     │   ├── ModelLoading               503 model_loading
+    │   │   └── NotLoaded              503 model_loading    (a request may load it)
     │   ├── ModelUnavailable           503 model_unavailable
+    │   ├── ModelUnloaded              503 model_unloaded   (an operator unloaded it)
+    │   ├── MemoryBudgetExceeded       503 memory_budget_exceeded
     │   ├── QueueFull                  503 queue_full
     │   └── ShuttingDown               503 shutting_down
     ├── InferenceTimeout               504 inference_timeout
@@ -273,7 +276,7 @@ class Unavailable(RegistryError):
     """Temporarily unable to answer; clients should retry after ``retry_after_s``."""
 
     status_code, code = 503, "unavailable"
-    retry_after_s: ClassVar[int] = 1
+    retry_after_s: int = 1
 
 
 class NotReady(Unavailable):
@@ -290,15 +293,61 @@ class ModelLoading(Unavailable):
         super().__init__(f"{key} is still loading", model=key.model, version=key.version)
 
 
+class NotLoaded(ModelLoading):
+    """Not in memory, and a request may load it (lazy, or evicted): the model dependency
+    loads it and leases again; a client sees this only if the load outlasts the wait."""
+
+    def __init__(self, key: VersionKey) -> None:
+        super().__init__(key)
+        self.key = key
+
+
 class ModelUnavailable(Unavailable):
-    """The version failed to load (non-strict start-up); retrying later may find it fixed."""
+    """The version failed to load; a reload (or, for a lazy version, a request after the
+    back-off in ``retry_after_s``) tries again."""
 
     code = "model_unavailable"
     retry_after_s = 30
 
-    def __init__(self, key: VersionKey, reason: str | None) -> None:
+    def __init__(self, key: VersionKey, reason: str | None, retry_after_s: int = 30) -> None:
         super().__init__(
             f"{key} failed to load", model=key.model, version=key.version, reason=reason
+        )
+        self.retry_after_s = retry_after_s
+
+
+class ModelUnloaded(Unavailable):
+    """Not in memory. A prediction sees this only where no request may load it (an operator
+    unloaded an eager version); a readiness route also for a lazy one."""
+
+    code = "model_unloaded"
+    retry_after_s = 30
+
+    def __init__(self, key: VersionKey, *, on_demand: bool = False) -> None:
+        how = "its next request loads it" if on_demand else "load it through the management API"
+        super().__init__(
+            f"{key} is not loaded; {how}",
+            model=key.model,
+            version=key.version,
+            loads_on_demand=on_demand,
+        )
+
+
+class MemoryBudgetExceeded(Unavailable):
+    """Loading would exceed the memory budget and every version that could make room is
+    busy or resident: it may fit once a request ends."""
+
+    code = "memory_budget_exceeded"
+
+    def __init__(self, key: VersionKey, device: str, needed: int, free: int) -> None:
+        super().__init__(
+            f"{key} needs {needed} bytes on {device}; {free} are free and nothing idle can "
+            "be evicted",
+            model=key.model,
+            version=key.version,
+            device=device,
+            needed_bytes=needed,
+            free_bytes=free,
         )
 
 

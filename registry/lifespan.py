@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI
 
 from registry import heap
+from registry.budget import MemoryBudget
 from registry.core import ModelRegistry
 from registry.metrics import Metrics
 from registry.repository import ModelRepository
@@ -45,9 +46,12 @@ def serving_lifespan(
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         torch.set_num_threads(settings.intra_op_threads)
         background = Background()
-        registry = ModelRegistry(background)
+        registry = ModelRegistry(background, MemoryBudget(settings.memory_budget_bytes))
         repository = ModelRepository(settings, registry, background)
         triggers = ReloadTriggers(repository, settings, background)
+        metrics = Metrics(
+            registry.status, repository.reload_outcomes, repository.loads, registry.evictions
+        )
         try:
             await repository.start()  # an invalid manifest fails start-up here
             supervisor = _supervise(repository, settings, fatal)
@@ -57,7 +61,7 @@ def serving_lifespan(
                 "registry": registry,
                 "repository": repository,
                 "settings": settings,
-                "metrics": Metrics(registry.status, repository.reload_outcomes, repository.loads),
+                "metrics": metrics,
             }
         finally:
             triggers.stop()

@@ -52,6 +52,8 @@ DType = Literal[
 OBJECT_DTYPES = ("string", "bytes")
 """The dtypes whose values are Python objects, which only a handler turns into tensors."""
 Format = Literal["torchscript", "exported", "state_dict"]
+LoadPolicy = Literal["eager", "lazy"]
+"""``eager``: loaded at start-up and on reload; ``lazy``: on its first request."""
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
@@ -126,6 +128,10 @@ class VersionSpec(BaseModel):
     handler: HandlerRef | None = None
     """Replaces the model's handler (and its arguments) for this version."""
     handler_args: Mapping[str, Any] = Field(default_factory=dict)
+    load: LoadPolicy | None = None
+    """Replaces the model's ``load`` for this version."""
+    resident: bool | None = None
+    """Replaces the model's ``resident`` for this version."""
 
     @field_validator("path")
     @classmethod
@@ -173,6 +179,9 @@ class ModelSpec(BaseModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     device: Device = "cpu"
     warmup: bool = True
+    load: LoadPolicy = "eager"
+    resident: bool = False
+    """Never evicted to make room under the memory budget (an operator may still unload)."""
     versions: tuple[VersionSpec, ...]
 
     @model_validator(mode="after")
@@ -231,6 +240,14 @@ class ModelSpec(BaseModel):
         if version.handler is not None:
             return version.handler, version.handler_args
         return self.handler, self.handler_args
+
+    def lazy(self, version: VersionSpec) -> bool:
+        """Whether a version loads on its first request rather than at start-up."""
+        return (version.load or self.load) == "lazy"
+
+    def pinned(self, version: VersionSpec) -> bool:
+        """Whether a version is resident: never evicted to make room."""
+        return self.resident if version.resident is None else version.resident
 
     @property
     def resolved_default(self) -> str:

@@ -34,7 +34,11 @@ _Children = tuple[prometheus.Counter, prometheus.Histogram]
 
 class Metrics:
     def __init__(
-        self, status: Callable[[], RegistryStatus], reloads: Counter[str], loads: LoadTally
+        self,
+        status: Callable[[], RegistryStatus],
+        reloads: Counter[str],
+        loads: LoadTally,
+        evictions: Counter[tuple[str, str]] | None = None,
     ) -> None:
         self.collectors = prometheus.CollectorRegistry(auto_describe=True)
         self.requests = prometheus.Counter(
@@ -50,7 +54,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.collectors,
         )
-        self.collectors.register(LiveState(status, reloads, loads))
+        self.collectors.register(LiveState(status, reloads, loads, evictions or Counter()))
         # NOTE: ``labels()`` checks and copies its values and takes a lock on every call,
         # more than the increment itself; the children it returns are kept here instead.
         # No bound of its own: Prometheus keeps every child it made for as long, too.
@@ -81,11 +85,16 @@ class LiveState(Collector):
     """Gauges read from one status snapshot when Prometheus scrapes."""
 
     def __init__(
-        self, status: Callable[[], RegistryStatus], reloads: Counter[str], loads: LoadTally
+        self,
+        status: Callable[[], RegistryStatus],
+        reloads: Counter[str],
+        loads: LoadTally,
+        evictions: Counter[tuple[str, str]],
     ) -> None:
         self._status = status
         self._reloads = reloads
         self._loads = loads
+        self._evictions = evictions
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -141,6 +150,39 @@ class LiveState(Collector):
             reloads.add_metric([outcome], count)
         yield from (in_flight, queued, memory, load, warmup, info, passes, reloads)
         yield from self._load_families()
+        yield from self._residency_families(status)
+
+    def _residency_families(self, status: RegistryStatus) -> Iterator[Metric]:
+        """Each version's state, evictions by reason, and memory charged per device."""
+        states = GaugeMetricFamily(
+            "registry_version_state",
+            "1 for the state each version is in (unloaded, loading, ready, failed, evicting).",
+            labels=["model", "version", "state"],
+        )
+        for version in status.versions():
+            states.add_metric([*version.key, version.state], 1)
+        evictions = CounterMetricFamily(
+            "registry_evictions",
+            "Versions taken out of memory while the manifest names them, by reason.",
+            labels=["model", "reason"],
+        )
+        for (model, reason), count in sorted(self._evictions.items()):
+            evictions.add_metric([model, reason], count)
+        charged = GaugeMetricFamily(
+            "registry_memory_charged_bytes",
+            "Model memory charged against the budget: loaded versions and loads under way.",
+            labels=["device"],
+        )
+        budget = GaugeMetricFamily(
+            "registry_memory_budget_bytes",
+            "The memory budget per device (REGISTRY_MEMORY_BUDGET_BYTES), where one is set.",
+            labels=["device"],
+        )
+        for device, memory in status.memory.items():
+            charged.add_metric([device], memory.charged)
+            if memory.budget is not None:
+                budget.add_metric([device], memory.budget)
+        yield from (states, evictions, charged, budget)
 
     def _load_families(self) -> Iterator[Metric]:
         """Loads by model and outcome, and how long they took (start-up and reloads)."""

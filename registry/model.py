@@ -54,7 +54,14 @@ class LoadedModel:
     outputs_seen: dict[str, OutputInfo] = field(default_factory=dict)
     """Each output as a forward pass showed it: at warm-up, or the first pass without."""
     leases: int = 0
+    last_used: float = 0.0
+    """``time.monotonic()`` of the last lease (or the load): eviction picks the oldest."""
     retired: bool = False
+    evicted: str | None = None
+    """Why it was taken out of the table while the manifest still names it (an
+    ``EvictionReason``); ``None`` when a reload retired it."""
+    charge: tuple[str, int] | None = None
+    """(device, bytes) the memory budget holds for it until its memory is given back."""
     passes: Buckets = field(default_factory=lambda: Buckets(BATCH_BUCKETS))
     """The rows of every forward pass served through the batcher (not warm-up)."""
     _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     at most 4. Loading is mostly reading, deserialising and warming up, each on its own
     thread; more at once than the cores can warm up only makes each take longer."""
 
+    memory_budget_bytes: int | None = Field(default=None, ge=1)
+    """Bytes of model memory (parameters and buffers) each device may hold; unset: no
+    limit. A load that would exceed it evicts idle, non-resident versions, least recently
+    used first; if nothing can go, the request gets 503 with `Retry-After`."""
+
+    load_wait_s: float = Field(default=10.0, gt=0)
+    """Longest a request waits for its version to load on demand (lazy or evicted) before
+    it is answered 503 `model_loading` with `Retry-After`; the load goes on."""
+
     strict_startup: bool = True
     """Exit non-zero when any model fails to load, instead of serving a partial set."""
 

@@ -8,13 +8,20 @@ other and none of them can change what it reads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from registry.errors import NotReady
+from registry.budget import MemoryBudget
+from registry.errors import (
+    ModelLoading,
+    ModelUnavailable,
+    ModelUnloaded,
+    NotReady,
+    RegistryError,
+)
 from registry.keys import VersionKey
 from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
-from registry.table import Table, VersionSlot, VersionState, not_serving, resolve
+from registry.table import Table, VersionSlot, VersionState, resolve
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +39,11 @@ class VersionStatus:
     warmup_ms: float | None
     memory_bytes: int | None
     fingerprint: str | None
+    lazy: bool = False
+    resident: bool = False
+    on_demand: bool = False
+    """A request would load it if it is not in memory."""
+    last_eviction: str | None = None
     pass_counts: tuple[int, ...] = ()
     """Served forward passes per row bucket (``BATCH_BUCKETS``, then more)."""
     pass_rows: int = 0
@@ -45,12 +57,25 @@ class ModelStatus:
 
     @property
     def state(self) -> VersionState:
-        """``failed`` if any version failed, else ``loading`` if any loads, else ``ready``."""
+        """``failed`` if any version failed, else ``loading`` if any loads, else ``ready``
+        if any is, else ``evicting`` or ``unloaded``."""
         states = {v.state for v in self.versions}
-        for worst in (VersionState.FAILED, VersionState.LOADING):
+        for worst in (
+            VersionState.FAILED,
+            VersionState.LOADING,
+            VersionState.READY,
+            VersionState.EVICTING,
+        ):
             if worst in states:
                 return worst
-        return VersionState.READY
+        return VersionState.UNLOADED
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    charged: int
+    """Bytes charged: what loaded versions hold, and what loads under way expect to."""
+    budget: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +87,8 @@ class RegistryStatus:
     """Versions a reload in progress is loading beside the live ones."""
     draining: tuple[VersionStatus, ...]
     """Retired versions still answering requests that leased them before a reload."""
+    memory: Mapping[str, DeviceMemory] = field(default_factory=dict)
+    """Per device, what is charged against the memory budget."""
 
     def versions(self) -> Iterator[VersionStatus]:
         """Every version the manifest names, model by model."""
@@ -84,18 +111,34 @@ class RegistryStatus:
         model, concrete = resolve(self.models, name, version)
         found = next(v for v in model.versions if v.spec.version == concrete)
         if found.state is not VersionState.READY:
-            raise not_serving(found.key, found.state, found.reason)
+            raise _not_ready(found)
         return found
 
 
+def _not_ready(version: VersionStatus) -> RegistryError:
+    if version.state is VersionState.FAILED:
+        return ModelUnavailable(version.key, version.reason)
+    if version.state is VersionState.LOADING:
+        return ModelLoading(version.key)
+    return ModelUnloaded(version.key, on_demand=version.on_demand)
+
+
 def snapshot(
-    table: Table, draining: Iterable[LoadedModel], loading: tuple[VersionKey, ...], ready: bool
+    table: Table,
+    draining: Iterable[LoadedModel],
+    loading: tuple[VersionKey, ...],
+    ready: bool,
+    budget: MemoryBudget,
 ) -> RegistryStatus:
+    # NOTE: an evicted version gives its memory back after it leaves the table: it shows
+    # as ``evicting`` in its own place, not among the versions a reload retired.
+    evicting = {model.key for model in draining if model.evicted}
     models = {
         name: ModelStatus(
             entry.spec,
             tuple(
-                _version_status(entry.spec, slot, slot.state) for slot in entry.sorted_versions()
+                _version_status(entry.spec, slot, _state(slot, evicting, name))
+                for slot in entry.sorted_versions()
             ),
         )
         for name, entry in table.items()
@@ -103,8 +146,20 @@ def snapshot(
     retired = tuple(
         _version_status(model.spec, VersionSlot(model.version_spec, model), VersionState.DRAINING)
         for model in sorted(draining, key=lambda m: m.key)
+        if not model.evicted
     )
-    return RegistryStatus(ready=ready, models=models, loading=loading, draining=retired)
+    charged = budget.charged()
+    memory = {device: DeviceMemory(charged[device], budget.limit) for device in sorted(charged)}
+    return RegistryStatus(
+        ready=ready, models=models, loading=loading, draining=retired, memory=memory
+    )
+
+
+def _state(slot: VersionSlot, evicting: set[VersionKey], name: str) -> VersionState:
+    state = slot.state
+    if state is VersionState.UNLOADED and VersionKey(name, slot.spec.version) in evicting:
+        return VersionState.EVICTING
+    return state
 
 
 def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> VersionStatus:
@@ -125,6 +180,10 @@ def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> 
         warmup_ms=model.warmup_ms if model else None,
         memory_bytes=model.memory_bytes if model else None,
         fingerprint=slot.fingerprint,
+        lazy=spec.lazy(slot.spec),
+        resident=spec.pinned(slot.spec),
+        on_demand=slot.on_demand,
+        last_eviction=slot.last_eviction,
         pass_counts=tuple(model.passes.counts) if model else (),
         pass_rows=int(model.passes.total) if model else 0,
     )

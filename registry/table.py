@@ -7,6 +7,8 @@ state for as long as it holds it.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -16,6 +18,8 @@ from registry.errors import (
     ModelLoading,
     ModelNotFound,
     ModelUnavailable,
+    ModelUnloaded,
+    NotLoaded,
     RegistryError,
     VersionNotFound,
 )
@@ -25,26 +29,46 @@ from registry.model import LoadedModel
 
 
 class VersionState(StrEnum):
+    UNLOADED = "unloaded"
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    EVICTING = "evicting"
+    """Unloaded (evicted, or by an operator), its memory not yet given back."""
     DRAINING = "draining"
 
 
 @dataclass(frozen=True, eq=False, slots=True)
 class VersionSlot:
-    """A version's place in the table: its spec and, once loaded, its model or its error."""
+    """A version's place in the table: its spec and, once loaded, its model or its error.
+
+    A slot without a model is loading, failed (``error``) or ``unloaded``: out of memory
+    on purpose (lazy and not asked for yet, evicted to make room, or unloaded by an
+    operator), with the ``fingerprint`` of what it would load, so that a reload can tell
+    it unchanged and leave it unloaded.
+    """
 
     spec: VersionSpec
     model: LoadedModel | None = None
     fingerprint: str | None = None
     error: str | None = None
+    unloaded: bool = False
+    on_demand: bool = False
+    """A request may load it: it is lazy, or was evicted to make room."""
+    failures: int = 0
+    """Loads on demand that failed in a row; each doubles the back-off."""
+    retry_at: float = 0.0
+    """``time.monotonic()`` before which a failed version is not loaded on demand again."""
+    last_eviction: str | None = None
+    """Why it was last taken out of memory (``EvictionReason``), kept across loads."""
 
     @property
     def state(self) -> VersionState:
         if self.model is not None:
             return VersionState.READY
-        return VersionState.LOADING if self.error is None else VersionState.FAILED
+        if self.error is not None:
+            return VersionState.FAILED
+        return VersionState.UNLOADED if self.unloaded else VersionState.LOADING
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -120,8 +144,20 @@ def resolve(models: Mapping[str, Named], name: str, version: str | None) -> tupl
     return model, concrete
 
 
-def not_serving(key: VersionKey, state: VersionState, reason: str | None) -> RegistryError:
-    """Why a version in the table cannot answer yet: failed to load, or still loading."""
+def not_serving(key: VersionKey, slot: VersionSlot) -> RegistryError:
+    """Why a version in the table cannot answer now.
+
+    ``NotLoaded`` where a request may load it (the model dependency then does), else why
+    not: still loading at start-up, failed (and for how long a retry waits), or unloaded.
+    """
+    state = slot.state
     if state is VersionState.FAILED:
-        return ModelUnavailable(key, reason)
+        wait = slot.retry_at - time.monotonic()
+        if slot.on_demand and wait <= 0:
+            return NotLoaded(key)
+        return ModelUnavailable(key, slot.error, max(1, math.ceil(wait)) if slot.on_demand else 30)
+    if slot.on_demand:
+        return NotLoaded(key)
+    if state is VersionState.UNLOADED:
+        return ModelUnloaded(key)
     return ModelLoading(key)

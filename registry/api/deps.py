@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from registry.core import ModelRegistry
-from registry.errors import AdminDisabled, ClientClosedRequest, Unauthorized
+from registry.core import Lease, ModelRegistry
+from registry.errors import (
+    AdminDisabled,
+    ClientClosedRequest,
+    ModelLoading,
+    NotLoaded,
+    Unauthorized,
+)
 from registry.metrics import Metrics
 from registry.model import LoadedModel
+from registry.repository import ModelRepository
 from registry.settings import Settings
 
 # NOTE: the lifespan state as the scope holds it; ``request.state`` wraps that same dict in
@@ -82,7 +90,11 @@ BodyDep = Annotated[bytes, Depends(read_body)]
 async def get_default_model(name: str, request: Request) -> AsyncIterator[LoadedModel]:
     state = request.scope["state"]
     registry: ModelRegistry = state["registry"]
-    with registry.lease(name) as model:
+    try:
+        lease = registry.lease(name)
+    except NotLoaded:
+        lease = await _lease_once_loaded(state, name, None)
+    with lease as model:
         state["served"] = (model.name, model.version)  # metrics, logs
         yield model
 
@@ -92,9 +104,33 @@ async def get_model_version(
 ) -> AsyncIterator[LoadedModel]:
     state = request.scope["state"]
     registry: ModelRegistry = state["registry"]
-    with registry.lease(name, version) as model:
+    try:
+        lease = registry.lease(name, version)
+    except NotLoaded:
+        lease = await _lease_once_loaded(state, name, version)
+    with lease as model:
         state["served"] = (model.name, model.version)
         yield model
+
+
+async def _lease_once_loaded(state: dict[str, Any], name: str, version: str | None) -> Lease:
+    """Load a version that is not in memory (one load however many ask), then lease it.
+
+    NOTE: an idle version may be evicted again between its load and this lease, when other
+    loads need the room: it is loaded again until ``REGISTRY_LOAD_WAIT_S`` runs out.
+    """
+    registry: ModelRegistry = state["registry"]
+    repository: ModelRepository = state["repository"]
+    settings: Settings = state["settings"]
+    deadline = time.monotonic() + settings.load_wait_s
+    while True:
+        try:
+            return registry.lease(name, version)
+        except NotLoaded as missing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ModelLoading(missing.key) from None
+            await repository.on_demand.for_request(missing.key, left)
 
 
 DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="function")]

@@ -56,7 +56,7 @@ class OutputSchema(BaseModel):
 class VersionInfo(BaseModel):
     version: str
     format: str
-    state: str = Field(description="loading | ready | failed | draining")
+    state: str = Field(description="unloaded | loading | ready | failed | evicting | draining")
     error: str | None = None
     sha256: str | None = None
     load_ms: float | None = None
@@ -64,6 +64,11 @@ class VersionInfo(BaseModel):
     memory_bytes: int | None = None
     in_flight: int = 0
     queue_depth: int = 0
+    load: str = Field(default="eager", description="eager (at start-up) | lazy (when asked)")
+    resident: bool = Field(default=False, description="Never evicted to make room")
+    last_eviction: str | None = Field(
+        default=None, description="Why it last left memory: memory_budget | unload"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -78,7 +83,10 @@ class ModelInfo(BaseModel):
     default_version: str
     aliases: dict[str, str]
     versions: list[VersionInfo]
-    state: str = Field(description="ready when every version is ready, else the worst state")
+    state: str = Field(
+        description="failed or loading if any version is, else ready if any is, else "
+        "evicting or unloaded"
+    )
 
 
 class ModelList(BaseModel):

@@ -11,8 +11,8 @@ the default version and the description never need a load.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -38,12 +38,17 @@ def fingerprint_manifest(
         for version in model.versions:
             key = VersionKey(model.name, version.version)
             try:
-                path = resolve_weights(weights_root, version)
+                found[key] = fingerprint_version(model, version, weights_root, digests)
             except RegistryError as exc:
                 failed[key] = exc.message
-                continue
-            found[key] = fingerprint(model, version, digests.digest(path))
     return found, failed
+
+
+def fingerprint_version(
+    model: ModelSpec, version: VersionSpec, weights_root: Path, digests: WeightDigests
+) -> str:
+    """One version's fingerprint; raises ``WeightsError`` when its file cannot be read."""
+    return fingerprint(model, version, digests.digest(resolve_weights(weights_root, version)))
 
 
 def loaded_fingerprint(model: LoadedModel) -> str:
@@ -70,7 +75,10 @@ def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> 
             "warmup",
         },
     )
-    document = {"model": shaping, "version": version.model_dump(mode="json")}
+    # NOTE: when and for how long a version is held does not shape it: changing ``load``
+    # or ``resident`` reloads nothing.
+    own = version.model_dump(mode="json", exclude={"load", "resident"})
+    document = {"model": shaping, "version": own}
     payload = orjson.dumps(document, option=orjson.OPT_SORT_KEYS) + weights_digest.encode()
     return hashlib.sha256(payload).hexdigest()
 
@@ -94,6 +102,9 @@ class Plan:
     reloaded: tuple[VersionKey, ...]
     unchanged: tuple[VersionKey, ...]
     alias_moves: tuple[AliasMove, ...]
+    deferred: tuple[VersionKey, ...] = ()
+    """Added or changed lazy versions not in memory now: left unloaded until asked for."""
+    fingerprints: Mapping[VersionKey, str] = field(default_factory=dict)
 
     @property
     def removes_every_model(self) -> bool:
@@ -107,7 +118,7 @@ class Plan:
 
     @property
     def to_load(self) -> tuple[VersionKey, ...]:
-        return self.added + self.reloaded
+        return tuple(k for k in self.added + self.reloaded if k not in self.deferred)
 
 
 def specs(manifest: Manifest, key: VersionKey) -> tuple[ModelSpec, VersionSpec]:
@@ -121,11 +132,14 @@ def plan(
     current: Mapping[str, ModelSpec],
     manifest: Manifest,
     fingerprints: Mapping[VersionKey, str],
+    in_memory: Set[VersionKey] = frozenset(),
 ) -> Plan:
-    """Compare ``loaded`` (fingerprint, or None where a version is not serving) to a manifest.
+    """Compare ``loaded`` (fingerprint, or None where a version failed) to a manifest.
 
-    A version that is not serving (it failed at start-up) is reloaded even when unchanged,
-    so a reload is also the way to retry it.
+    A version that failed is reloaded even when unchanged, so a reload is also the way to
+    retry it. An unloaded version keeps its fingerprint, so an unchanged one stays
+    unloaded. A lazy version to load is deferred unless it is in memory now (``in_memory``):
+    a version that requests use is replaced by its new self at once.
     """
     wanted = [VersionKey(m.name, v.version) for m in manifest.models for v in m.versions]
     wanted_set = set(wanted)
@@ -134,6 +148,7 @@ def plan(
     unchanged = tuple(k for k in kept if loaded[k] is not None and loaded[k] == fingerprints.get(k))
     reloaded = tuple(k for k in kept if k not in unchanged)
     removed = tuple(k for k in loaded if k not in wanted_set)
+    lazy = {VersionKey(m.name, v.version) for m in manifest.models for v in m.versions if m.lazy(v)}
     return Plan(
         manifest=manifest,
         added=added,
@@ -141,6 +156,8 @@ def plan(
         reloaded=reloaded,
         unchanged=unchanged,
         alias_moves=_alias_moves(current, manifest),
+        deferred=tuple(k for k in added + reloaded if k in lazy and k not in in_memory),
+        fingerprints=dict(fingerprints),
     )
 
 
@@ -167,7 +184,8 @@ def _pointers(spec: ModelSpec | None) -> dict[str, str]:
 
 
 def table_after(plan: Plan, current: Table, fresh: Mapping[VersionKey, LoadedModel]) -> Table:
-    """The table for the plan's manifest: ``fresh`` versions in new slots, the rest carried."""
+    """The table for the plan's manifest: ``fresh`` versions in new slots, deferred ones
+    unloaded, the rest carried in their state (with the manifest's spec of them)."""
     table = {}
     for spec in plan.manifest.models:
         versions = {}
@@ -175,8 +193,25 @@ def table_after(plan: Plan, current: Table, fresh: Mapping[VersionKey, LoadedMod
             key = VersionKey(spec.name, version.version)
             if key in fresh:
                 model = fresh[key]
-                versions[version.version] = VersionSlot(version, model, loaded_fingerprint(model))
+                slot = VersionSlot(version, model, loaded_fingerprint(model))
+            elif key in plan.deferred:
+                slot = unloaded_slot(version, plan.fingerprints[key])
             else:
-                versions[version.version] = current[spec.name].versions[version.version]
+                slot = _carried(current[spec.name].versions[version.version], spec, version)
+            versions[version.version] = slot
         table[spec.name] = ModelEntry(spec, versions)
     return table
+
+
+def unloaded_slot(version: VersionSpec, fingerprint: str) -> VersionSlot:
+    """A lazy version not asked for yet."""
+    return VersionSlot(version, fingerprint=fingerprint, unloaded=True, on_demand=True)
+
+
+def _carried(slot: VersionSlot, model: ModelSpec, version: VersionSpec) -> VersionSlot:
+    """An unchanged version's slot, with what may change without a load: its ``load`` and
+    ``resident``. The same slot when nothing did, so a load under way still finds it."""
+    on_demand = slot.on_demand or model.lazy(version)
+    if slot.spec == version and slot.on_demand == on_demand:
+        return slot
+    return replace(slot, spec=version, on_demand=on_demand)

@@ -65,6 +65,8 @@ class ReloadReport(BaseModel):
     removed: list[str]
     reloaded: list[str]
     unchanged: list[str]
+    deferred: list[str] = []
+    """Lazy versions among the added and reloaded, left unloaded until a request asks."""
     failed: list[FailedVersion]
     alias_moves: list[AliasMove]
     loads: list[LoadTiming]
@@ -96,6 +98,7 @@ class ReloadReport(BaseModel):
             removed=[str(k) for k in plan.removed],
             reloaded=[str(k) for k in plan.reloaded],
             unchanged=[str(k) for k in plan.unchanged],
+            deferred=[str(k) for k in plan.deferred],
             failed=[FailedVersion(version=str(k), reason=r) for k, r in (failed or {}).items()],
             alias_moves=list(plan.alias_moves),
             loads=loads,
@@ -109,6 +112,7 @@ class ReloadReport(BaseModel):
                 ("added", self.added),
                 ("removed", self.removed),
                 ("reloaded", self.reloaded),
+                ("deferred", self.deferred),
                 (
                     "aliases",
                     [f"{m.model}/{m.alias}:{m.before}->{m.after}" for m in self.alias_moves],

@@ -1,9 +1,10 @@
 """``ModelRepository``: finds the models a manifest names and applies them to the registry.
 
 It reads and validates the manifest, fingerprints weight files, plans what changed, loads
-versions on its own pool of loader threads (``REGISTRY_LOAD_WORKERS`` at once: start-up
-loading, then each reload) and hands every resulting table to ``ModelRegistry.swap``. The
-registry never reads a file; this never holds a lease.
+versions through its ``Loader`` (``REGISTRY_LOAD_WORKERS`` at once, within the memory
+budget: start-up loading, then each reload; ``OnDemand`` for lazy versions and the
+management API) and hands every resulting table to ``ModelRegistry.swap``. The registry
+never reads a file; this never holds a lease.
 """
 
 from __future__ import annotations
@@ -12,28 +13,30 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
 
 from registry.core import ModelRegistry
 from registry.errors import RegistryError, ReloadFailed, RemovesEveryModel, ShuttingDown
 from registry.keys import VersionKey
-from registry.loaders import load_version
 from registry.manifest import Manifest, load_manifest
 from registry.model import LoadedModel
 from registry.repository import planning
-from registry.repository.planning import Plan, fingerprint_manifest, loaded_fingerprint
+from registry.repository.demand import OnDemand
+from registry.repository.loader import Abandoned, Loader
+from registry.repository.planning import (
+    Plan,
+    fingerprint_manifest,
+    fingerprint_version,
+    loaded_fingerprint,
+    unloaded_slot,
+)
 from registry.repository.report import LoadTally, ReloadReport, log_done, log_refused
 from registry.settings import Settings
 from registry.table import VersionSlot, VersionState, loading_table, slots, with_slot
 from registry.tasks import Background
-from registry.weightfiles import WeightDigests
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,25 +61,24 @@ class ModelRepository:
         self._settings = settings
         self._registry = registry
         self._background = background
-        self._digests = WeightDigests()
         self._lock = asyncio.Lock()  # NOTE: start-up loading and every reload hold it
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.loaders, thread_name_prefix="registry-load"
-        )
-        # NOTE: loads wait here, not in the executor's queue, so each can still see a
-        # failure or a close that happened while it waited, and not start.
-        self._load_slots = asyncio.Semaphore(settings.loaders)
+        self._loader = Loader(settings, registry)
+        self.on_demand = OnDemand(registry, self._loader, background)
+        """Loads for requests (lazy or evicted versions) and the management API."""
         self._startup: asyncio.Task[list[LoadFailure]] | None = None
         self._closing = False
         self.reload_outcomes: Counter[str] = Counter()
         """Reloads so far by outcome (applied, dry_run, or an error code), for metrics."""
-        self.loads = LoadTally()
-        """Every load so far, its outcome and how long it took, for metrics."""
         self._reload_ended = asyncio.Condition()
 
     @property
     def registry(self) -> ModelRegistry:
         return self._registry
+
+    @property
+    def loads(self) -> LoadTally:
+        """Every load so far, its outcome and how long it took, for metrics."""
+        return self._loader.tally
 
     async def start(self) -> None:
         """Validate the manifest, then load every version in the background.
@@ -104,15 +106,23 @@ class ModelRepository:
         return await asyncio.shield(self._startup)
 
     async def _load_startup(self, manifest: Manifest) -> list[LoadFailure]:
-        """Every version, ``REGISTRY_LOAD_WORKERS`` at a time (the pool bounds them), each
-        swapped in and served as soon as it is loaded."""
+        """Every eager version, ``REGISTRY_LOAD_WORKERS`` at a time, each swapped in and
+        served as soon as it is loaded; every lazy one fingerprinted and left unloaded."""
 
         async def load(key: VersionKey, slot: VersionSlot) -> None:
-            async with self._load_slots:
-                if self._closing:
-                    return
-                loaded = await self._load_slot(key, slot, manifest)
-                self._registry.swap(with_slot(self._registry.table, key, loaded))
+            spec, _ = planning.specs(manifest, key)
+            if spec.lazy(slot.spec):
+                done = await self._fingerprinted(key, slot, manifest)
+            else:
+                done = await self._loaded_slot(key, slot, manifest)
+            current = self._registry.table[key.model].versions[key.version]
+            if current is not slot or self._closing:
+                if done.model is not None:  # NOTE: an operator unloaded it meanwhile
+                    self._registry.discard(done.model)
+                return
+            if done.model is not None:
+                done.model.start()
+            self._registry.swap(with_slot(self._registry.table, key, done))
 
         async with self._lock:
             await asyncio.gather(*(load(key, slot) for key, slot in slots(self._registry.table)))
@@ -126,16 +136,35 @@ class ModelRepository:
             self._registry.mark_ready()
         return failures
 
-    async def _load_slot(
+    async def _fingerprinted(
         self, key: VersionKey, slot: VersionSlot, manifest: Manifest
     ) -> VersionSlot:
-        """The slot once its version is loaded and started, or carrying why it failed."""
+        """A lazy version, unloaded, once its weight file is found and hashed."""
+        model, version = planning.specs(manifest, key)
         try:
-            model = await self._load(key, manifest)
+            found = await self._loader.on_thread(
+                partial(
+                    fingerprint_version,
+                    model,
+                    version,
+                    self._settings.weights_root,
+                    self._loader.digests,
+                )
+            )
+        except RegistryError as exc:
+            log.error("cannot load %s when asked: %s", key, exc.message)
+            return VersionSlot(slot.spec, error=exc.message, on_demand=True)
+        return unloaded_slot(slot.spec, found)
+
+    async def _loaded_slot(
+        self, key: VersionKey, slot: VersionSlot, manifest: Manifest
+    ) -> VersionSlot:
+        """The slot once its version is loaded, or carrying why it failed."""
+        try:
+            model = await self._loader.load(*planning.specs(manifest, key))
         except RegistryError as exc:
             log.error("failed to load %s: %s", key, exc.message)
             return VersionSlot(slot.spec, error=exc.message)
-        model.start()
         log.info(
             "loaded %s in %.0f ms (warm-up %.0f ms, %d bytes)",
             key,
@@ -144,31 +173,6 @@ class ModelRepository:
             model.memory_bytes,
         )
         return VersionSlot(slot.spec, model, loaded_fingerprint(model))
-
-    async def _on_loader(self, function: Callable[..., T], *args: object) -> T:
-        """Run blocking work (hashing, deserialising, warm-up) on a loader thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
-    async def _load(self, key: VersionKey, manifest: Manifest) -> LoadedModel:
-        """One version, read and warmed up on a loader thread; counted and timed."""
-        model, version = planning.specs(manifest, key)
-        started = time.perf_counter()
-        loaded = False
-        try:
-            found = await self._on_loader(
-                partial(
-                    load_version,
-                    model,
-                    version,
-                    self._settings.weights_root,
-                    factories=self._settings.architecture_factories,
-                    digests=self._digests,
-                )
-            )
-            loaded = True
-            return found
-        finally:
-            self.loads.add(key.model, loaded, time.perf_counter() - started)
 
     async def reload(
         self, *, actor: str, dry_run: bool = False, allow_remove_all: bool = False
@@ -232,7 +236,7 @@ class ModelRepository:
             self._refuse_when_closing()
             if loaded.failed:
                 for model in loaded.fresh.values():
-                    model.release()  # NOTE: never started nor served: nothing holds it
+                    self._registry.discard(model)  # NOTE: never started nor served
                 raise ReloadFailed(report(loaded).model_dump())
             for model in loaded.fresh.values():
                 model.start()
@@ -242,13 +246,14 @@ class ModelRepository:
     async def _plan(self) -> tuple[Plan, dict[VersionKey, str]]:
         """The plan for the manifest on disk, and the versions whose files cannot be read."""
         manifest = await asyncio.to_thread(load_manifest, self._settings.manifest)
-        found, unreadable = await self._on_loader(
-            fingerprint_manifest, manifest, self._settings.weights_root, self._digests
+        found, unreadable = await self._loader.on_thread(
+            fingerprint_manifest, manifest, self._settings.weights_root, self._loader.digests
         )
         table = self._registry.table
         loaded = {key: slot.fingerprint for key, slot in slots(table)}
+        in_memory = {key for key, slot in slots(table) if slot.model is not None}
         current = {name: entry.spec for name, entry in table.items()}
-        return planning.plan(loaded, current, manifest, found), unreadable
+        return planning.plan(loaded, current, manifest, found, in_memory), unreadable
 
     async def _load_plan(self, plan: Plan) -> Loaded:
         """Load the plan's new and changed versions, ``REGISTRY_LOAD_WORKERS`` at a time;
@@ -259,14 +264,16 @@ class ModelRepository:
         fresh: dict[VersionKey, LoadedModel] = {}
         failed: dict[VersionKey, str] = {}
 
+        def wanted() -> bool:
+            return not (failed or self._closing)
+
         async def load(key: VersionKey) -> None:
-            async with self._load_slots:
-                if failed or self._closing:
-                    return
-                try:
-                    fresh[key] = await self._load(key, plan.manifest)
-                except RegistryError as exc:
-                    failed.setdefault(key, exc.message)
+            try:
+                fresh[key] = await self._loader.load(*planning.specs(plan.manifest, key), wanted)
+            except Abandoned:
+                pass
+            except RegistryError as exc:
+                failed.setdefault(key, exc.message)
 
         await asyncio.gather(*(load(key) for key in plan.to_load))
         in_plan_order = {key: fresh[key] for key in plan.to_load if key in fresh}
@@ -282,4 +289,4 @@ class ModelRepository:
         self._closing = True
         async with self._lock:
             pass
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self._loader.close()

@@ -92,7 +92,9 @@ def test_real_models_answer_generated_bodies_as_documented(
     runs = []
     for operation in _operations(api_schema):
         names = {p.name for p in operation.path_parameters}
-        if "name" not in names:
+        # NOTE: an unload would leave the operations after it a 503 to answer; unloading is
+        # tested in test_management.py.
+        if "name" not in names or operation.path.endswith("/unload"):
             continue
         for model, version in EXAMPLE_MODELS.items():
             fixed = {"name": model} | ({"version": version} if "version" in names else {})

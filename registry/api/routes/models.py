@@ -13,7 +13,7 @@ from registry.api.schemas import (
     TensorSchema,
     VersionInfo,
 )
-from registry.status import ModelStatus, VersionStatus
+from registry.status import ModelStatus, RegistryStatus, VersionStatus
 from registry.table import resolve
 
 router = APIRouter(tags=["models"])
@@ -33,7 +33,11 @@ async def list_models(registry: RegistryDep) -> ModelList:
 @router.get("/models/{name}", responses={404: {"model": ErrorEnvelope}})
 async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
     """One model's input and output schema and its versions."""
-    status = registry.status()
+    return model_info(registry.status(), name)
+
+
+def model_info(status: RegistryStatus, name: str) -> ModelInfo:
+    """What ``/models/{name}`` answers; 404 for a model the manifest lacks."""
     model, _ = resolve(status.models, name, None)
     return _model_info(model, status.draining)
 
@@ -80,6 +84,9 @@ def _version_info(version: VersionStatus) -> VersionInfo:
         memory_bytes=version.memory_bytes,
         in_flight=version.leases,
         queue_depth=version.queue_depth,
+        load=("lazy" if version.lazy else "eager"),
+        resident=version.resident,
+        last_eviction=version.last_eviction,
     )
 
 

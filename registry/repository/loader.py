@@ -1,0 +1,162 @@
+"""``Loader``: loads versions on a bounded pool of threads, within the memory budget.
+
+Every load, whoever asks (start-up, a reload, a request for a lazy version, the management
+API), comes through here: it waits for one of ``REGISTRY_LOAD_WORKERS`` loader threads,
+is charged against the budget of its device before it reads a byte (evicting idle versions,
+least recently used first, until it fits), and is counted and timed for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+
+from registry.budget import device_key
+from registry.core import ModelRegistry
+from registry.errors import MemoryBudgetExceeded, ModelLoadFailed, RegistryError, ShuttingDown
+from registry.keys import VersionKey
+from registry.loaders import load_version, resolve_device
+from registry.manifest import ModelSpec, VersionSpec
+from registry.model import LoadedModel
+from registry.repository.report import LoadTally
+from registry.settings import Settings
+from registry.weightfiles import WeightDigests, resolve_weights
+
+T = TypeVar("T")
+
+
+class Abandoned(Exception):
+    """A load no longer wanted by the time a loader thread was free (``Loader.load``)."""
+
+
+def _always() -> bool:
+    return True
+
+
+class Loader:
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self.digests = WeightDigests()
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.loaders, thread_name_prefix="registry-load"
+        )
+        # NOTE: loads wait here, not in the executor's queue, so each can still see a
+        # close that happened while it waited, and not start.
+        self._workers = asyncio.Semaphore(settings.loaders)
+        self._room = asyncio.Lock()  # NOTE: one decision at a time on what to evict
+        self._sizes: dict[tuple[VersionKey, int], int] = {}
+        """(version, weight file size) -> bytes it held when last loaded: the estimate."""
+        self.tally = LoadTally()
+        """Every load so far, its outcome and how long it took, for metrics."""
+        self._closing = False
+
+    async def on_thread(self, function: Callable[..., T], *args: object) -> T:
+        """Run blocking work (hashing, deserialising, warm-up) on a loader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def load(
+        self, model: ModelSpec, version: VersionSpec, wanted: Callable[[], bool] = _always
+    ) -> LoadedModel:
+        """One version, read and warmed up on a loader thread and charged to the budget.
+
+        Raises what loading raises, ``MemoryBudgetExceeded`` when it cannot fit now,
+        ``ShuttingDown`` once the loader closes, and ``Abandoned`` when ``wanted()`` says
+        no once a loader thread is free (a reload after its first failure).
+        """
+        key = VersionKey(model.name, version.version)
+        async with self._workers:
+            if self._closing:
+                raise ShuttingDown()
+            if not wanted():
+                raise Abandoned()
+            started = time.perf_counter()
+            loaded = False
+            try:
+                found = await self._charged_load(key, model, version)
+                loaded = True
+                return found
+            finally:
+                self.tally.add(key.model, loaded, time.perf_counter() - started)
+
+    async def _charged_load(
+        self, key: VersionKey, model: ModelSpec, version: VersionSpec
+    ) -> LoadedModel:
+        budget = self._registry.budget
+        try:
+            device = device_key(resolve_device(model.device))
+        except RegistryError as exc:
+            exc.details.update(model=key.model, version=key.version)
+            raise
+        size_key, estimate = self._estimate(key, version)
+        await self._reserve(key, device, estimate)
+        try:
+            found = await self.on_thread(
+                partial(
+                    load_version,
+                    model,
+                    version,
+                    self._settings.weights_root,
+                    factories=self._settings.architecture_factories,
+                    digests=self.digests,
+                )
+            )
+        except BaseException:
+            budget.refund(device, estimate)
+            raise
+        held = found.memory_bytes
+        try:
+            if held > estimate:
+                await self._reserve(key, device, held - estimate)
+        except BaseException:
+            budget.refund(device, estimate)
+            self._registry.discard(found)
+            raise
+        if held < estimate:
+            budget.refund(device, estimate - held)
+        found.charge = (device, held)
+        found.last_used = time.monotonic()
+        self._sizes[size_key] = held
+        return found
+
+    def _estimate(
+        self, key: VersionKey, version: VersionSpec
+    ) -> tuple[tuple[VersionKey, int], int]:
+        """What a version will hold: what it held last time its file had this size, else
+        the file's size (parameters are most of any weight file)."""
+        try:
+            size = resolve_weights(self._settings.weights_root, version).stat().st_size
+        except (RegistryError, OSError):
+            size = 0  # NOTE: the load itself says what is wrong with the file
+        return (key, size), self._sizes.get((key, size), size)
+
+    async def _reserve(self, key: VersionKey, device: str, nbytes: int) -> None:
+        """Charge ``nbytes`` on ``device``, evicting idle versions, least recently used
+        first, until they fit."""
+        budget = self._registry.budget
+        if budget.limit is not None and nbytes > budget.limit:
+            raise ModelLoadFailed(
+                f"it needs {nbytes} bytes on {device}, more than the whole memory budget "
+                f"({budget.limit} bytes)",
+                key,
+                "budgeting",
+            )
+        async with self._room:
+            while not budget.fits(device, nbytes):
+                free = budget.free(device) or 0
+                idlest = self._registry.idlest(device)
+                if idlest is None:
+                    raise MemoryBudgetExceeded(key, device, nbytes, free)
+                await self._registry.evict(
+                    idlest, f"{key} needs {nbytes} bytes on {device}, {free} are free"
+                )
+            budget.charge(device, nbytes)
+
+    async def close(self) -> None:
+        """Start no more loads; wait for those running (they cannot be interrupted)."""
+        self._closing = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

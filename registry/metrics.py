@@ -54,7 +54,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.collectors,
         )
-        self.collectors.register(LiveState(status, reloads, loads, evictions or Counter()))
+        self.collectors.register(
+            LiveState(status, reloads, loads, Counter() if evictions is None else evictions)
+        )
         # NOTE: ``labels()`` checks and copies its values and takes a lock on every call,
         # more than the increment itself; the children it returns are kept here instead.
         # No bound of its own: Prometheus keeps every child it made for as long, too.

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from starlette.types import Message, Receive
 
+from registry.budget import MemoryBudget
 from registry.core import ModelRegistry
 from registry.repository import ModelRepository
 from registry.settings import Settings
@@ -36,7 +37,7 @@ Start = Callable[[Settings], Awaitable[Running]]
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """Start loading ``settings``' manifest; close everything on the way out, failed or not."""
     background = Background()
-    registry = ModelRegistry(background)
+    registry = ModelRegistry(background, MemoryBudget(settings.memory_budget_bytes))
     repository = ModelRepository(settings, registry, background)
     try:
         await repository.start()

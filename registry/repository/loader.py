@@ -93,6 +93,8 @@ class Loader:
             exc.details.update(model=key.model, version=key.version)
             raise
         size_key, estimate = self._estimate(key, version)
+        if budget.limit is not None:
+            estimate = min(estimate, budget.limit)  # NOTE: a file is no measure of its size
         await self._reserve(key, device, estimate)
         try:
             found = await self.on_thread(
@@ -110,6 +112,13 @@ class Loader:
             raise
         held = found.memory_bytes
         try:
+            if budget.limit is not None and held > budget.limit:
+                raise ModelLoadFailed(
+                    f"it holds {held} bytes on {device}, more than the whole memory budget "
+                    f"({budget.limit} bytes)",
+                    key,
+                    "budgeting",
+                )
             if held > estimate:
                 await self._reserve(key, device, held - estimate)
         except BaseException:
@@ -138,13 +147,6 @@ class Loader:
         """Charge ``nbytes`` on ``device``, evicting idle versions, least recently used
         first, until they fit."""
         budget = self._registry.budget
-        if budget.limit is not None and nbytes > budget.limit:
-            raise ModelLoadFailed(
-                f"it needs {nbytes} bytes on {device}, more than the whole memory budget "
-                f"({budget.limit} bytes)",
-                key,
-                "budgeting",
-            )
         async with self._room:
             while not budget.fits(device, nbytes):
                 free = budget.free(device) or 0

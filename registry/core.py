@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
@@ -32,12 +32,20 @@ log = logging.getLogger(__name__)
 class ModelRegistry:
     """Holds the live table, leases versions to requests and releases retired ones."""
 
-    def __init__(self, background: Background, budget: MemoryBudget | None = None) -> None:
+    def __init__(
+        self,
+        background: Background,
+        budget: MemoryBudget | None = None,
+        after_release: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``after_release`` runs after a version's memory is given back: process-wide
+        policy (``heap.trim``) that the lifespan decides."""
         self._background = background
         self.budget = budget or MemoryBudget(None)
+        self._after_release = after_release
         self._table: Table = {}
         self._draining: set[LoadedModel] = set()
-        """Retired versions not yet released: leased still, or giving their memory back."""
+        """Retired versions that requests still hold (and evicted ones until released)."""
         self._loading: tuple[VersionKey, ...] = ()
         self._ready = False
         self._closing = False
@@ -168,14 +176,17 @@ class ModelRegistry:
         NOTE: a retired version is out of the table, so its leases only ever go down and
         reach zero at most once.
         """
-        self._draining.add(model)
-        if not model.leases:
-            self._background.spawn(self._release(model), name=f"release {model.key}")
+        if model.leases:
+            self._draining.add(model)
+            return
+        self._draining.discard(model)
+        self._background.spawn(self._release(model), name=f"release {model.key}")
 
     async def _release(self, model: LoadedModel) -> None:
         await model.stop()
         self.discard(model)
         self._draining.discard(model)
+        self._after_release()
         log.info("released %s", model.key)
 
     def discard(self, model: LoadedModel) -> None:

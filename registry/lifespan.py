@@ -46,7 +46,8 @@ def serving_lifespan(
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         torch.set_num_threads(settings.intra_op_threads)
         background = Background()
-        registry = ModelRegistry(background, MemoryBudget(settings.memory_budget_bytes))
+        budget = MemoryBudget(settings.memory_budget_bytes)
+        registry = ModelRegistry(background, budget, after_release=heap.trim)
         repository = ModelRepository(settings, registry, background)
         triggers = ReloadTriggers(repository, settings, background)
         metrics = Metrics(

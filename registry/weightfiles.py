@@ -38,6 +38,17 @@ def confined_file(root: Path, relative: PurePosixPath) -> Path:
     return path
 
 
+def tensor_bytes(path: Path) -> int:
+    """About what a weight file's tensors take in memory: the file's size, less the header
+    of a safetensors file (a length, then that much JSON). Raises ``OSError``."""
+    size = path.stat().st_size
+    if path.suffix != ".safetensors" or size < 8:
+        return size
+    with path.open("rb") as file:
+        header = int.from_bytes(file.read(8), "little")
+    return max(0, size - 8 - header)
+
+
 def stamp(path: Path) -> Stamp:
     return stamp_of(path.stat())
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from starlette.types import Message, Receive
 
+from registry import heap
 from registry.budget import MemoryBudget
 from registry.core import ModelRegistry
 from registry.repository import ModelRepository
@@ -37,7 +38,8 @@ Start = Callable[[Settings], Awaitable[Running]]
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """Start loading ``settings``' manifest; close everything on the way out, failed or not."""
     background = Background()
-    registry = ModelRegistry(background, MemoryBudget(settings.memory_budget_bytes))
+    budget = MemoryBudget(settings.memory_budget_bytes)
+    registry = ModelRegistry(background, budget, after_release=heap.trim)
     repository = ModelRepository(settings, registry, background)
     try:
         await repository.start()

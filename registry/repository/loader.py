@@ -24,7 +24,7 @@ from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
 from registry.repository.report import LoadTally
 from registry.settings import Settings
-from registry.weightfiles import WeightDigests, resolve_weights
+from registry.weightfiles import WeightDigests, resolve_weights, tensor_bytes
 
 T = TypeVar("T")
 
@@ -136,9 +136,9 @@ class Loader:
         self, key: VersionKey, version: VersionSpec
     ) -> tuple[tuple[VersionKey, int], int]:
         """What a version will hold: what it held last time its file had this size, else
-        the file's size (parameters are most of any weight file)."""
+        the size of the tensors in its file (parameters are most of what a model holds)."""
         try:
-            size = resolve_weights(self._settings.weights_root, version).stat().st_size
+            size = tensor_bytes(resolve_weights(self._settings.weights_root, version))
         except (RegistryError, OSError):
             size = 0  # NOTE: the load itself says what is wrong with the file
         return (key, size), self._sizes.get((key, size), size)

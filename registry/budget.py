@@ -41,7 +41,8 @@ class MemoryBudget:
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
-        self._charged: Counter[str] = Counter()
+        # NOTE: the CPU is always there: its series exist before anything is charged.
+        self._charged: Counter[str] = Counter({"cpu": 0})
 
     def charged(self) -> dict[str, int]:
         """Bytes charged per device that has ever been charged."""

@@ -49,6 +49,8 @@ class ModelRegistry:
         self._loading: tuple[VersionKey, ...] = ()
         self._ready = False
         self._closing = False
+        self._awaited: Counter[VersionKey] = Counter()
+        """Requests waiting for a version to load: it is not idle until they lease it."""
         self.evictions: Counter[tuple[str, str]] = Counter()
         """(model, ``EvictionReason``) -> versions taken out of memory, for metrics."""
 
@@ -111,9 +113,25 @@ class ModelRegistry:
             raise not_serving(VersionKey(name, concrete), slot)
         return Lease(self, model)
 
+    @contextmanager
+    def awaiting(self, key: VersionKey) -> Iterator[None]:
+        """Mark a version as awaited by a request until it leases it.
+
+        NOTE: a version loaded for waiting requests is idle until they wake up and lease
+        it; without this, another load could evict it in between, and they would load it
+        again, and again.
+        """
+        self._awaited[key] += 1
+        try:
+            yield
+        finally:
+            self._awaited[key] -= 1
+            if not self._awaited[key]:
+                del self._awaited[key]
+
     def idlest(self, device: str) -> LoadedModel | None:
         """The least recently used version on ``device`` that may be evicted now: served,
-        not resident, no request holding it or queued for it."""
+        not resident, no request holding it, queued for it or waiting for it to load."""
         candidates = [
             slot.model
             for entry in self._table.values()
@@ -121,6 +139,7 @@ class ModelRegistry:
             if slot.model is not None
             and not slot.model.leases
             and not slot.model.queue_depth
+            and slot.model.key not in self._awaited
             and not entry.spec.pinned(slot.spec)
             and slot.model.charge is not None
             and slot.model.charge[0] == device

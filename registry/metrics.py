@@ -189,7 +189,9 @@ class LiveState(Collector):
     def _load_families(self) -> Iterator[Metric]:
         """Loads by model and outcome, and how long they took (start-up and reloads)."""
         loads = CounterMetricFamily(
-            "registry_loads", "Version loads by model and outcome.", labels=["model", "outcome"]
+            "registry_loads",
+            "Version loads by model and outcome: loaded, failed, or refused (no room).",
+            labels=["model", "outcome"],
         )
         for (model, outcome), count in sorted(self._loads.outcomes.items()):
             loads.add_metric([model, outcome], count)

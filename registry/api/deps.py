@@ -23,6 +23,7 @@ from registry.errors import (
     NotLoaded,
     Unauthorized,
 )
+from registry.keys import VersionKey
 from registry.metrics import Metrics
 from registry.model import LoadedModel
 from registry.repository import ModelRepository
@@ -92,8 +93,8 @@ async def get_default_model(name: str, request: Request) -> AsyncIterator[Loaded
     registry: ModelRegistry = state["registry"]
     try:
         lease = registry.lease(name)
-    except NotLoaded:
-        lease = await _lease_once_loaded(state, name, None)
+    except NotLoaded as missing:
+        lease = await _lease_once_loaded(state, name, None, missing.key)
     with lease as model:
         state["served"] = (model.name, model.version)  # metrics, logs
         yield model
@@ -106,31 +107,35 @@ async def get_model_version(
     registry: ModelRegistry = state["registry"]
     try:
         lease = registry.lease(name, version)
-    except NotLoaded:
-        lease = await _lease_once_loaded(state, name, version)
+    except NotLoaded as missing:
+        lease = await _lease_once_loaded(state, name, version, missing.key)
     with lease as model:
         state["served"] = (model.name, model.version)
         yield model
 
 
-async def _lease_once_loaded(state: dict[str, Any], name: str, version: str | None) -> Lease:
+async def _lease_once_loaded(
+    state: dict[str, Any], name: str, version: str | None, key: VersionKey
+) -> Lease:
     """Load a version that is not in memory (one load however many ask), then lease it.
 
-    NOTE: an idle version may be evicted again between its load and this lease, when other
-    loads need the room: it is loaded again until ``REGISTRY_LOAD_WAIT_S`` runs out.
+    NOTE: the version counts as awaited meanwhile, so other loads do not evict it between
+    its load and this lease; an unload, or a reload that changes it, may still, and then
+    it is loaded again until ``REGISTRY_LOAD_WAIT_S`` runs out.
     """
     registry: ModelRegistry = state["registry"]
     repository: ModelRepository = state["repository"]
     settings: Settings = state["settings"]
     deadline = time.monotonic() + settings.load_wait_s
-    while True:
-        try:
-            return registry.lease(name, version)
-        except NotLoaded as missing:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ModelLoading(missing.key) from None
-            await repository.on_demand.for_request(missing.key, left)
+    with registry.awaiting(key):
+        while True:
+            try:
+                return registry.lease(name, version)
+            except NotLoaded as missing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ModelLoading(missing.key) from None
+                await repository.on_demand.for_request(missing.key, left)
 
 
 DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="function")]

@@ -83,11 +83,12 @@ class OnDemand:
         request holds it. A lazy version loads again on its next request."""
         entry = self._registry.table[key.model]
         slot = entry.versions[key.version]
-        if slot.state is VersionState.UNLOADED:
-            return
+        lazy = entry.spec.lazy(slot.spec)
+        if slot.state is VersionState.UNLOADED and slot.on_demand == lazy:
+            return  # NOTE: an evicted eager version is not: requests would load it again
         if slot.state is VersionState.LOADING and not self._flights.get(key):
-            raise ModelLoading(key)  # NOTE: start-up or a reload loads it; they win
-        self._registry.unload(key, on_demand=entry.spec.lazy(slot.spec))
+            raise ModelLoading(key)  # NOTE: start-up loads it; start-up wins
+        self._registry.unload(key, on_demand=lazy)
 
     def _flight(self, key: VersionKey, *, on_request: bool) -> asyncio.Task[RegistryError | None]:
         flight = self._flights.get(key)
@@ -110,7 +111,7 @@ class OnDemand:
             if not slot.on_demand or backing_off:
                 return not_serving(key, slot)  # NOTE: unloaded by an operator, or failed
         elif slot.state is VersionState.LOADING:
-            return ModelLoading(key)  # NOTE: start-up or a reload loads it
+            return ModelLoading(key)  # NOTE: start-up loads it
         if self._registry.closing:
             return ShuttingDown()
         loading = replace(slot, error=None, unloaded=False)

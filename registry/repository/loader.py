@@ -75,13 +75,16 @@ class Loader:
             if not wanted():
                 raise Abandoned()
             started = time.perf_counter()
-            loaded = False
+            outcome = "failed"
             try:
                 found = await self._charged_load(key, model, version)
-                loaded = True
+                outcome = "loaded"
                 return found
+            except MemoryBudgetExceeded:
+                outcome = "refused"
+                raise
             finally:
-                self.tally.add(key.model, loaded, time.perf_counter() - started)
+                self.tally.add(key.model, outcome, time.perf_counter() - started)
 
     async def _charged_load(
         self, key: VersionKey, model: ModelSpec, version: VersionSpec
@@ -93,8 +96,12 @@ class Loader:
             exc.details.update(model=key.model, version=key.version)
             raise
         size_key, estimate = self._estimate(key, version)
-        if budget.limit is not None:
-            estimate = min(estimate, budget.limit)  # NOTE: a file is no measure of its size
+        if budget.limit is not None and estimate > budget.limit:
+            if size_key in self._sizes:
+                raise _over_budget(key, device, estimate, budget.limit)
+            # NOTE: a file's size beyond the whole budget is no measure (an archive holds
+            # more than tensors): evict nothing on its word; the load settles what it holds.
+            estimate = min(estimate, budget.free(device) or 0)
         await self._reserve(key, device, estimate)
         try:
             found = await self.on_thread(
@@ -111,14 +118,10 @@ class Loader:
             budget.refund(device, estimate)
             raise
         held = found.memory_bytes
+        self._sizes[size_key] = held
         try:
             if budget.limit is not None and held > budget.limit:
-                raise ModelLoadFailed(
-                    f"it holds {held} bytes on {device}, more than the whole memory budget "
-                    f"({budget.limit} bytes)",
-                    key,
-                    "budgeting",
-                )
+                raise _over_budget(key, device, held, budget.limit)
             if held > estimate:
                 await self._reserve(key, device, held - estimate)
         except BaseException:
@@ -129,7 +132,6 @@ class Loader:
             budget.refund(device, estimate - held)
         found.charge = (device, held)
         found.last_used = time.monotonic()
-        self._sizes[size_key] = held
         return found
 
     def _estimate(
@@ -162,3 +164,11 @@ class Loader:
         """Start no more loads; wait for those running (they cannot be interrupted)."""
         self._closing = True
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+
+def _over_budget(key: VersionKey, device: str, held: int, limit: int) -> ModelLoadFailed:
+    return ModelLoadFailed(
+        f"it holds {held} bytes on {device}, more than the whole memory budget ({limit} bytes)",
+        key,
+        "budgeting",
+    )

@@ -36,13 +36,14 @@ class LoadTally:
     """
 
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(model, ``loaded`` or ``failed``) -> loads."""
+    """(model, ``loaded``, ``failed`` or ``refused``: no room in the budget) -> loads."""
     durations: dict[str, Buckets] = field(default_factory=dict)
-    """model -> its loads' seconds, per ``LOAD_BUCKETS`` bucket."""
+    """model -> its loads' seconds, per ``LOAD_BUCKETS`` bucket (refused ones are not)."""
 
-    def add(self, model: str, loaded: bool, seconds: float) -> None:
-        self.outcomes[model, "loaded" if loaded else "failed"] += 1
-        self.durations.setdefault(model, Buckets(LOAD_BUCKETS)).add(seconds)
+    def add(self, model: str, outcome: str, seconds: float) -> None:
+        self.outcomes[model, outcome] += 1
+        if outcome != "refused":
+            self.durations.setdefault(model, Buckets(LOAD_BUCKETS)).add(seconds)
 
 
 class LoadTiming(BaseModel):

@@ -204,6 +204,28 @@ async def test_a_version_larger_than_the_whole_budget_fails_to_load(
     assert serving.registry.status().memory["cpu"].charged == 0
 
 
+async def test_a_version_larger_than_the_budget_evicts_nothing_on_its_way_to_failing(
+    tmp_path: Path, start: Start
+) -> None:
+    weights = tmp_path / "weights"
+    write_state_dict(weights, "wide/1/model.safetensors", Affine(features=64, seed=1))
+    wide = state_dict_version("1", "wide/1/model.safetensors", "Affine", features=64, seed=1)
+    models = [*lazy_models(weights, 2), model_entry("wide", [wide], shape=(64,), load="lazy")]
+    write_manifest(tmp_path, models)
+    serving = await start(make_settings(tmp_path, memory_budget_bytes=2 * AFFINE_BYTES))
+    await serving.repository.wait_loaded()
+    await predict(serving, "m0")
+    await predict(serving, "m1")
+
+    for _ in range(2):  # NOTE: the second time, its size is known: it is not even loaded
+        with pytest.raises(Exception, match="more than the whole memory budget"):
+            await serving.repository.on_demand.load(VersionKey("wide", "1"))
+
+    assert states(serving)["m0:1"] is VersionState.READY
+    assert states(serving)["m1:1"] is VersionState.READY
+    assert serving.registry.evictions == {}
+
+
 async def test_eager_versions_over_the_budget_load_and_make_room(
     tmp_path: Path, start: Start
 ) -> None:
@@ -254,6 +276,21 @@ async def test_an_unloaded_eager_version_stays_unloaded_until_loaded(
     )
     await serving.repository.on_demand.load(key)
     np.testing.assert_allclose(await predict(serving, "lin"), affine_outputs([LIN_INPUT], 1))
+
+
+async def test_unloading_an_evicted_eager_version_keeps_requests_from_loading_it(
+    tmp_path: Path, start: Start
+) -> None:
+    write_manifest(tmp_path, [affine_model(tmp_path / "weights", "lin", ("1", "2", "3"))])
+    serving = await start(make_settings(tmp_path, memory_budget_bytes=2 * AFFINE_BYTES))
+    await serving.repository.wait_loaded()
+    evicted = next(key for key, state in states(serving).items() if state is VersionState.UNLOADED)
+    name, version = evicted.split(":")
+
+    serving.repository.on_demand.unload(VersionKey(name, version))
+
+    with pytest.raises(ModelUnloaded):
+        await lease_for_request(serving, name, version)
 
 
 async def test_a_reload_keeps_what_it_does_not_change_unloaded(

@@ -117,7 +117,7 @@ async def v2_load(name: str, _: AdminDep, on_demand: OnDemandDep, body: BodyDep)
     return {}
 
 
-@router.post("/v2/repository/models/{name}/unload", responses=errors(400, 401, 403, 404))
+@router.post("/v2/repository/models/{name}/unload", responses=errors(400, 401, 403, 404, 503))
 async def v2_unload(
     name: str, _: AdminDep, on_demand: OnDemandDep, body: BodyDep
 ) -> dict[str, str]:

@@ -55,7 +55,7 @@ def launch(
         )
         try:
             deadline = time.monotonic() + READY_S
-            while not _ready(ready):
+            while not is_ready(ready):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"{name} did not start:\n{log.read_text()}")
                 time.sleep(0.2)
@@ -91,7 +91,7 @@ def _group_alive(pgid: int, seconds: float) -> bool:
     return True
 
 
-def _ready(url: str) -> bool:
+def is_ready(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.TransportError:

@@ -56,7 +56,7 @@ from bench.soak_cases import (
     v2_body,
 )
 from bench.soak_report import ReloadOutcome, Report, SlowOutcome, Tally, build_report, render
-from tests.integration.server import Server, start
+from tests.integration.server import Server, rss_bytes, start
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "models.yaml"
@@ -492,18 +492,6 @@ class Soak:
         rss = await asyncio.to_thread(rss_bytes, self.server.process.pid)
         if rss is not None:
             self.tally.rss.append(rss)
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size from ``/proc`` (Linux); None elsewhere or once the process is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -18,6 +18,19 @@ import httpx
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
+def rss_bytes(pid: int) -> int | None:
+    """A process's resident set size from ``/proc`` (Linux); None elsewhere or once it is
+    gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

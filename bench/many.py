@@ -492,9 +492,11 @@ def budget_table(found: BudgetRun, args: argparse.Namespace, weights: int) -> No
         ),
         ("evictions (registry_evictions_total)", f"{metric(text, 'registry_evictions_total'):.0f}"),
         (
-            "loads, loaded / failed (a load refused for the budget counts as failed)",
-            f"{metric(text, 'registry_loads_total', outcome='loaded'):.0f} / "
-            f"{metric(text, 'registry_loads_total', outcome='failed'):.0f}",
+            "loads: loaded / failed / refused (no room in the budget)",
+            " / ".join(
+                f"{metric(text, 'registry_loads_total', outcome=outcome):.0f}"
+                for outcome in ("loaded", "failed", "refused")
+            ),
         ),
         ("requests answered", f"{answered} ({answered / found.seconds:.0f}/s)"),
         ("loads per request answered", f"{loads / max(answered, 1):.2f}"),

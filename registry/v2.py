@@ -53,6 +53,20 @@ def decode_infer(
         raise InvalidJSON(f"the inference request is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object")
+    return document, decode_document(document, binary, specs, outputs, max_rows=max_rows)
+
+
+def decode_document(
+    document: dict[str, Any],
+    binary: bytes,
+    specs: Sequence[TensorSpec],
+    outputs: Sequence[OutputSpec],
+    *,
+    max_rows: int,
+) -> Decoded:
+    """The inputs of a request as the JSON document names them, each from its ``data`` or
+    from its ``binary_data_size`` bytes of ``binary`` in turn (gRPC's raw contents come
+    this way too)."""
     _check_request(document, outputs)
     tensors = _input_tensors(document.get("inputs"), specs)
     sizes = [_binary_size(tensor) for tensor in tensors.values()]
@@ -76,7 +90,7 @@ def decode_infer(
     if len({(batched, len(array)) for array, batched in arrays.values()}) > 1:
         raise InvalidInput("the inputs must all be one instance, or all batches of one length")
     batched = arrays[specs[0].name][1]
-    return document, Decoded({spec.name: arrays[spec.name][0] for spec in specs}, batched)
+    return Decoded({spec.name: arrays[spec.name][0] for spec in specs}, batched)
 
 
 def _input_tensors(inputs: object, specs: Sequence[TensorSpec]) -> dict[str, dict[str, Any]]:
@@ -316,7 +330,7 @@ def encode_infer(
         }
         parameters = output.get("parameters") or {}
         if parameters.get("binary_data", default):
-            raw = _elements_bytes(answer) if text else to_little_endian(answer)
+            raw = elements_bytes(answer) if text else to_little_endian(answer)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             parts.append(raw)
         elif text:
@@ -333,7 +347,7 @@ def encode_infer(
     return head + b"".join(parts), len(head)
 
 
-def _elements_bytes(array: Array) -> bytes:
+def elements_bytes(array: Array) -> bytes:
     elements = [item.encode() if isinstance(item, str) else item for item in array.reshape(-1)]
     return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,7 +18,6 @@ from registry.core import Lease, ModelRegistry
 from registry.errors import (
     AdminDisabled,
     ClientClosedRequest,
-    ModelLoading,
     NotLoaded,
     Unauthorized,
 )
@@ -117,25 +115,9 @@ async def get_model_version(
 async def _lease_once_loaded(
     state: dict[str, Any], name: str, version: str | None, key: VersionKey
 ) -> Lease:
-    """Load a version that is not in memory (one load however many ask), then lease it.
-
-    NOTE: the version counts as awaited meanwhile, so other loads do not evict it between
-    its load and this lease; an unload, or a reload that changes it, may still, and then
-    it is loaded again until ``REGISTRY_LOAD_WAIT_S`` runs out.
-    """
-    registry: ModelRegistry = state["registry"]
     repository: ModelRepository = state["repository"]
     settings: Settings = state["settings"]
-    deadline = time.monotonic() + settings.load_wait_s
-    with registry.awaiting(key):
-        while True:
-            try:
-                return registry.lease(name, version)
-            except NotLoaded as missing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ModelLoading(missing.key) from None
-                await repository.on_demand.for_request(missing.key, left)
+    return await repository.on_demand.lease_once_loaded(name, version, key, settings.load_wait_s)
 
 
 DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="function")]

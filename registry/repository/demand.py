@@ -14,10 +14,11 @@ import logging
 import time
 from dataclasses import replace
 
-from registry.core import ModelRegistry
+from registry.core import Lease, ModelRegistry
 from registry.errors import (
     MemoryBudgetExceeded,
     ModelLoading,
+    NotLoaded,
     RegistryError,
     ShuttingDown,
 )
@@ -54,6 +55,27 @@ class OnDemand:
         """Every version of a model; 404 for a model the manifest lacks."""
         entry, _ = resolve(self._registry.table, name, None)
         return [VersionKey(name, slot.spec.version) for slot in entry.sorted_versions()]
+
+    async def lease_once_loaded(
+        self, name: str, version: str | None, key: VersionKey, wait_s: float
+    ) -> Lease:
+        """Load a version that is not in memory (``key``: what ``name`` and ``version``
+        resolved to), then lease it, for a request that may wait ``wait_s``.
+
+        NOTE: the version counts as awaited meanwhile, so other loads do not evict it
+        between its load and this lease; an unload, or a reload that changes it, may
+        still, and then it is loaded again until ``wait_s`` runs out.
+        """
+        deadline = time.monotonic() + wait_s
+        with self._registry.awaiting(key):
+            while True:
+                try:
+                    return self._registry.lease(name, version)
+                except NotLoaded as missing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ModelLoading(missing.key) from None
+                    await self.for_request(missing.key, left)
 
     async def for_request(self, key: VersionKey, wait_s: float) -> None:
         """Load ``key`` for a request, waiting at most ``wait_s``.

@@ -63,12 +63,12 @@ async def ready(registry: RegistryDep) -> ServerReadiness:
 
 @router.get("/models/{name}", responses=_MODEL_ERRORS)
 async def model_metadata(model: DefaultModelDep) -> ModelMetadata:
-    return _metadata(model)
+    return metadata(model)
 
 
 @router.get("/models/{name}/versions/{version}", responses=_MODEL_ERRORS)
 async def version_metadata(model: VersionedModelDep) -> ModelMetadata:
-    return _metadata(model)
+    return metadata(model)
 
 
 @router.get("/models/{name}/ready", responses=_MODEL_ERRORS)
@@ -100,7 +100,7 @@ async def infer_version(
     return await _infer(body, model, request, settings)
 
 
-def _metadata(model: LoadedModel) -> ModelMetadata:
+def metadata(model: LoadedModel) -> ModelMetadata:
     spec = model.spec
     inputs = [
         TensorMetadata(name=i.name, datatype=DTYPES[i.dtype].v2, shape=[-1, *i.shape])

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights-dir", type=Path, help="weights root (REGISTRY_WEIGHTS_DIR)")
     serve.add_argument("--host", help="bind address (REGISTRY_HOST)")
     serve.add_argument("--port", type=int, help="bind port (REGISTRY_PORT)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="Open Inference Protocol over gRPC (REGISTRY_GRPC_PORT)"
+    )
 
     validate = commands.add_parser(
         "validate", help="check a manifest and its weight files; exit 0 when valid"
@@ -62,6 +65,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "weights_dir": args.weights_dir,
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
+        "grpc_port": getattr(args, "grpc_port", None),
     }
     return Settings(**{key: value for key, value in flags.items() if value is not None})
 

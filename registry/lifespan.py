@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from registry import heap
 from registry.budget import MemoryBudget
 from registry.core import ModelRegistry
+from registry.grpc_api.server import GrpcServer
+from registry.grpc_api.service import InferenceService
 from registry.metrics import Metrics
 from registry.repository import ModelRepository
 from registry.repository.triggers import ReloadTriggers
@@ -53,11 +55,16 @@ def serving_lifespan(
         metrics = Metrics(
             registry.status, repository.reload_outcomes, repository.loads, registry.evictions
         )
+        grpc_server: GrpcServer | None = None
         try:
             await repository.start()  # an invalid manifest fails start-up here
             supervisor = _supervise(repository, settings, fatal)
             background.spawn(supervisor, name="start-up supervisor", forever=True)
             triggers.start()
+            if settings.grpc_port is not None:
+                service = InferenceService(registry, repository.on_demand, settings, metrics)
+                grpc_server = GrpcServer(settings, service)
+                await grpc_server.start(settings.grpc_port)
             yield {
                 "registry": registry,
                 "repository": repository,
@@ -66,6 +73,8 @@ def serving_lifespan(
             }
         finally:
             triggers.stop()
+            if grpc_server is not None:
+                await grpc_server.stop()  # NOTE: its calls drain before the models go
             await repository.close()
             await registry.close()
             await background.close()

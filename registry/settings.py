@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """Bind port."""
 
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC, on the same host; unset: no gRPC."""
+
     admin_token: SecretStr | None = None
     """Bearer token for `/admin/*`. Unset: the admin API is off."""
 

@@ -1,0 +1,42 @@
+"""The gRPC server's lifecycle: started beside uvicorn, in the same event loop and
+process, when ``REGISTRY_GRPC_PORT`` is set, and stopped gracefully at shutdown."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from registry.grpc_api import open_inference_pb2_grpc as pb_grpc
+from registry.grpc_api.service import InferenceService
+from registry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class GrpcServer:
+    def __init__(self, settings: Settings, service: InferenceService) -> None:
+        self._settings = settings
+        # NOTE: the body limit of HTTP bounds a gRPC message too (gRPC's default is 4 MiB).
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, self._server)
+        self.port = 0
+
+    async def start(self, port: int) -> None:
+        host = self._settings.host
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self._server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"gRPC cannot listen on {address}")
+        await self._server.start()
+        log.info("gRPC (Open Inference Protocol) on %s:%d", host, self.port)
+
+    async def stop(self) -> None:
+        """Refuse new calls at once; give those in flight ``REGISTRY_DRAIN_TIMEOUT_S``."""
+        await self._server.stop(self._settings.drain_timeout_s)
+        log.info("gRPC stopped")

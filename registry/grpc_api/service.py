@@ -1,0 +1,145 @@
+"""``InferenceService``: the Open Inference Protocol over gRPC, on the HTTP server's registry.
+
+The same registry, leases, batchers, loads on demand and timeouts as the REST routes, so
+a reload drains gRPC requests exactly as it drains HTTP ones. Every ``RegistryError``
+becomes the gRPC status of its class (``STATUS``), with its message as the details; a
+client's deadline bounds the wait for the answer as ``REGISTRY_REQUEST_TIMEOUT_S`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, NoReturn
+
+import grpc
+
+from registry import __version__
+from registry.api.routes.v2 import metadata
+from registry.core import Lease, ModelRegistry
+from registry.errors import NotFound, NotLoaded, RegistryError, Unavailable
+from registry.grpc_api import open_inference_pb2 as pb
+from registry.grpc_api import open_inference_pb2_grpc as pb_grpc
+from registry.grpc_api.codec import decode_request, encode_response
+from registry.metrics import UNKNOWN, Metrics
+from registry.repository.demand import OnDemand
+from registry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+"""The gRPC status for each HTTP status an error class has; anything else is INTERNAL."""
+
+Context = Any  # NOTE: grpc.aio.ServicerContext; grpc ships no annotations
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, registry: ModelRegistry, on_demand: OnDemand, settings: Settings, metrics: Metrics
+    ) -> None:
+        self._registry = registry
+        self._on_demand = on_demand
+        self._settings = settings
+        self._metrics = metrics
+
+    async def ServerLive(self, _request: pb.ServerLiveRequest, _context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, _request: pb.ServerReadyRequest, _context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self._registry.status().ready)
+
+    async def ServerMetadata(self, _request: pb.ServerMetadataRequest, _context: Context) -> Any:
+        return pb.ServerMetadataResponse(name="registry", version=__version__)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
+        """Ready when the version (or the default) serves now; NOT_FOUND for what the
+        manifest lacks. A readiness call never loads a lazy version."""
+        try:
+            self._registry.status().serving(request.name, request.version or None)
+        except NotFound as exc:
+            await _abort(context, exc)
+        except RegistryError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
+        try:
+            lease = await self._lease(request.name, request.version)
+        except RegistryError as exc:
+            await _abort(context, exc)
+        with lease as model:
+            described = metadata(model)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=described.name,
+            versions=described.versions,
+            platform=described.platform,
+            inputs=[
+                tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in described.inputs
+            ],
+            outputs=[
+                tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in described.outputs
+            ],
+        )
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        started = time.perf_counter()
+        served, status = (UNKNOWN, UNKNOWN), 200
+        try:
+            with await self._lease(request.model_name, request.model_version) as model:
+                served = (model.name, model.version)
+                spec = model.spec
+                document, decoded = decode_request(
+                    request, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
+                )
+                outputs = await model.infer_tensors(decoded.tensors, self._timeout_s(context))
+                return encode_response(
+                    model.name, model.version, document, outputs, decoded.batched, spec.outputs
+                )
+        except RegistryError as exc:
+            status = exc.status_code
+            await _abort(context, exc)
+        except Exception:
+            status = 500
+            log.exception("gRPC ModelInfer for %s failed", request.model_name)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise  # NOTE: abort raises; this line only tells the type checker
+        finally:
+            self._metrics.observe(*served, status, time.perf_counter() - started)
+
+    async def _lease(self, name: str, version: str) -> Lease:
+        """What the REST routes' model dependency does: lease, loading first where a
+        request may (an empty version is the default)."""
+        try:
+            return self._registry.lease(name, version or None)
+        except NotLoaded as missing:
+            return await self._on_demand.lease_once_loaded(
+                name, version or None, missing.key, self._settings.load_wait_s
+            )
+
+    def _timeout_s(self, context: Context) -> float:
+        """``REGISTRY_REQUEST_TIMEOUT_S``, or what is left of the client's deadline."""
+        left = context.time_remaining()
+        timeout = self._settings.request_timeout_s
+        return timeout if left is None else max(0.0, min(timeout, left))
+
+
+async def _abort(context: Context, error: RegistryError) -> NoReturn:
+    """End the call with ``error``'s status; a 503's ``Retry-After`` goes as trailing
+    metadata (``retry-after``, seconds), as an HTTP client would get it as a header."""
+    if isinstance(error, Unavailable):
+        context.set_trailing_metadata((("retry-after", str(error.retry_after_s)),))
+    await context.abort(STATUS.get(error.status_code, grpc.StatusCode.INTERNAL), error.message)
+    raise AssertionError("unreachable: abort raises")

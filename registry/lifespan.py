@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from fastapi import FastAPI
@@ -19,13 +19,14 @@ from fastapi import FastAPI
 from registry import heap
 from registry.budget import MemoryBudget
 from registry.core import ModelRegistry
-from registry.grpc_api.server import GrpcServer
-from registry.grpc_api.service import InferenceService
 from registry.metrics import Metrics
 from registry.repository import ModelRepository
 from registry.repository.triggers import ReloadTriggers
 from registry.settings import Settings
 from registry.tasks import Background
+
+if TYPE_CHECKING:
+    from registry.grpc_api.server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ def serving_lifespan(
             background.spawn(supervisor, name="start-up supervisor", forever=True)
             triggers.start()
             if settings.grpc_port is not None:
-                service = InferenceService(registry, repository.on_demand, settings, metrics)
-                grpc_server = GrpcServer(settings, service)
+                grpc_server = _grpc_server(registry, repository, settings, metrics)
                 await grpc_server.start(settings.grpc_port)
             yield {
                 "registry": registry,
@@ -83,6 +83,22 @@ def serving_lifespan(
                 torch.cuda.empty_cache()
 
     return lifespan
+
+
+def _grpc_server(
+    registry: ModelRegistry, repository: ModelRepository, settings: Settings, metrics: Metrics
+) -> GrpcServer:
+    """The gRPC server, imported only when it is asked for.
+
+    NOTE: its messages go into protobuf's process-wide pool under the protocol's names
+    (``inference.ModelInferRequest``...), where another compilation of the same protocol
+    (``tritonclient.grpc``'s, in a client process) would clash with them.
+    """
+    from registry.grpc_api.server import GrpcServer
+    from registry.grpc_api.service import InferenceService
+
+    service = InferenceService(registry, repository.on_demand, settings, metrics)
+    return GrpcServer(settings, service)
 
 
 async def _supervise(repository: ModelRepository, settings: Settings, fatal: Fatal) -> None:

@@ -1,0 +1,1 @@
+"""Build-time scripts: training the example weights, generating the gRPC modules."""

@@ -37,8 +37,10 @@ COPY weights ./weights
 COPY --from=build /opt/weights/minilm ./weights/minilm
 USER registry:registry
 EXPOSE 8000
+# NOTE: the Open Inference Protocol over gRPC (tritonclient.grpc, KServe), Triton's port
+EXPOSE 8001
 # NOTE: slim images have no curl; the standard library checks readiness (503 → exit 1).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 # NOTE: 0.0.0.0 only here, inside the container; the server's own default stays loopback.
-CMD ["registry", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["registry", "serve", "--host", "0.0.0.0", "--port", "8000", "--grpc-port", "8001"]

@@ -53,6 +53,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_readiness_healthcheck() 
     assert user
     assert user[-1].split(":")[0] not in ("root", "0")
     assert ("EXPOSE", "8000") in final
+    assert ("EXPOSE", "8001") in final
     (healthcheck,) = [args for word, args in final if word == "HEALTHCHECK"]
     assert "/readyz" in healthcheck
     assert "curl" not in healthcheck
@@ -60,6 +61,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_readiness_healthcheck() 
     (cmd,) = [json.loads(args) for word, args in final if word == "CMD"]
     assert cmd[:2] == ["registry", "serve"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--grpc-port") + 1] == "8001"
 
 
 def test_dockerfile_defaults_to_cpu_torch_with_a_build_argument() -> None:

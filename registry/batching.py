@@ -91,7 +91,14 @@ class _Pending(Generic[In, Out]):
     inputs: In
     rows: int
     result: asyncio.Future[Out]
-    handed_at: float  # perf_counter() when handed to an idle thread, else 0: times hand-offs
+    queued_at: float  # perf_counter() when submitted: its wait in the queue, its hand-off
+    alone: bool  # handed to an idle thread: its round trip times the hand-off
+
+
+PassObserver = Callable[[int, float, Sequence[float]], object]
+"""Told of each pass, inline or on the thread: its rows, its seconds, and how long each of
+its requests waited in the queue before it began."""
+_NO_WAIT = (0.0,)
 
 
 LINGER_CAP_S = 0.002
@@ -146,12 +153,11 @@ class Batcher(Generic[In, Out]):
         key: VersionKey,
         rows_of: Callable[[In], int] = len,  # type: ignore[assignment]
         inline_max_s: float | None = None,
-        on_pass: Callable[[int], object] | None = None,
+        on_pass: PassObserver | None = None,
     ) -> None:
         self._run_batch = run
         self._rows_of = rows_of
         self._on_pass = on_pass
-        """Told each pass's rows (inline or on the thread), for the pass-size histogram."""
         self._config = config
         self._key = key
         self._queue: SimpleQueue[_Pending[In, Out] | None] = SimpleQueue()  # None stops the thread
@@ -197,9 +203,9 @@ class Batcher(Generic[In, Out]):
         if self._queue.qsize() >= self._config.max_queue:
             raise QueueFull(self._key, self._queue.qsize(), self._config.max_queue)
         result: asyncio.Future[Out] = self._loop.create_future()
-        handed_at = time.perf_counter() if self._handed == 0 else 0.0
+        alone = self._handed == 0
         self._handed += 1
-        self._queue.put(_Pending(inputs, rows, result, handed_at))
+        self._queue.put(_Pending(inputs, rows, result, time.perf_counter(), alone))
         if timeout_s is None:
             return await result
         deadlines = self._deadlines
@@ -240,7 +246,7 @@ class Batcher(Generic[In, Out]):
         """On the loop: the pass itself, answered or failed exactly as the thread would."""
         self._inline_this_turn = True
         loop.call_soon(self._end_turn)  # NOTE: runs after the callbacks already ready
-        outcome = self._compute([inputs], 1)
+        outcome = self._compute([inputs], 1, _NO_WAIT)
         if isinstance(outcome, BaseException):
             raise outcome
         answer = outcome[0]
@@ -306,21 +312,23 @@ class Batcher(Generic[In, Out]):
         else:
             started = time.perf_counter()
             rows = sum(p.rows for p in live)
-            outcome = self._compute([p.inputs for p in live], rows)
+            waits = [started - p.queued_at for p in live]
+            outcome = self._compute([p.inputs for p in live], rows, waits)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
-    def _compute(self, inputs: list[In], rows: int) -> Sequence[Out | Exception] | ModelFailed:
+    def _compute(
+        self, inputs: list[In], rows: int, waits: Sequence[float]
+    ) -> Sequence[Out | Exception] | ModelFailed:
         """One forward pass for these requests, on whichever thread calls it; never raises.
 
-        A one-row pass is timed, failed or not, as evidence for ``_may_run_inline``.
+        Every pass is timed, failed or not, and reported with its requests' ``waits``; a
+        one-row pass is also evidence for ``_may_run_inline``.
         """
         started = time.perf_counter()
-        if self._on_pass is not None:
-            self._on_pass(rows)
         try:
             outcome = self._run_batch(inputs)
             if len(outcome) != len(inputs):
@@ -330,8 +338,11 @@ class Batcher(Generic[In, Out]):
             log.exception("inference failed", extra={"model": str(self._key)})
             return ModelFailed(self._key)
         finally:
+            seconds = time.perf_counter() - started
             if rows == 1:
-                self._measured(time.perf_counter() - started)
+                self._measured(seconds)
+            if self._on_pass is not None:
+                self._on_pass(rows, seconds, waits)
 
     def _measured(self, seconds: float) -> None:
         """Extend or break the streak of fast one-row passes.
@@ -352,7 +363,7 @@ class Batcher(Generic[In, Out]):
     def _time_handoff(self, pending: _Pending[In, Out]) -> None:
         """On the loop, for a lone one-row request back from the thread: its round trip
         less its pass is what going to the thread cost, here and now."""
-        round_trip = time.perf_counter() - pending.handed_at
+        round_trip = time.perf_counter() - pending.queued_at
         self._handoffs.append(max(round_trip - self._last_lone_s, 0.0))
         self._handoff_s = statistics.median(self._handoffs)
 
@@ -364,7 +375,7 @@ class Batcher(Generic[In, Out]):
     ) -> None:
         """On the event loop: resolve each waiter that is still waiting."""
         self._handed -= len(batch)
-        if len(batch) == len(live) == 1 and live[0].rows == 1 and live[0].handed_at:
+        if len(batch) == len(live) == 1 and live[0].rows == 1 and live[0].alone:
             self._time_handoff(live[0])
         if isinstance(outcome, BaseException):
             for pending in batch:

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from registry.buckets import cumulative
-from registry.model import BATCH_BUCKETS
+from registry.model import BATCH_BUCKETS, TIME_BUCKETS
 from registry.repository.report import LoadTally
 from registry.status import RegistryStatus
 from registry.table import VersionState
@@ -143,14 +143,31 @@ class LiveState(Collector):
             "Rows per forward pass served (requests that met in the queue share one).",
             labels=labels,
         )
+        pass_seconds = HistogramMetricFamily(
+            "registry_pass_seconds",
+            "Seconds per forward pass served, handler hooks included: what the model costs.",
+            labels=labels,
+        )
+        queue_seconds = HistogramMetricFamily(
+            "registry_queue_seconds",
+            "Seconds each request waited before its forward pass began: how busy it is.",
+            labels=labels,
+        )
         for served in status.versions():
             if served.pass_counts:
+                key = list(served.key)
                 buckets = cumulative(BATCH_BUCKETS, served.pass_counts)
-                passes.add_metric(list(served.key), buckets, sum_value=served.pass_rows)
+                passes.add_metric(key, buckets, sum_value=served.pass_rows)
+                for family, (counts, total) in (
+                    (pass_seconds, served.pass_seconds),
+                    (queue_seconds, served.queue_seconds),
+                ):
+                    family.add_metric(key, cumulative(TIME_BUCKETS, counts), sum_value=total)
         reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
         for outcome, count in sorted(self._reloads.items()):
             reloads.add_metric([outcome], count)
         yield from (in_flight, queued, memory, load, warmup, info, passes, reloads)
+        yield from (pass_seconds, queue_seconds)
         yield from self._load_families()
         yield from self._residency_families(status)
 

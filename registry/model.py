@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -31,6 +31,12 @@ class OutputInfo:
 
 BATCH_BUCKETS = tuple(2**i for i in range(13))
 """Upper bounds of the pass-size histogram, in rows: 1, 2, 4 ... 4096 (the batch cap)."""
+TIME_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds, in seconds, of the queue-wait and pass-time histograms: from an inline
+pass of a tiny model (zero wait, ~0.1 ms) to a queue behind a transformer's batches."""
 
 
 @dataclass(eq=False)
@@ -64,6 +70,10 @@ class LoadedModel:
     """(device, bytes) the memory budget holds for it until its memory is given back."""
     passes: Buckets = field(default_factory=lambda: Buckets(BATCH_BUCKETS))
     """The rows of every forward pass served through the batcher (not warm-up)."""
+    pass_seconds: Buckets = field(default_factory=lambda: Buckets(TIME_BUCKETS))
+    """How long each of those passes took, handler hooks included: the model's cost."""
+    queue_seconds: Buckets = field(default_factory=lambda: Buckets(TIME_BUCKETS))
+    """How long each request waited before its pass began: how busy the version is."""
     _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)
     # NOTE: plain attributes, not properties: every request reads them, some more than once.
     name: str = field(init=False)
@@ -225,9 +235,16 @@ class LoadedModel:
             rows_of=rows_of,
             # NOTE: a handler's code never runs on the event loop, however fast
             inline_max_s=None if type(self.handler) is Handler else 0.0,
-            on_pass=self.passes.add,
+            on_pass=self._passed,
         )
         self._batcher.start()
+
+    def _passed(self, rows: int, seconds: float, waits: Sequence[float]) -> None:
+        """On whichever thread ran the pass (one at a time): count it."""
+        self.passes.add(rows)
+        self.pass_seconds.add(seconds)
+        for wait in waits:
+            self.queue_seconds.add(wait)
 
     async def infer_tensors(self, inputs: Tensors, timeout_s: float | None = None) -> Tensors:
         """Queue a request's declared inputs behind other requests and await its declared

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from registry.buckets import Buckets
 from registry.budget import MemoryBudget
 from registry.errors import (
     ModelLoading,
@@ -47,6 +48,10 @@ class VersionStatus:
     pass_counts: tuple[int, ...] = ()
     """Served forward passes per row bucket (``BATCH_BUCKETS``, then more)."""
     pass_rows: int = 0
+    pass_seconds: tuple[tuple[int, ...], float] = ((), 0.0)
+    """Served passes per ``TIME_BUCKETS`` bucket of their duration, and their sum."""
+    queue_seconds: tuple[tuple[int, ...], float] = ((), 0.0)
+    """Requests per ``TIME_BUCKETS`` bucket of their wait before their pass, and its sum."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,4 +191,10 @@ def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> 
         last_eviction=slot.last_eviction,
         pass_counts=tuple(model.passes.counts) if model else (),
         pass_rows=int(model.passes.total) if model else 0,
+        pass_seconds=_held(model.pass_seconds) if model else ((), 0.0),
+        queue_seconds=_held(model.queue_seconds) if model else ((), 0.0),
     )
+
+
+def _held(buckets: Buckets) -> tuple[tuple[int, ...], float]:
+    return tuple(buckets.counts), buckets.total

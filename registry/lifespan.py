@@ -54,7 +54,11 @@ def serving_lifespan(
         repository = ModelRepository(settings, registry, background)
         triggers = ReloadTriggers(repository, settings, background)
         metrics = Metrics(
-            registry.status, repository.reload_outcomes, repository.loads, registry.evictions
+            registry.status,
+            repository.reload_outcomes,
+            repository.loads,
+            registry.evictions,
+            manifest=lambda: repository.manifest_sha256,
         )
         grpc_server: GrpcServer | None = None
         try:

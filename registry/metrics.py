@@ -39,7 +39,9 @@ class Metrics:
         reloads: Counter[str],
         loads: LoadTally,
         evictions: Counter[tuple[str, str]] | None = None,
+        manifest: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``manifest`` gives the fingerprint of the manifest served, at scrape time."""
         self.collectors = prometheus.CollectorRegistry(auto_describe=True)
         self.requests = prometheus.Counter(
             "registry_requests",
@@ -55,7 +57,9 @@ class Metrics:
             registry=self.collectors,
         )
         self.collectors.register(
-            LiveState(status, reloads, loads, Counter() if evictions is None else evictions)
+            LiveState(
+                status, reloads, loads, Counter() if evictions is None else evictions, manifest
+            )
         )
         # NOTE: ``labels()`` checks and copies its values and takes a lock on every call,
         # more than the increment itself; the children it returns are kept here instead.
@@ -92,11 +96,13 @@ class LiveState(Collector):
         reloads: Counter[str],
         loads: LoadTally,
         evictions: Counter[tuple[str, str]],
+        manifest: Callable[[], str | None],
     ) -> None:
         self._status = status
         self._reloads = reloads
         self._loads = loads
         self._evictions = evictions
+        self._manifest = manifest
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -201,7 +207,15 @@ class LiveState(Collector):
             charged.add_metric([device], memory.charged)
             if memory.budget is not None:
                 budget.add_metric([device], memory.budget)
-        yield from (states, evictions, charged, budget)
+        served = GaugeMetricFamily(
+            "registry_manifest_info",
+            "1, labelled with the fingerprint of the manifest served: one value across the "
+            "replicas once a manifest change has reached them all.",
+            labels=["sha256"],
+        )
+        if (fingerprint := self._manifest()) is not None:
+            served.add_metric([fingerprint], 1)
+        yield from (states, evictions, charged, budget, served)
 
     def _load_families(self) -> Iterator[Metric]:
         """Loads by model and outcome, and how long they took (start-up and reloads)."""

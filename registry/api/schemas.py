@@ -97,6 +97,11 @@ class ModelList(BaseModel):
     draining: list[str] = Field(
         default=[], description="Retired versions still finishing requests (model:version)"
     )
+    manifest_sha256: str | None = Field(
+        default=None,
+        description="Fingerprint of the manifest this process serves (its content, not its "
+        "layout): equal on every replica once a change has reached them all",
+    )
 
 
 class Readiness(BaseModel):

@@ -26,6 +26,13 @@ from registry.table import ModelEntry, Table, VersionSlot
 from registry.weightfiles import WeightDigests, resolve_weights
 
 
+def manifest_fingerprint(manifest: Manifest) -> str:
+    """sha256 of what a manifest says, not how it is written: replicas that serve the same
+    models show the same fingerprint, whatever the comments and layout of their files."""
+    document = manifest.model_dump(mode="json")
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def fingerprint_manifest(
     manifest: Manifest, weights_root: Path, digests: WeightDigests
 ) -> tuple[dict[VersionKey, str], dict[VersionKey, str]]:

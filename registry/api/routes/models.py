@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from registry.api.deps import RegistryDep
 from registry.api.schemas import (
@@ -13,6 +13,7 @@ from registry.api.schemas import (
     TensorSchema,
     VersionInfo,
 )
+from registry.repository import ModelRepository
 from registry.status import ModelStatus, RegistryStatus, VersionStatus
 from registry.table import resolve
 
@@ -20,13 +21,16 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/models")
-async def list_models(registry: RegistryDep) -> ModelList:
-    """Every model with its versions, their state, load time and memory."""
+async def list_models(registry: RegistryDep, request: Request) -> ModelList:
+    """Every model with its versions, their state, load time and memory, and the
+    fingerprint of the manifest served."""
     status = registry.status()
+    repository: ModelRepository = request.scope["state"]["repository"]
     return ModelList(
         models=[_model_info(model, status.draining) for model in status.models.values()],
         loading=[str(key) for key in status.loading],
         draining=[str(version.key) for version in status.draining],
+        manifest_sha256=repository.manifest_sha256,
     )
 
 

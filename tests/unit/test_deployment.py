@@ -164,3 +164,17 @@ def test_kubernetes_deployment_probes_resources_and_security() -> None:
     assert pod["terminationGracePeriodSeconds"] > float(env["REGISTRY_DRAIN_TIMEOUT_S"]["value"])
     manifest = yaml.safe_load(documents["ConfigMap"]["data"]["models.yaml"])
     assert manifest["models"][0]["name"] == "digits"
+
+
+def test_the_autoscaler_scales_the_deployment_that_exists() -> None:
+    documents = kubernetes()
+    autoscaler, deployment = documents["HorizontalPodAutoscaler"], documents["Deployment"]
+    target = autoscaler["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+    assert target["name"] == deployment["metadata"]["name"]
+    assert 1 <= autoscaler["spec"]["minReplicas"] <= autoscaler["spec"]["maxReplicas"]
+    # NOTE: CPU utilization is a share of the requests: without them it means nothing
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]
+    kustomization = documents["Kustomization"]
+    assert "hpa.yaml" in kustomization["resources"]

@@ -5,7 +5,7 @@ import warnings
 
 from registry.grpc_api import open_inference_pb2 as registry_dot_grpc__api_dot_open__inference__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -7,19 +7,24 @@
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
-from registry import __version__
+from registry import __version__, tracing
 from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.fastpath import PredictFastPath
 from registry.api.limits import BodySizeLimit
 from registry.api.observe import Observe
 from registry.api.routes import admin, health, management, models, predict, v2
+from registry.api.trace import Trace
 from registry.lifespan import Fatal, serving_lifespan
 from registry.logs import configure_logging_once
 from registry.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
@@ -33,7 +38,12 @@ def _terminate_self() -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
-def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    on_fatal: Fatal | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     """Build the application; ``on_fatal`` is called when strict start-up fails.
 
     Its middleware, outermost first: Starlette's ``ServerErrorMiddleware`` (a last resort
@@ -47,13 +57,15 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
     """
     settings = settings or Settings()
     fatal = on_fatal or _terminate_self
+    # NOTE: tracing is off unless configured (``registry.tracing``); tests hand in their own.
+    provider = tracer_provider or tracing.configure(settings)
     configure_logging_once(settings)
 
     app = FastAPI(
         title="registry",
         version=__version__,
         summary="Many named PyTorch models over HTTP from one YAML manifest.",
-        lifespan=serving_lifespan(settings, fatal),
+        lifespan=serving_lifespan(settings, fatal, provider),
         exception_handlers=EXCEPTION_HANDLERS,
         # NOTE: the request metrics and logs are Observe's. FastAPI's native OpenTelemetry
         # would look up the global providers on every request to find none configured.
@@ -66,5 +78,7 @@ def create_app(settings: Settings | None = None, *, on_fatal: Fatal | None = Non
     if settings.fast_path:
         app.add_middleware(PredictFastPath, endpoints=predict.ENDPOINTS)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    if provider is not None:
+        app.add_middleware(Trace, tracer=provider.get_tracer("registry"))
     app.add_middleware(Observe, log_requests=settings.access_log)
     return app

@@ -52,7 +52,9 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry.trace import SpanContext
 
+from registry import tracing
 from registry.deadlines import Deadlines
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
@@ -93,12 +95,14 @@ class _Pending(Generic[In, Out]):
     result: asyncio.Future[Out]
     queued_at: float  # perf_counter() when submitted: its wait in the queue, its hand-off
     alone: bool  # handed to an idle thread: its round trip times the hand-off
+    traced: Traced  # its span and when it was queued, while tracing is on
 
 
 PassObserver = Callable[[int, float, Sequence[float]], object]
 """Told of each pass, inline or on the thread: its rows, its seconds, and how long each of
 its requests waited in the queue before it began."""
 _NO_WAIT = (0.0,)
+Traced = tuple[SpanContext, int] | None
 
 
 LINGER_CAP_S = 0.002
@@ -205,7 +209,9 @@ class Batcher(Generic[In, Out]):
         result: asyncio.Future[Out] = self._loop.create_future()
         alone = self._handed == 0
         self._handed += 1
-        self._queue.put(_Pending(inputs, rows, result, time.perf_counter(), alone))
+        self._queue.put(
+            _Pending(inputs, rows, result, time.perf_counter(), alone, tracing.current())
+        )
         if timeout_s is None:
             return await result
         deadlines = self._deadlines
@@ -246,7 +252,7 @@ class Batcher(Generic[In, Out]):
         """On the loop: the pass itself, answered or failed exactly as the thread would."""
         self._inline_this_turn = True
         loop.call_soon(self._end_turn)  # NOTE: runs after the callbacks already ready
-        outcome = self._compute([inputs], 1, _NO_WAIT)
+        outcome = self._compute([inputs], 1, _NO_WAIT, (tracing.current(),))
         if isinstance(outcome, BaseException):
             raise outcome
         answer = outcome[0]
@@ -313,7 +319,8 @@ class Batcher(Generic[In, Out]):
             started = time.perf_counter()
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
-            outcome = self._compute([p.inputs for p in live], rows, waits)
+            traced = [p.traced for p in live]
+            outcome = self._compute([p.inputs for p in live], rows, waits, traced)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
@@ -321,13 +328,19 @@ class Batcher(Generic[In, Out]):
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
     def _compute(
-        self, inputs: list[In], rows: int, waits: Sequence[float]
+        self,
+        inputs: list[In],
+        rows: int,
+        waits: Sequence[float],
+        traced: Sequence[Traced],
     ) -> Sequence[Out | Exception] | ModelFailed:
         """One forward pass for these requests, on whichever thread calls it; never raises.
 
         Every pass is timed, failed or not, and reported with its requests' ``waits``; a
-        one-row pass is also evidence for ``_may_run_inline``.
+        one-row pass is also evidence for ``_may_run_inline``. While tracing is on, the
+        pass and the requests' waits become spans (``tracing.record_pass``).
         """
+        traced_from = time.time_ns() if tracing.TRACER is not None else 0
         started = time.perf_counter()
         try:
             outcome = self._run_batch(inputs)
@@ -343,6 +356,8 @@ class Batcher(Generic[In, Out]):
                 self._measured(seconds)
             if self._on_pass is not None:
                 self._on_pass(rows, seconds, waits)
+            if traced_from:
+                tracing.record_pass(self._key, rows, traced, traced_from, time.time_ns())
 
     def _measured(self, seconds: float) -> None:
         """Extend or break the streak of fast one-row passes.

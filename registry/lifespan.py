@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypedDict
 import torch
 from fastapi import FastAPI
 
-from registry import heap
+from registry import heap, tracing
 from registry.budget import MemoryBudget
 from registry.core import ModelRegistry
 from registry.metrics import Metrics
@@ -26,6 +26,8 @@ from registry.settings import Settings
 from registry.tasks import Background
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
     from registry.grpc_api.server import GrpcServer
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,14 @@ class AppState(TypedDict):
 
 
 def serving_lifespan(
-    settings: Settings, fatal: Fatal
+    settings: Settings, fatal: Fatal, tracer_provider: TracerProvider | None = None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
     """Start loading, reload triggers and the start-up supervisor; undo them on shutdown."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         torch.set_num_threads(settings.intra_op_threads)
+        tracing.install(tracer_provider)
         background = Background()
         budget = MemoryBudget(settings.memory_budget_bytes)
         registry = ModelRegistry(background, budget, after_release=heap.trim)
@@ -83,6 +86,9 @@ def serving_lifespan(
             await registry.close()
             await background.close()
             heap.thaw()
+            if tracer_provider is not None:
+                tracing.install(None)
+                tracer_provider.shutdown()  # NOTE: sends what is still batched
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.empty_cache()
 

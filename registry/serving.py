@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from registry import tracing
+from registry.batching import Tensors
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
 from registry.codec import encode_prediction
 from registry.errors import UnsupportedMediaType
@@ -45,19 +47,30 @@ async def predict(
 ) -> Prediction:
     """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
     spec = model.spec
-    decoded = decode(body, content_type, shape, spec.inputs, max_rows=spec.batching.max_batch_size)
+    with tracing.step("decode"):
+        decoded = decode(
+            body, content_type, shape, spec.inputs, max_rows=spec.batching.max_batch_size
+        )
     outputs = await model.infer_tensors(decoded.tensors, timeout_s)
+    with tracing.step("encode"):
+        return _answer(model, outputs, decoded.batched, accept)
+
+
+def _answer(model: LoadedModel, outputs: Tensors, batched: bool, accept: str | None) -> Prediction:
+    """The outputs in the form ``accept`` prefers, where the model has one numeric output;
+    JSON otherwise."""
+    spec = model.spec
     headers = provenance(model)
     wanted = preferred_answer(accept)
     if wanted != JSON and len(spec.outputs) == 1:
         array = outputs[spec.outputs[0].name]
         if array.dtype.kind != "O":
-            answer = array if decoded.batched else array[0]
+            answer = array if batched else array[0]
             if wanted == RAW:
                 raw, shape_headers = encode_raw(answer)
                 return Prediction(raw, RAW, headers | shape_headers)
             return Prediction(encode_npy(answer), NPY, headers)
-    document = encode_prediction(model.name, model.version, outputs, decoded.batched, spec.outputs)
+    document = encode_prediction(model.name, model.version, outputs, batched, spec.outputs)
     return Prediction(document, JSON, headers)
 
 

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
     """Port of the Open Inference Protocol over gRPC, on the same host; unset: no gRPC."""
 
+    otel_endpoint: str | None = None
+    """OpenTelemetry collector (OTLP over HTTP, e.g. `http://collector:4318`) to send
+    traces to; unset, the standard `OTEL_EXPORTER_OTLP_ENDPOINT` turns tracing on instead.
+    Neither: tracing is off, and costs nothing."""
+
     admin_token: SecretStr | None = None
     """Bearer token for `/admin/*`. Unset: the admin API is off."""
 

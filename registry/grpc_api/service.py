@@ -13,8 +13,10 @@ import time
 from typing import Any, NoReturn
 
 import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
-from registry import __version__
+from registry import __version__, tracing
 from registry.api.routes.v2 import metadata
 from registry.core import Lease, ModelRegistry
 from registry.errors import NotFound, NotLoaded, RegistryError, Unavailable
@@ -95,19 +97,39 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        tracer = tracing.TRACER
+        if tracer is None:
+            return await self._infer(request, context)
+        carrier = {
+            item.key: item.value
+            for item in context.invocation_metadata() or ()
+            if item.key in ("traceparent", "tracestate")
+        }
+        span = tracer.start_span(
+            "inference.GRPCInferenceService/ModelInfer",
+            context=propagate.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "registry.model": request.model_name},
+        )
+        with trace.use_span(span, end_on_exit=True, record_exception=False):
+            return await self._infer(request, context)
+
+    async def _infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         started = time.perf_counter()
         served, status = (UNKNOWN, UNKNOWN), 200
         try:
             with await self._lease(request.model_name, request.model_version) as model:
                 served = (model.name, model.version)
                 spec = model.spec
-                document, decoded = decode_request(
-                    request, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
-                )
+                with tracing.step("decode"):
+                    document, decoded = decode_request(
+                        request, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
+                    )
                 outputs = await model.infer_tensors(decoded.tensors, self._timeout_s(context))
-                return encode_response(
-                    model.name, model.version, document, outputs, decoded.batched, spec.outputs
-                )
+                with tracing.step("encode"):
+                    return encode_response(
+                        model.name, model.version, document, outputs, decoded.batched, spec.outputs
+                    )
         except RegistryError as exc:
             status = exc.status_code
             await _abort(context, exc)

@@ -11,7 +11,7 @@ from functools import partial
 
 from fastapi import APIRouter, Request, Response
 
-from registry import __version__
+from registry import __version__, tracing
 from registry.api.deps import (
     BodyDep,
     DefaultModelDep,
@@ -136,13 +136,15 @@ async def _infer(
 ) -> Response:
     header = request.headers.get("inference-header-content-length")
     spec = model.spec
-    document, decoded = decode_infer(
-        received, header, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
-    )
+    with tracing.step("decode"):
+        document, decoded = decode_infer(
+            received, header, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
+        )
     outputs = await model.infer_tensors(decoded.tensors, settings.request_timeout_s)
-    body, json_length = encode_infer(
-        model.name, model.version, document, outputs, decoded.batched, spec.outputs
-    )
+    with tracing.step("encode"):
+        body, json_length = encode_infer(
+            model.name, model.version, document, outputs, decoded.batched, spec.outputs
+        )
     headers = provenance(model)
     if json_length is not None:
         headers["Inference-Header-Content-Length"] = str(json_length)

@@ -22,6 +22,8 @@ from registry import __version__
 from registry.settings import Settings
 
 if TYPE_CHECKING:
+    import socket
+
     import uvicorn
     from starlette.types import ASGIApp
 
@@ -71,7 +73,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from registry.app import create_app
     from registry.logs import configure_logging
@@ -88,10 +89,30 @@ def serve(args: argparse.Namespace) -> int:
         exit_code = EXIT_MODELS_FAILED
         server.should_exit = True
 
-    server = uvicorn.Server(uvicorn_config(create_app(settings, on_fatal=on_fatal), settings))
+    server = _server_class()(uvicorn_config(create_app(settings, on_fatal=on_fatal), settings))
     with _signals_end_cleanly():
         server.run()
     return exit_code if server.started else EXIT_STARTUP_FAILED
+
+
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also tells gRPC when shutdown begins.
+
+        NOTE: uvicorn runs the application's shutdown only once its HTTP connections have
+        drained; gRPC must refuse new calls from the signal on, as HTTP does, and drain
+        beside it, not after it.
+        """
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            grpc_server = getattr(getattr(self.config.app, "state", None), "grpc", None)
+            if grpc_server is not None:
+                grpc_server.begin_stop()
+            await super().shutdown(sockets)
+
+    return Server
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:

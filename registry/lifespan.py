@@ -48,7 +48,7 @@ def serving_lifespan(
     """Start loading, reload triggers and the start-up supervisor; undo them on shutdown."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         torch.set_num_threads(settings.intra_op_threads)
         tracing.install(tracer_provider)
         background = Background()
@@ -72,6 +72,7 @@ def serving_lifespan(
             if settings.grpc_port is not None:
                 grpc_server = _grpc_server(registry, repository, settings, metrics)
                 await grpc_server.start(settings.grpc_port)
+                app.state.grpc = grpc_server  # NOTE: for ``registry serve``'s shutdown
             yield {
                 "registry": registry,
                 "repository": repository,

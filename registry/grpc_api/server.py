@@ -3,6 +3,7 @@ process, when ``REGISTRY_GRPC_PORT`` is set, and stopped gracefully at shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -26,6 +27,7 @@ class GrpcServer:
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, self._server)
         self.port = 0
+        self._stopping: asyncio.Task[None] | None = None
 
     async def start(self, port: int) -> None:
         host = self._settings.host
@@ -36,7 +38,19 @@ class GrpcServer:
         await self._server.start()
         log.info("gRPC (Open Inference Protocol) on %s:%d", host, self.port)
 
-    async def stop(self) -> None:
-        """Refuse new calls at once; give those in flight ``REGISTRY_DRAIN_TIMEOUT_S``."""
+    def begin_stop(self) -> asyncio.Task[None]:
+        """Refuse new calls from now on; those in flight get ``REGISTRY_DRAIN_TIMEOUT_S``.
+
+        NOTE: ``registry serve`` calls this as soon as shutdown begins, while HTTP drains
+        beside it: the lifespan's shutdown, which awaits the end, comes only after.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stopped())
+        return self._stopping
+
+    async def _stopped(self) -> None:
         await self._server.stop(self._settings.drain_timeout_s)
         log.info("gRPC stopped")
+
+    async def stop(self) -> None:
+        await self.begin_stop()

@@ -8,6 +8,7 @@ client's deadline bounds the wait for the answer as ``REGISTRY_REQUEST_TIMEOUT_S
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, NoReturn
@@ -133,6 +134,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except RegistryError as exc:
             status = exc.status_code
             await _abort(context, exc)
+        except asyncio.CancelledError:
+            # NOTE: gRPC cancels the call when the client gives up or its deadline passes:
+            # nobody gets an answer, as nginx's 499 (or a 504) says for HTTP.
+            left = context.time_remaining()
+            status = 504 if left is not None and left <= 0 else 499
+            raise
         except Exception:
             status = 500
             log.exception("gRPC ModelInfer for %s failed", request.model_name)

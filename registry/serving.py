@@ -47,13 +47,17 @@ async def predict(
 ) -> Prediction:
     """Decode by ``content_type``, queue behind other requests, wait, encode by ``accept``."""
     spec = model.spec
-    with tracing.step("decode"):
-        decoded = decode(
-            body, content_type, shape, spec.inputs, max_rows=spec.batching.max_batch_size
-        )
+    decoded = tracing.step(
+        "decode",
+        decode,
+        body,
+        content_type,
+        shape,
+        spec.inputs,
+        spec.batching.max_batch_size,
+    )
     outputs = await model.infer_tensors(decoded.tensors, timeout_s)
-    with tracing.step("encode"):
-        return _answer(model, outputs, decoded.batched, accept)
+    return tracing.step("encode", _answer, model, outputs, decoded.batched, accept)
 
 
 def _answer(model: LoadedModel, outputs: Tensors, batched: bool, accept: str | None) -> Prediction:
@@ -84,7 +88,6 @@ def decode(
     content_type: str | None,
     shape: str | None,
     specs: tuple[TensorSpec, ...],
-    *,
     max_rows: int,
 ) -> Decoded:
     """The request's inputs; at most ``max_rows`` instances (the model's batch size cap)."""

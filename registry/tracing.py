@@ -8,18 +8,16 @@ one span per forward pass, linked from every request that shared it, with the mo
 version and the batch size.
 
 When it is off, ``TRACER`` is ``None``: no middleware is added, and the hot path pays one
-module attribute look-up per step (``step`` hands back a shared no-op context manager).
+module attribute look-up per step (``step`` just calls its function).
 The tracer is process-wide, like torch's threads: the application installs it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, Tracer
@@ -33,7 +31,8 @@ if TYPE_CHECKING:
 TRACER: Tracer | None = None
 """The process's tracer while tracing is on; ``None`` (the default) when it is off."""
 
-_OFF: AbstractContextManager[Any] = contextlib.nullcontext()
+Ts = TypeVarTuple("Ts")
+R = TypeVar("R")
 
 
 def configure(settings: Settings) -> TracerProvider | None:
@@ -66,11 +65,19 @@ def install(provider: TracerProvider | None) -> None:
     TRACER = None if provider is None else provider.get_tracer("registry")
 
 
-def step(name: str) -> AbstractContextManager[Any]:
-    """A child span of the current one for a step of a request (decode, encode), or a
-    no-op when tracing is off."""
+def step(name: str, function: Callable[[*Ts], R], /, *args: *Ts) -> R:
+    """``function(*args)``, as a child span of the current one named ``name`` (a step of a
+    request: decode, encode) while tracing is on.
+
+    NOTE: a call with positional arguments only, rather than a context manager: entering
+    and leaving even a shared no-op one, or forwarding keyword arguments, cost 0.4 µs per
+    step, several times the rest of tracing's cost when it is off.
+    """
     tracer = TRACER
-    return _OFF if tracer is None else tracer.start_as_current_span(name)
+    if tracer is None:
+        return function(*args)
+    with tracer.start_as_current_span(name):
+        return function(*args)
 
 
 def current() -> tuple[SpanContext, int] | None:

@@ -36,7 +36,6 @@ def decode_infer(
     header_length: str | None,
     specs: Sequence[TensorSpec],
     outputs: Sequence[OutputSpec],
-    *,
     max_rows: int,
 ) -> tuple[dict[str, Any], Decoded]:
     """The request document (id, outputs wanted) and its inputs by name.

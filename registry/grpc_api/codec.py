@@ -44,7 +44,6 @@ def decode_request(
     request: pb.ModelInferRequest,
     specs: Sequence[TensorSpec],
     outputs: Sequence[OutputSpec],
-    *,
     max_rows: int,
 ) -> tuple[dict[str, Any], Decoded]:
     """The request as a V2 document (id, outputs wanted) and its inputs by name."""

@@ -122,15 +122,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             with await self._lease(request.model_name, request.model_version) as model:
                 served = (model.name, model.version)
                 spec = model.spec
-                with tracing.step("decode"):
-                    document, decoded = decode_request(
-                        request, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
-                    )
+                document, decoded = tracing.step(
+                    "decode",
+                    decode_request,
+                    request,
+                    spec.inputs,
+                    spec.outputs,
+                    spec.batching.max_batch_size,
+                )
                 outputs = await model.infer_tensors(decoded.tensors, self._timeout_s(context))
-                with tracing.step("encode"):
-                    return encode_response(
-                        model.name, model.version, document, outputs, decoded.batched, spec.outputs
-                    )
+                return tracing.step(
+                    "encode",
+                    encode_response,
+                    model.name,
+                    model.version,
+                    document,
+                    outputs,
+                    decoded.batched,
+                    spec.outputs,
+                )
         except RegistryError as exc:
             status = exc.status_code
             await _abort(context, exc)

@@ -136,15 +136,26 @@ async def _infer(
 ) -> Response:
     header = request.headers.get("inference-header-content-length")
     spec = model.spec
-    with tracing.step("decode"):
-        document, decoded = decode_infer(
-            received, header, spec.inputs, spec.outputs, max_rows=spec.batching.max_batch_size
-        )
+    document, decoded = tracing.step(
+        "decode",
+        decode_infer,
+        received,
+        header,
+        spec.inputs,
+        spec.outputs,
+        spec.batching.max_batch_size,
+    )
     outputs = await model.infer_tensors(decoded.tensors, settings.request_timeout_s)
-    with tracing.step("encode"):
-        body, json_length = encode_infer(
-            model.name, model.version, document, outputs, decoded.batched, spec.outputs
-        )
+    body, json_length = tracing.step(
+        "encode",
+        encode_infer,
+        model.name,
+        model.version,
+        document,
+        outputs,
+        decoded.batched,
+        spec.outputs,
+    )
     headers = provenance(model)
     if json_length is not None:
         headers["Inference-Header-Content-Length"] = str(json_length)

@@ -9,8 +9,10 @@ compute-bound) and each concurrency, the same load runs against
 and beside them the in-process forward limit (samples/s at batch 1 and 16). For
 ``minilm`` (all-MiniLM-L6-v2, one sentence per request) the peer is LitServe with its own
 batching instead, on the same tokenizer, encoder and weights, and the table adds the rows
-per forward pass each side ran (``bench/minilm.py``). Ratios come from the same run, so a
-noisy machine moves both sides. Results: tables on stdout and JSON in ``bench/results/``.
+per forward pass each side ran (``bench/minilm.py``). ``protocols`` serves ``medium`` over
+V2 JSON, V2 binary and gRPC from one server, and V2 JSON again with tracing on
+(``bench/protocols.py``). Ratios come from the same run, so a noisy machine moves both
+sides. Results: tables on stdout and JSON in ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -30,19 +32,20 @@ import httpx
 import numpy as np
 import torch
 
-from bench import MAX_BATCH, MODELS, load, minilm
+from bench import MAX_BATCH, MODELS, load, minilm, protocols
 from bench.launch import free_port, launch, registry_serve
 from registry.examples.mlp import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = (minilm.NAME, protocols.NAME)  # beside the MLPs, selected by --models too
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--models",
-        default=f"tiny,medium,{minilm.NAME}",
-        help=f"of {', '.join([*MODELS, minilm.NAME])} (all)",
+        default=",".join([*MODELS, *SECTIONS]),
+        help=f"of {', '.join([*MODELS, *SECTIONS])} (all)",
     )
     parser.add_argument("--conc", default="1,8,64")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
@@ -75,16 +78,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     requested = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = set(requested) - {*MODELS, minilm.NAME}
+    unknown = set(requested) - {*MODELS, *SECTIONS}
     if unknown:
-        parser.error(f"unknown models {sorted(unknown)}; known: {[*MODELS, minilm.NAME]}")
+        parser.error(f"unknown models {sorted(unknown)}; known: {[*MODELS, *SECTIONS]}")
     names = [n for n in requested if n in MODELS]
     concurrencies = [int(c) for c in args.conc.split(",")]
 
     encoder: dict[str, Any] | None = None  # the minilm section's results
+    wire: dict[str, Any] | None = None  # the protocols section's results
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        samples = build(work, names)
+        served = names
+        if protocols.NAME in requested and protocols.MODEL not in names:
+            served = [*names, protocols.MODEL]
+        samples = build(work, served)
         limits = {name: forward_limit(name) for name in names}
         results: list[dict[str, Any]] = []
         for name in names:
@@ -105,8 +112,13 @@ def main() -> None:
                             f"non-2xx {result.non2xx}",
                             flush=True,
                         )
+        if protocols.NAME in requested:
+            sample = samples[protocols.MODEL]
+            expected = reference(protocols.MODEL, work, sample)
+            opts = protocols.Options(concurrencies, args.duration, args.warmup)
+            wire = protocols.run(work, sample, expected, opts)
         if minilm.NAME in requested:
-            opts = minilm.Options(
+            encoder_opts = minilm.Options(
                 concurrencies,
                 args.duration,
                 args.warmup,
@@ -115,15 +127,22 @@ def main() -> None:
                 args.litserve_workers,
                 args.quiet,
             )
-            encoder = minilm.run(work, opts)
+            encoder = minilm.run(work, encoder_opts)
             results += encoder["results"]
     if names:
         report(results, limits, concurrencies, names)
+    if wire is not None:
+        wire["markdown"] = protocols.tables(wire, concurrencies)
+        print(f"\n{wire['markdown']}")
     if encoder is not None:
         minilm.report(encoder, concurrencies)
     out = args.out or ROOT / "bench" / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     saved: dict[str, Any] = {"results": results, "forward_limit": limits}
+    if wire is not None:
+        # NOTE: its rows stay in its own entry: they are the main section's model and
+        # server, and would read as its cells.
+        saved[protocols.NAME] = wire
     if encoder is not None:
         saved[minilm.NAME] = {k: v for k, v in encoder.items() if k != "results"}
     out.write_text(json.dumps(saved, indent=2))
@@ -200,12 +219,18 @@ def serving(server: str, work: Path) -> Iterator[str]:
         yield url
 
 
-def check(target: str, body: bytes, name: str, work: Path) -> None:
-    """One answer must equal torch in-process before anything is timed."""
+def reference(name: str, work: Path, inputs: Any) -> np.ndarray:
+    """The model's output for ``inputs`` (a batch), computed by torch in-process."""
     model = MLP(MODELS[name]).eval()
     model.load_state_dict(torch.load(work / "weights" / f"{name}.pt", weights_only=True))
     with torch.inference_mode():
-        expected = model(torch.tensor(json.loads(body)["inputs"])).numpy()
+        expected: np.ndarray = model(torch.as_tensor(inputs)).numpy()
+    return expected
+
+
+def check(target: str, body: bytes, name: str, work: Path) -> None:
+    """One answer must equal torch in-process before anything is timed."""
+    expected = reference(name, work, json.loads(body)["inputs"])
     headers = {"content-type": "application/json"}
     answer = httpx.post(target, content=body, headers=headers, timeout=30)
     got = np.array(answer.json()["outputs"])

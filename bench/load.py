@@ -1,7 +1,8 @@
 """Closed-loop load: wrk where Debian's package is installed, else a bundled asyncio client.
 
 Both keep ``concurrency`` keep-alive connections, each sending the next request as soon as
-the last answer arrived, and report requests per second and latency percentiles.
+the last answer arrived, and report requests per second and latency percentiles. A POST of
+one body, JSON unless ``headers`` say otherwise.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+JSON = {"Content-Type": "application/json"}
+# NOTE: the body is read from a file, so that it may be bytes of any value (V2's binary
+# extension), not only text.
 LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [==[{body}]==]
+{headers}
+local source = io.open("{body}", "rb")
+wrk.body = source:read("*a")
+source:close()
 done = function(summary, latency, requests)
   local f = io.open("{out}", "w")
   local e = summary.errors
@@ -50,17 +57,37 @@ class Result:
         return asdict(self) | {"rps": round(self.rps, 1)}
 
 
-def run(url: str, body: bytes, concurrency: int, seconds: float) -> Result:
+def run(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    headers: Mapping[str, str] = JSON,
+) -> Result:
     if shutil.which("wrk"):
-        return _wrk(url, body, concurrency, seconds)
-    return asyncio.run(_bundled(url, body, concurrency, seconds))
+        return _wrk(url, body, concurrency, seconds, headers)
+    return asyncio.run(_bundled(url, body, concurrency, seconds, headers))
 
 
-def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> Result:
+def summarize(
+    latencies: list[float], seconds: float, non2xx: int, errors: int, tool: str
+) -> Result:
+    """A client's figures: ``latencies`` in seconds, one per answer, over ``seconds``."""
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return Result(len(latencies), seconds, cuts[49] * 1e3, cuts[98] * 1e3, non2xx, errors, tool)
+
+
+def _wrk(
+    url: str, body: bytes, concurrency: int, seconds: float, headers: Mapping[str, str]
+) -> Result:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "summary.json"
         script = Path(scratch) / "post.lua"
-        script.write_text(LUA.format(body=body.decode(), out=out))
+        source = Path(scratch) / "body"
+        source.write_bytes(body)
+        # NOTE: a JSON string is a Lua string literal too (ASCII header names and values).
+        lines = [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+        script.write_text(LUA.format(headers="\n".join(lines), body=source, out=out))
         command = [
             "wrk",
             "-t1",
@@ -77,11 +104,14 @@ def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> Result:
     return Result(tool="wrk", **summary)
 
 
-async def _bundled(url: str, body: bytes, concurrency: int, seconds: float) -> Result:
+async def _bundled(
+    url: str, body: bytes, concurrency: int, seconds: float, headers: Mapping[str, str]
+) -> Result:
     parts = urlsplit(url)
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"{fields}Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     latencies: list[float] = []
     failures = [0, 0]  # non-2xx, transport errors
@@ -111,13 +141,4 @@ async def _bundled(url: str, body: bytes, concurrency: int, seconds: float) -> R
     began = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
-    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-    return Result(
-        len(latencies),
-        elapsed,
-        cuts[49] * 1e3,
-        cuts[98] * 1e3,
-        failures[0],
-        failures[1],
-        "bundled asyncio client",
-    )
+    return summarize(latencies, elapsed, failures[0], failures[1], "bundled asyncio client")

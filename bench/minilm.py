@@ -43,7 +43,7 @@ from bench import load
 from bench.launch import free_port, launch, registry_serve
 from bench.peers import ROOT, cache_dir
 from bench.peers.install import TORCH, ensure_venv, peer_env, venv_bin
-from bench.peers.run import QUIET_WAIT_S, measure, other_cores
+from bench.peers.run import QUIET_WAIT_S, cores, measure, other_cores
 from registry.examples.minilm import MiniLMEncoder, token_batch
 
 NAME = "minilm"
@@ -61,7 +61,6 @@ LITSERVE_BATCH_MS = 2.0
 MIN_COSINE = 0.9999
 SETTLE_S = 1.0  # around a cell, so the passes of requests in flight land on the right side
 SERVERS = ("registry", "litserve")
-CPU_KEYS = ("server_cpu_s", "load_cpu_s", "other_cpu_s")
 
 
 @dataclass
@@ -363,9 +362,8 @@ def _cell(server: Server, body: bytes, conc: int, opts: Options) -> dict[str, An
         r = measure(server.target, body, conc, opts.duration, server.pgid)
         time.sleep(SETTLE_S)
         passes = server.passes() - before
-        wall = max(float(r["wall_s"]), 1e-9)
         r |= {"rps": round(float(r["rps"]), 1), "batch": passes.as_dict(), "attempt": attempt}
-        r |= {f"{k[:-6]}_cores": round(float(r[k]) / wall, 2) for k in CPU_KEYS}
+        r |= cores(r)
         if best is None or r["other_cpu_s"] < best["other_cpu_s"]:
             best = r
         if r["other_cores"] <= opts.quiet:

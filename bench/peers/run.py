@@ -415,8 +415,14 @@ def wait_and_check(
 
 
 def measure(url: str, body: bytes, conc: int, seconds: float, pgid: int) -> dict[str, Any]:
+    return measure_call(lambda: load.run(url, body, conc, seconds), pgid)
+
+
+def measure_call(call: Callable[[], load.Result], pgid: int) -> dict[str, Any]:
+    """``call``'s load figures, with the CPU seconds the server group, this process (and
+    the wrk it waited for) and everything else used while it ran."""
     server, busy, own = group_cpu_s(pgid), busy_cpu_s(), own_cpu_s()
-    result = load.run(url, body, conc, seconds)
+    result = call()
     server_s, busy_s, own_s = (
         group_cpu_s(pgid) - server,
         busy_cpu_s() - busy,
@@ -429,6 +435,15 @@ def measure(url: str, body: bytes, conc: int, seconds: float, pgid: int) -> dict
         "load_cpu_s": own_s,
         "other_cpu_s": busy_s - server_s - own_s,
     }
+
+
+CPU_KEYS = ("server_cpu_s", "load_cpu_s", "other_cpu_s")
+
+
+def cores(measured: dict[str, Any]) -> dict[str, float]:
+    """``measure``'s CPU seconds as cores busy over its wall time (``server_cores``...)."""
+    wall = max(float(measured["wall_s"]), 1e-9)
+    return {f"{k[:-6]}_cores": round(float(measured[k]) / wall, 2) for k in CPU_KEYS}
 
 
 def measure_quiet(

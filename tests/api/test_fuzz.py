@@ -38,7 +38,7 @@ from registry.settings import Settings
 
 REPOSITORY = Path(__file__).parents[2]
 # NOTE: bounded for CI; FUZZ_EXAMPLES=1000 make test (or pytest tests/api/test_fuzz.py) digs deeper
-EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 EXAMPLE_MODELS = {"digits": "1", "digits-cnn": "1", "diabetes": "1"}  # name: a version
 CHECKS = [
     not_a_server_error,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from registry.examples.data import diabetes_split, digits_split
 from registry.loaders import load_version
 from registry.manifest import load_manifest
 from tests.factories import affine_model, echo_model, model_entry, write_manifest
+from tests.integration.conftest import Examples
 from tests.integration.server import REPOSITORY, Server, serving, start
 from tests.support import make_settings
 
@@ -35,9 +35,8 @@ def in_process(name: str, version: str, inputs: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("e2e"), ["--manifest", str(MANIFEST)]) as running:
-        yield running
+def server(examples: Examples) -> Server:
+    return examples.server
 
 
 @pytest.mark.parametrize(

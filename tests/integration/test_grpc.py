@@ -40,10 +40,10 @@ from tests.factories import (
     parameterless_version,
     write_manifest,
 )
+from tests.integration.conftest import Examples
 from tests.integration.server import REPOSITORY, Server, free_port, serving, start
 from tests.integration.test_end_to_end import in_process
 from tests.integration.test_reload_live import ADMIN, AUTH, replace_manifest
-from tests.integration.test_rich_models import weights_root  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -92,26 +92,8 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def examples(
-    tmp_path_factory: pytest.TempPathFactory,
-    weights_root: Path,  # noqa: F811 (builds MiniLM's files on a fresh clone)
-) -> Iterator[Running]:
-    port = free_port()
-    args = [
-        "--manifest",
-        str(MANIFEST),
-        "--weights-dir",
-        str(weights_root),
-        "--grpc-port",
-        str(port),
-    ]
-    with serving(tmp_path_factory.mktemp("grpc"), args) as server:
-        yield Running(server, f"127.0.0.1:{port}")
-
-
-@pytest.fixture(scope="module")
-def grpc(examples: Running) -> Iterator[grpcclient.InferenceServerClient]:
-    client = examples.client()
+def grpc(examples: Examples) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(examples.grpc)
     try:
         yield client
     finally:
@@ -119,7 +101,7 @@ def grpc(examples: Running) -> Iterator[grpcclient.InferenceServerClient]:
 
 
 @pytest.fixture(scope="module")
-def http(examples: Running) -> Iterator[httpx.Client]:
+def http(examples: Examples) -> Iterator[httpx.Client]:
     with examples.server.client() as client:
         yield client
 
@@ -829,7 +811,7 @@ def test_sigterm_refuses_new_grpc_calls_while_http_drains(tmp_path: Path) -> Non
 # --- the log ------------------------------------------------------------------------------
 
 
-def test_the_examples_server_logged_no_traceback(examples: Running) -> None:
+def test_the_examples_server_logged_no_traceback(examples: Examples) -> None:
     log = examples.server.output()
     assert "Traceback" not in log, log
     assert " ERROR " not in log, log

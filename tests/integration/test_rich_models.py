@@ -30,7 +30,8 @@ from registry.examples import minilm_files
 from registry.examples.data import digits_split
 from registry.examples.digit_images import pixels_from_image, render_jpeg, render_png
 from registry.images import ImageLimits, decode_image
-from tests.integration.server import REPOSITORY, Server, serving
+from tests.integration.conftest import Examples
+from tests.integration.server import REPOSITORY, Server
 
 pytestmark = pytest.mark.integration
 
@@ -85,10 +86,8 @@ def weights_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, weights_root: Path) -> Iterator[Server]:
-    args = ["--manifest", str(MANIFEST), "--weights-dir", str(weights_root)]
-    with serving(tmp_path_factory.mktemp("rich"), args) as running:
-        yield running
+def server(examples: Examples) -> Server:
+    return examples.server
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
 from registry.examples.data import digits_split
-from tests.integration.server import REPOSITORY, Server, serving
+from tests.integration.conftest import Examples
+from tests.integration.server import Server
 from tests.integration.test_end_to_end import in_process
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    args = ["--manifest", str(REPOSITORY / "models.yaml")]
-    with serving(tmp_path_factory.mktemp("v2"), args) as running:
-        yield running
+def server(examples: Examples) -> Server:
+    return examples.server
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary-extension"])

@@ -138,11 +138,14 @@ def read_grpc(response: Any) -> np.ndarray:
 
 
 class Sink:
-    """An OTLP/HTTP collector that keeps nothing: 200 to every ``POST /v1/traces``,
-    counting the posts, their bytes (as sent) and the spans in them."""
+    """An OTLP/HTTP collector: 200 to every ``POST /v1/traces``, counting the posts, their
+    bytes (as sent) and the spans in them; with ``keep``, the spans too (for tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.posts = self.bytes = self.spans = self.refused = 0
+        self.kept: list[Any] = []
+        """Every span received (``opentelemetry.proto`` ``Span``), where ``keep``."""
+        self._keep = keep
         self._lock = threading.Lock()
         sink = self
 
@@ -160,11 +163,17 @@ class Sink:
                     if self.headers.get("Content-Encoding") == "gzip"
                     else body
                 )
-                spans = ExportTraceServiceRequest.FromString(raw)
-                sink.count(
-                    len(body),
-                    sum(len(s.spans) for r in spans.resource_spans for s in r.scope_spans),
-                )
+                exported = ExportTraceServiceRequest.FromString(raw)
+                spans = [
+                    span
+                    for resource in exported.resource_spans
+                    for scope in resource.scope_spans
+                    for span in scope.spans
+                ]
+                sink.count(len(body), len(spans))
+                if sink._keep:
+                    with sink._lock:
+                        sink.kept.extend(spans)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")  # an empty ExportTraceServiceResponse

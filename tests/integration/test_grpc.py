@@ -30,6 +30,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from bench.protocols import Sink
 from registry import __version__
 from registry.examples.data import diabetes_split, digits_split
 from registry.examples.digit_images import render_png
@@ -124,11 +125,19 @@ def toys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def toys(toys_dir: Path) -> Iterator[Running]:
+def collector() -> Iterator[Sink]:
+    with Sink(keep=True) as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def toys(toys_dir: Path, collector: Sink) -> Iterator[Running]:
+    """The toy models, traced: spans go to ``collector`` within a tenth of a second."""
     write_manifest(toys_dir, toy_models(toys_dir / "weights", "1"))
     port = free_port()
     args = ["--manifest", str(toys_dir / "models.yaml"), "--grpc-port", str(port)]
-    with serving(toys_dir, args, ADMIN) as server:
+    env = ADMIN | {"REGISTRY_OTEL_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with serving(toys_dir, args, env) as server:
         yield Running(server, f"127.0.0.1:{port}")
 
 
@@ -817,3 +826,28 @@ def test_the_examples_server_logged_no_traceback(examples: Examples) -> None:
     assert " ERROR " not in log, log
     assert " CRITICAL " not in log, log
     assert "gRPC (Open Inference Protocol) on 127.0.0.1:" in log
+
+
+def test_a_grpc_call_is_traced_under_the_callers_trace(
+    toy_grpc: grpcclient.InferenceServerClient, collector: Sink
+) -> None:
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    row = np.asarray([[0.5, -1.0, 2.0, 0.25]], np.float32)
+    tensor = grpcclient.InferInput("input", list(row.shape), "FP32")
+    tensor.set_data_from_numpy(row)
+
+    toy_grpc.infer("flip", [tensor], headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+
+    deadline = time.monotonic() + 30
+    names: set[str] = set()
+    while time.monotonic() < deadline:
+        with collector._lock:
+            mine = [span for span in collector.kept if span.trace_id.hex() == trace_id]
+        names = {span.name for span in mine}
+        if {"inference.GRPCInferenceService/ModelInfer", "forward"} <= names:
+            break
+        time.sleep(0.05)
+    assert {"inference.GRPCInferenceService/ModelInfer", "decode", "forward", "encode"} <= names
+    (call,) = [s for s in mine if s.name == "inference.GRPCInferenceService/ModelInfer"]
+    assert call.parent_span_id.hex() == parent
+    assert all(s.parent_span_id == call.span_id for s in mine if s.name in ("decode", "encode"))

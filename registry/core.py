@@ -23,7 +23,7 @@ from registry.errors import ShuttingDown
 from registry.keys import VersionKey
 from registry.model import LoadedModel
 from registry.status import RegistryStatus, snapshot
-from registry.table import Table, live_models, not_serving, resolve, with_slot
+from registry.table import Table, VersionSlot, live_models, not_serving, resolve, with_slot
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,22 @@ class ModelRegistry:
                 model.retired = True
                 self._release_when_idle(model)
 
+    def put(self, key: VersionKey, expected: VersionSlot, slot: VersionSlot) -> bool:
+        """Swap ``slot`` in for ``key`` where ``expected`` still is, starting its model.
+
+        ``False`` when an unload, a reload or close replaced ``expected`` meanwhile: what
+        the slot holds is then given back, unserved (a load that finished too late).
+        """
+        entry = self._table.get(key.model)
+        if self._closing or entry is None or entry.versions.get(key.version) is not expected:
+            if slot.model is not None:
+                self.discard(slot.model)
+            return False
+        if slot.model is not None:
+            slot.model.start()
+        self.swap(with_slot(self._table, key, slot))
+        return True
+
     def lease(self, name: str, version: str | None = None) -> Lease:
         """Resolve a ready version for a request, to hold with ``with``.
 
@@ -154,8 +170,7 @@ class ModelRegistry:
         slot = self._table[model.name].versions[model.version]
         if slot.model is not model or model.leases:
             raise RuntimeError(f"{model.key} is not an idle version of the table")
-        model.evicted = EvictionReason.MEMORY_BUDGET
-        self._log_eviction(model, why)
+        self._evicted(model, EvictionReason.MEMORY_BUDGET, why)
         unloaded = replace(
             slot, model=None, unloaded=True, on_demand=True, last_eviction=model.evicted
         )
@@ -172,13 +187,13 @@ class ModelRegistry:
             slot, model=None, error=None, unloaded=True, on_demand=on_demand, failures=0
         )
         if model is not None:
-            model.evicted = EvictionReason.UNLOAD
-            unloaded = replace(unloaded, last_eviction=EvictionReason.UNLOAD)
-            self._log_eviction(model, "requested through the management API")
+            self._evicted(model, EvictionReason.UNLOAD, "requested through the management API")
+            unloaded = replace(unloaded, last_eviction=model.evicted)
         self.swap(with_slot(self._table, key, unloaded))
 
-    def _log_eviction(self, model: LoadedModel, why: str) -> None:
-        reason = model.evicted or ""
+    def _evicted(self, model: LoadedModel, reason: EvictionReason, why: str) -> None:
+        """Mark ``model`` as leaving memory for ``reason``: counted, and one log line."""
+        model.evicted = reason
         self.evictions[model.name, reason] += 1
         log.info(
             "evicted %s (%d bytes, idle %.1f s, reason %s): %s",

@@ -10,18 +10,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from registry.core import Lease, ModelRegistry
+from registry.core import ModelRegistry
 from registry.errors import (
     AdminDisabled,
     ClientClosedRequest,
     NotLoaded,
     Unauthorized,
 )
-from registry.keys import VersionKey
 from registry.metrics import Metrics
 from registry.model import LoadedModel
 from registry.repository import ModelRepository
@@ -92,7 +91,8 @@ async def get_default_model(name: str, request: Request) -> AsyncIterator[Loaded
     try:
         lease = registry.lease(name)
     except NotLoaded as missing:
-        lease = await _lease_once_loaded(state, name, None, missing.key)
+        repository: ModelRepository = state["repository"]
+        lease = await repository.on_demand.lease_once_loaded(name, None, missing.key)
     with lease as model:
         state["served"] = (model.name, model.version)  # metrics, logs
         yield model
@@ -106,18 +106,11 @@ async def get_model_version(
     try:
         lease = registry.lease(name, version)
     except NotLoaded as missing:
-        lease = await _lease_once_loaded(state, name, version, missing.key)
+        repository: ModelRepository = state["repository"]
+        lease = await repository.on_demand.lease_once_loaded(name, version, missing.key)
     with lease as model:
         state["served"] = (model.name, model.version)
         yield model
-
-
-async def _lease_once_loaded(
-    state: dict[str, Any], name: str, version: str | None, key: VersionKey
-) -> Lease:
-    repository: ModelRepository = state["repository"]
-    settings: Settings = state["settings"]
-    return await repository.on_demand.lease_once_loaded(name, version, key, settings.load_wait_s)
 
 
 DefaultModelDep = Annotated[LoadedModel, Depends(get_default_model, scope="function")]

@@ -164,9 +164,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return self._registry.lease(name, version or None)
         except NotLoaded as missing:
-            return await self._on_demand.lease_once_loaded(
-                name, version or None, missing.key, self._settings.load_wait_s
-            )
+            return await self._on_demand.lease_once_loaded(name, version or None, missing.key)
 
     def _timeout_s(self, context: Context) -> float:
         """``REGISTRY_REQUEST_TIMEOUT_S``, or what is left of the client's deadline."""

@@ -25,7 +25,7 @@ from registry.errors import (
 from registry.keys import VersionKey
 from registry.repository.loader import Loader
 from registry.repository.planning import loaded_fingerprint
-from registry.table import VersionSlot, VersionState, not_serving, resolve, with_slot
+from registry.table import VersionState, not_serving, resolve, with_slot
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,11 @@ def backoff_s(failures: int) -> float:
 
 
 class OnDemand:
-    def __init__(self, registry: ModelRegistry, loader: Loader, background: Background):
+    def __init__(
+        self, registry: ModelRegistry, loader: Loader, background: Background, wait_s: float
+    ):
+        """``wait_s``: how long a request waits for its load (``REGISTRY_LOAD_WAIT_S``)."""
+        self._wait_s = wait_s
         self._registry = registry
         self._loader = loader
         self._background = background
@@ -56,17 +60,15 @@ class OnDemand:
         entry, _ = resolve(self._registry.table, name, None)
         return [VersionKey(name, slot.spec.version) for slot in entry.sorted_versions()]
 
-    async def lease_once_loaded(
-        self, name: str, version: str | None, key: VersionKey, wait_s: float
-    ) -> Lease:
+    async def lease_once_loaded(self, name: str, version: str | None, key: VersionKey) -> Lease:
         """Load a version that is not in memory (``key``: what ``name`` and ``version``
-        resolved to), then lease it, for a request that may wait ``wait_s``.
+        resolved to), then lease it, for a request that waits at most ``wait_s``.
 
         NOTE: the version counts as awaited meanwhile, so other loads do not evict it
         between its load and this lease; an unload, or a reload that changes it, may
         still, and then it is loaded again until ``wait_s`` runs out.
         """
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self._wait_s
         with self._registry.awaiting(key):
             while True:
                 try:
@@ -141,7 +143,7 @@ class OnDemand:
         try:
             model = await self._loader.load(entry.spec, slot.spec)
         except (MemoryBudgetExceeded, ShuttingDown) as exc:
-            self._put(key, loading, slot)  # NOTE: not the version's fault: no back-off
+            self._registry.put(key, loading, slot)  # NOTE: not the version's fault: no back-off
             return exc
         except RegistryError as exc:
             failures = slot.failures + 1
@@ -150,11 +152,10 @@ class OnDemand:
             failed = replace(
                 loading, error=exc.message, failures=failures, retry_at=time.monotonic() + wait
             )
-            self._put(key, loading, failed)
+            self._registry.put(key, loading, failed)
             return not_serving(key, failed) if on_request else exc
         ready = replace(loading, model=model, fingerprint=loaded_fingerprint(model), failures=0)
-        if not self._put(key, loading, ready, starting=True):
-            self._registry.discard(model)
+        if not self._registry.put(key, loading, ready):
             return ModelLoading(key)
         log.info(
             "loaded %s on %s in %.0f ms (warm-up %.0f ms, %d bytes)",
@@ -165,20 +166,3 @@ class OnDemand:
             model.memory_bytes,
         )
         return None
-
-    def _put(
-        self, key: VersionKey, expected: VersionSlot, slot: VersionSlot, *, starting: bool = False
-    ) -> bool:
-        """Swap ``slot`` in where ``expected`` still is; ``False`` when a reload, an unload
-        or close replaced it meanwhile (what it holds is theirs now)."""
-        entry = self._registry.table.get(key.model)
-        if (
-            self._registry.closing
-            or entry is None
-            or entry.versions.get(key.version) is not expected
-        ):
-            return False
-        if starting and slot.model is not None:
-            slot.model.start()
-        self._registry.swap(with_slot(self._registry.table, key, slot))
-        return True

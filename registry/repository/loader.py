@@ -95,7 +95,8 @@ class Loader:
         except RegistryError as exc:
             exc.details.update(model=key.model, version=key.version)
             raise
-        size_key, estimate = self._estimate(key, version)
+        # NOTE: it opens the weight file: never on the event loop
+        size_key, estimate = await self.on_thread(self._estimate, key, version)
         if budget.limit is not None and estimate > budget.limit:
             if size_key in self._sizes:
                 raise _over_budget(key, device, estimate, budget.limit)

@@ -34,7 +34,7 @@ from registry.repository.planning import (
 )
 from registry.repository.report import LoadTally, ReloadReport, log_done, log_refused
 from registry.settings import Settings
-from registry.table import VersionSlot, VersionState, loading_table, slots, with_slot
+from registry.table import VersionSlot, VersionState, loading_table, slots
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ModelRepository:
         self._background = background
         self._lock = asyncio.Lock()  # NOTE: start-up loading and every reload hold it
         self._loader = Loader(settings, registry)
-        self.on_demand = OnDemand(registry, self._loader, background)
+        self.on_demand = OnDemand(registry, self._loader, background, settings.load_wait_s)
         """Loads for requests (lazy or evicted versions) and the management API."""
         self._startup: asyncio.Task[list[LoadFailure]] | None = None
         self._closing = False
@@ -120,14 +120,10 @@ class ModelRepository:
                 done = await self._fingerprinted(key, slot, manifest)
             else:
                 done = await self._loaded_slot(key, slot, manifest)
-            current = self._registry.table[key.model].versions[key.version]
-            if current is not slot or self._closing:
-                if done.model is not None:  # NOTE: an operator unloaded it meanwhile
-                    self._registry.discard(done.model)
-                return
-            if done.model is not None:
-                done.model.start()
-            self._registry.swap(with_slot(self._registry.table, key, done))
+            if self._closing and done.model is not None:
+                self._registry.discard(done.model)
+            elif not self._closing:
+                self._registry.put(key, slot, done)  # NOTE: unless an operator unloaded it
 
         async with self._lock:
             await asyncio.gather(*(load(key, slot) for key, slot in slots(self._registry.table)))

@@ -32,6 +32,21 @@ class Buckets:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def frozen(self) -> Held:
+        return Held(self.bounds, tuple(self.counts), self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A histogram's content at one moment, as a status snapshot keeps it."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    total: float
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        return cumulative(self.bounds, self.counts)
+
 
 def cumulative(bounds: tuple[float, ...], counts: tuple[int, ...]) -> list[tuple[str, float]]:
     """Per-bucket counts as Prometheus's cumulative ``le`` buckets."""

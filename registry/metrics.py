@@ -20,8 +20,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from registry.buckets import cumulative
-from registry.model import BATCH_BUCKETS, TIME_BUCKETS
 from registry.repository.report import LoadTally
 from registry.status import RegistryStatus
 from registry.table import VersionState
@@ -160,15 +158,13 @@ class LiveState(Collector):
             labels=labels,
         )
         for served in status.versions():
-            if served.pass_counts:
-                key = list(served.key)
-                buckets = cumulative(BATCH_BUCKETS, served.pass_counts)
-                passes.add_metric(key, buckets, sum_value=served.pass_rows)
-                for family, (counts, total) in (
-                    (pass_seconds, served.pass_seconds),
-                    (queue_seconds, served.queue_seconds),
-                ):
-                    family.add_metric(key, cumulative(TIME_BUCKETS, counts), sum_value=total)
+            for family, held in (
+                (passes, served.pass_rows),
+                (pass_seconds, served.pass_seconds),
+                (queue_seconds, served.queue_seconds),
+            ):
+                if held is not None:
+                    family.add_metric(list(served.key), held.cumulative(), sum_value=held.total)
         reloads = CounterMetricFamily("registry_reloads", "Reloads by outcome.", labels=["outcome"])
         for outcome, count in sorted(self._reloads.items()):
             reloads.add_metric([outcome], count)
@@ -232,6 +228,6 @@ class LiveState(Collector):
             labels=["model"],
         )
         for model, seconds in sorted(self._loads.durations.items()):
-            buckets = cumulative(seconds.bounds, tuple(seconds.counts))
-            durations.add_metric([model], buckets, sum_value=seconds.total)
+            held = seconds.frozen()
+            durations.add_metric([model], held.cumulative(), sum_value=held.total)
         yield from (loads, durations)

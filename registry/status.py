@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from registry.buckets import Buckets
+from registry.buckets import Held
 from registry.budget import MemoryBudget
 from registry.errors import (
     ModelLoading,
@@ -45,13 +45,12 @@ class VersionStatus:
     on_demand: bool = False
     """A request would load it if it is not in memory."""
     last_eviction: str | None = None
-    pass_counts: tuple[int, ...] = ()
-    """Served forward passes per row bucket (``BATCH_BUCKETS``, then more)."""
-    pass_rows: int = 0
-    pass_seconds: tuple[tuple[int, ...], float] = ((), 0.0)
-    """Served passes per ``TIME_BUCKETS`` bucket of their duration, and their sum."""
-    queue_seconds: tuple[tuple[int, ...], float] = ((), 0.0)
-    """Requests per ``TIME_BUCKETS`` bucket of their wait before their pass, and its sum."""
+    pass_rows: Held | None = None
+    """The rows of each served forward pass; ``None`` for a version not in memory."""
+    pass_seconds: Held | None = None
+    """How long each served pass took."""
+    queue_seconds: Held | None = None
+    """How long each request waited before its pass began."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +188,7 @@ def _version_status(spec: ModelSpec, slot: VersionSlot, state: VersionState) -> 
         resident=spec.pinned(slot.spec),
         on_demand=slot.on_demand,
         last_eviction=slot.last_eviction,
-        pass_counts=tuple(model.passes.counts) if model else (),
-        pass_rows=int(model.passes.total) if model else 0,
-        pass_seconds=_held(model.pass_seconds) if model else ((), 0.0),
-        queue_seconds=_held(model.queue_seconds) if model else ((), 0.0),
+        pass_rows=model.passes.frozen() if model else None,
+        pass_seconds=model.pass_seconds.frozen() if model else None,
+        queue_seconds=model.queue_seconds.frozen() if model else None,
     )
-
-
-def _held(buckets: Buckets) -> tuple[tuple[int, ...], float]:
-    return tuple(buckets.counts), buckets.total

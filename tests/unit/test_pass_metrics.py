@@ -42,8 +42,10 @@ async def test_requests_that_queue_behind_a_pass_show_their_wait(
         await asyncio.gather(*(model.infer(row) for _ in range(4)))
 
     (version,) = serving.registry.status().versions()
-    pass_counts, pass_total = version.pass_seconds
-    queue_counts, queue_total = version.queue_seconds
+    assert version.pass_seconds is not None
+    assert version.queue_seconds is not None
+    pass_counts, pass_total = version.pass_seconds.counts, version.pass_seconds.total
+    queue_counts, queue_total = version.queue_seconds.counts, version.queue_seconds.total
     # NOTE: one row per pass (max_batch_size 1): four passes, one after another, so the
     # last request waited behind three passes of at least SLEEP_S each.
     assert sum(pass_counts) == 4

@@ -8,10 +8,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
+from tests.kserve_pod import predictor_pod
+
 ROOT = Path(__file__).parents[2]
+# NOTE: the oldest Kubernetes KServe supports, and the newest the schemas know
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -178,3 +183,38 @@ def test_the_autoscaler_scales_the_deployment_that_exists() -> None:
     assert container["resources"]["requests"]["cpu"]
     kustomization = documents["Kustomization"]
     assert "hpa.yaml" in kustomization["resources"]
+
+
+def core_objects() -> list[tuple[str, dict[str, Any]]]:
+    """Every Kubernetes API object under ``deploy/`` (not KServe's, not kustomize's), and
+    the pod KServe builds for the InferenceService."""
+    found = [("kserve predictor pod", predictor_pod())]
+    for path in sorted((ROOT / "deploy").glob("*/*.yaml")):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            group = document["apiVersion"].rpartition("/")[0]
+            if not group.endswith(("serving.kserve.io", "kustomize.config.k8s.io")):
+                found.append((f"{path.parent.name}/{path.name} {document['kind']}", document))
+    return found
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_objects_validate_strictly_against_the_api_schemas(version: str) -> None:
+    objects = core_objects()
+    assert {name.split()[-1] for name, _ in objects} >= {
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Service",
+        "Job",
+        "PersistentVolumeClaim",
+        "pod",
+    }
+    for name, document in objects:
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{name}: {error.message} at {list(error.absolute_path)}")
+    # NOTE: strict: an unknown field fails, it is not dropped
+    deployment = dict(kubernetes()["Deployment"], replica=2)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, version, strict=True)

@@ -732,21 +732,34 @@ def sigterm_server(directory: Path, models: list[dict[str, Any]]) -> Running:
     return Running(server, f"127.0.0.1:{port}")
 
 
-def test_sigterm_lets_an_in_flight_grpc_call_finish_then_refuses_new_ones(tmp_path: Path) -> None:
-    sleepy = echo_model(tmp_path / "weights", "sleepy", "Sleepy", seconds=2.0)
-    sleepy["warmup"] = False
-    running = sigterm_server(tmp_path, [sleepy])
+def test_sigterm_drains_grpc_and_http_calls_in_flight_and_refuses_new_grpc_calls(
+    tmp_path: Path,
+) -> None:
+    """One call in flight on each door when SIGTERM comes: new gRPC calls are refused
+    (``UNAVAILABLE``) while both still drain, HTTP stops listening, both calls are
+    answered, and gRPC stops before the models are released."""
+    weights = tmp_path / "weights"
+    models = [echo_model(weights, name, "Sleepy", seconds=3.0) for name in ("slow_g", "slow_h")]
+    for model in models:
+        model["warmup"] = False
+    running = sigterm_server(tmp_path, [*models, affine_model(weights, "flip", ("1",))])
     server = running.server
     client = running.client()
     try:
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(grpc_infer, client, "sleepy", [sleepy_input(7.0)], "", None, 60)
-            with server.client() as http:
-                wait_for(lambda: in_flight(http, "sleepy") == 1, "the call to hold sleepy")
+        with ThreadPoolExecutor(2) as pool, server.client() as http:
+            on_grpc = pool.submit(grpc_infer, client, "slow_g", [sleepy_input(7.0)], "", None, 60)
+            on_http = pool.submit(
+                http.post, "/models/slow_h/predict", json={"inputs": [5, 0, 0, 0]}
+            )
+            with server.client() as watcher:
+                wait_for(
+                    lambda: in_flight(watcher, "slow_g") == in_flight(watcher, "slow_h") == 1,
+                    "both calls to be in flight",
+                )
             server.process.send_signal(signal.SIGTERM)
-            # NOTE: a new channel, so that a connection is attempted, not reused
+            # NOTE: a new channel each time, so that a connection is attempted, not reused
             refusals: list[str] = []
-            while not pending.done() and not refusals:
+            while not on_grpc.done() and not refusals:
                 fresh = running.client()
                 try:
                     fresh.is_server_live(client_timeout=5)
@@ -755,38 +768,7 @@ def test_sigterm_lets_an_in_flight_grpc_call_finish_then_refuses_new_ones(tmp_pa
                 finally:
                     fresh.close()
                 time.sleep(0.02)
-            drained_while_refusing = not pending.done()
-            answer = pending.result()
-        code = server.stop()
-        after = refused(lambda: client.infer("sleepy", grpc_inputs([sleepy_input(1.0)])))
-    finally:
-        client.close()
-        server.stop()
-    np.testing.assert_array_equal(answer.as_numpy("output"), [[7.0, 0, 0, 0]])
-    assert refusals == ["StatusCode.UNAVAILABLE"]
-    assert drained_while_refusing, "new calls were refused only once the in-flight call ended"
-    assert code == 0, server.output()
-    assert after.status() == "StatusCode.UNAVAILABLE", after
-    log = server.output()
-    assert "gRPC stopped" in log
-    assert log.index("gRPC stopped") < log.index("every model released"), log
-    assert "Traceback" not in log, log
-
-
-def test_sigterm_refuses_new_grpc_calls_while_http_drains(tmp_path: Path) -> None:
-    weights = tmp_path / "weights"
-    sleepy = echo_model(weights, "sleepy", "Sleepy", seconds=2.5)
-    sleepy["warmup"] = False
-    running = sigterm_server(tmp_path, [sleepy, affine_model(weights, "flip", ("1",))])
-    server = running.server
-    try:
-        with ThreadPoolExecutor(1) as pool, server.client() as http:
-            pending = pool.submit(
-                http.post, "/models/sleepy/predict", json={"inputs": [5, 0, 0, 0]}
-            )
-            with server.client() as watcher:
-                wait_for(lambda: in_flight(watcher, "sleepy") == 1, "HTTP to hold sleepy")
-            server.process.send_signal(signal.SIGTERM)
+            refused_while_both_drained = not on_grpc.done() and not on_http.done()
 
             def http_closed() -> bool:
                 try:
@@ -807,14 +789,25 @@ def test_sigterm_refuses_new_grpc_calls_while_http_drains(tmp_path: Path) -> Non
                 late = error.status()
             finally:
                 fresh.close()
-            assert not pending.done(), "precondition: the HTTP request was still draining"
-            drained = pending.result()
+            http_still_draining = not on_http.done()
+            answer, drained = on_grpc.result(), on_http.result()
         code = server.stop()
+        after = refused(lambda: client.infer("slow_g", grpc_inputs([sleepy_input(1.0)])))
     finally:
+        client.close()
         server.stop()
+    assert refusals == ["StatusCode.UNAVAILABLE"]
+    assert refused_while_both_drained, "new calls were refused only once a drain ended"
+    assert http_still_draining, "precondition: the HTTP request was still draining"
+    assert late == "StatusCode.UNAVAILABLE", f"a gRPC call after SIGTERM was {late}"
+    np.testing.assert_array_equal(answer.as_numpy("output"), [[7.0, 0, 0, 0]])
     assert drained.status_code == 200
     assert code == 0, server.output()
-    assert late == "StatusCode.UNAVAILABLE", f"a gRPC call after SIGTERM was {late}"
+    assert after.status() == "StatusCode.UNAVAILABLE", after
+    log = server.output()
+    assert "gRPC stopped" in log
+    assert log.index("gRPC stopped") < log.index("every model released"), log
+    assert "Traceback" not in log, log
 
 
 # --- the log ------------------------------------------------------------------------------

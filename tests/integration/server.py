@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -114,3 +115,27 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+def samples(client: httpx.Client, family: str, model: str) -> dict[str, float]:
+    """One model's samples of a metric family, by their ``status`` label (or ``""``)."""
+    found: dict[str, float] = {}
+    for metrics in text_string_to_metric_families(client.get("/metrics").text):
+        if metrics.name != family:
+            continue
+        for sample in metrics.samples:
+            if sample.labels.get("model") == model and not sample.name.endswith("_created"):
+                key = sample.labels.get("status", "")
+                found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
+def in_flight(client: httpx.Client, model: str) -> float:
+    return samples(client, "registry_in_flight_requests", model).get("", 0.0)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -16,7 +16,7 @@ from registry.loaders import load_version
 from registry.manifest import load_manifest
 from tests.factories import affine_model, echo_model, model_entry, write_manifest
 from tests.integration.conftest import Examples
-from tests.integration.server import REPOSITORY, Server, serving, start
+from tests.integration.server import REPOSITORY, Server, in_flight, serving, start, wait_for
 from tests.support import make_settings
 
 pytestmark = pytest.mark.integration
@@ -126,7 +126,7 @@ def test_a_signal_lets_in_flight_requests_finish_then_exits_zero(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     weights = tmp_path / "weights"
-    sleepy = echo_model(weights, "sleepy", "Sleepy", seconds=1.0)
+    sleepy = echo_model(weights, "sleepy", "Sleepy", seconds=0.5)
     sleepy["warmup"] = False
     sleepy["batching"] = {"max_batch_size": 1}
     write_manifest(tmp_path, [sleepy])
@@ -137,7 +137,8 @@ def test_a_signal_lets_in_flight_requests_finish_then_exits_zero(
             pool.submit(client.post, "/models/sleepy/predict", json={"inputs": [i, 0, 0, 0]})
             for i in range(3)
         ]
-        time.sleep(0.5)
+        # NOTE: one pass running and two queued behind it when the signal comes
+        wait_for(lambda: in_flight(client, "sleepy") == 3, "three requests in flight")
         started = time.monotonic()
         server.process.send_signal(sig)
         responses = [future.result() for future in pending]

@@ -27,7 +27,6 @@ import numpy.typing as npt
 import orjson
 import pytest
 import tritonclient.grpc as grpcclient
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from bench.protocols import Sink
@@ -42,7 +41,16 @@ from tests.factories import (
     write_manifest,
 )
 from tests.integration.conftest import Examples
-from tests.integration.server import REPOSITORY, Server, free_port, serving, start
+from tests.integration.server import (
+    REPOSITORY,
+    Server,
+    free_port,
+    in_flight,
+    samples,
+    serving,
+    start,
+    wait_for,
+)
 from tests.integration.test_end_to_end import in_process
 from tests.integration.test_reload_live import ADMIN, AUTH, replace_manifest
 
@@ -250,30 +258,6 @@ def refused(call: Callable[[], object]) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as caught:
         call()
     return caught.value
-
-
-def samples(client: httpx.Client, family: str, model: str) -> dict[str, float]:
-    """One model's samples of a metric family, by their ``status`` label (or ``""``)."""
-    found: dict[str, float] = {}
-    for metrics in text_string_to_metric_families(client.get("/metrics").text):
-        if metrics.name != family:
-            continue
-        for sample in metrics.samples:
-            if sample.labels.get("model") == model and not sample.name.endswith("_created"):
-                key = sample.labels.get("status", "")
-                found[key] = found.get(key, 0.0) + sample.value
-    return found
-
-
-def in_flight(client: httpx.Client, model: str) -> float:
-    return samples(client, "registry_in_flight_requests", model).get("", 0.0)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def digits(rows: int = ROWS) -> Array:

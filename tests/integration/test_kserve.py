@@ -73,7 +73,7 @@ def test_the_predictor_pod_serves_the_seeded_repository_to_the_readme_client(
         )
     server = Server(process, f"http://127.0.0.1:{http}", log)
     try:
-        server.wait_ready(timeout_s=120)
+        server.wait_ready()
         code = readme_client()
         code = code.replace("localhost:8080", f"127.0.0.1:{http}")
         code = code.replace("localhost:9000", f"127.0.0.1:{grpc}")

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.kserve_pod import KSERVE, MODEL_DIR, claim_name, documents, predictor_pod
 
 ROOT = Path(__file__).parents[2]
@@ -34,9 +36,15 @@ def test_kserve_objects_fit_the_sdk_models_field_by_field(tmp_path: Path) -> Non
     without a format do not."""
     broken = tmp_path / "broken.yaml"
     broken.write_text(BROKEN, encoding="utf-8")
+    # NOTE: the README's claim: the runtime works cluster-wide with its kind changed alone
+    cluster_wide = tmp_path / "cluster.yaml"
+    cluster_wide.write_text(
+        yaml.safe_dump(dict(documents()["ServingRuntime"], kind="ClusterServingRuntime")),
+        encoding="utf-8",
+    )
     files = [str(path) for path in sorted(KSERVE.glob("*.yaml"))]
     done = subprocess.run(
-        [sys.executable, "-m", "tests.kserve_schema", *files, str(broken)],
+        [sys.executable, "-m", "tests.kserve_schema", *files, str(broken), str(cluster_wide)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -45,6 +53,7 @@ def test_kserve_objects_fit_the_sdk_models_field_by_field(tmp_path: Path) -> Non
     report: dict[str, Any] = json.loads(done.stdout)
     assert sorted(report["checked"]) == [
         "broken.yaml:InferenceService/broken",
+        "cluster.yaml:ClusterServingRuntime/registry",
         "inferenceservice.yaml:InferenceService/registry",
         "servingruntime.yaml:ServingRuntime/registry",
     ]

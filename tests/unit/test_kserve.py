@@ -83,7 +83,13 @@ def test_the_inference_service_names_a_runtime_format_and_claim_that_exist() -> 
     ]
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
-    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    annotations = service["metadata"]["annotations"]
+    # NOTE: both ports need a plain Deployment and Service (Knative allows one port), and
+    # KServe's admission webhook accepts a CPU scale metric only with the HPA class there.
+    assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
+    if service["spec"]["predictor"].get("scaleMetric") in ("cpu", "memory"):
+        assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
+        assert 1 <= service["spec"]["predictor"]["scaleTarget"] <= 100
     claim = claim_name(model["storageUri"])
     assert found["PersistentVolumeClaim"]["metadata"]["name"] == claim
     seed = found["Job"]["spec"]["template"]["spec"]

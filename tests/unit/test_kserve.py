@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,9 @@ def test_the_inference_service_names_a_runtime_format_and_claim_that_exist() -> 
     ]
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
+    # NOTE: two more of KServe's admission rules: a DNS-1035 name, no `name` in the model
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", service["metadata"]["name"])
+    assert "name" not in model
     annotations = service["metadata"]["annotations"]
     # NOTE: both ports need a plain Deployment and Service (Knative allows one port), and
     # KServe's admission webhook accepts a CPU scale metric only with the HPA class there.

@@ -74,11 +74,11 @@ def test_the_predictor_pod_serves_the_seeded_repository_to_the_readme_client(
     server = Server(process, f"http://127.0.0.1:{http}", log)
     try:
         server.wait_ready()
-        code = readme_client()
-        code = code.replace("localhost:8080", f"127.0.0.1:{http}")
-        code = code.replace("localhost:9000", f"127.0.0.1:{grpc}")
+        client = readme_client()
+        client = client.replace("localhost:8080", f"127.0.0.1:{http}")
+        client = client.replace("localhost:9000", f"127.0.0.1:{grpc}")
         done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+            [sys.executable, "-c", client], capture_output=True, text=True, check=False, timeout=60
         )
         assert done.returncode == 0, done.stderr
         scores = dict(line.split() for line in done.stdout.splitlines())
@@ -86,4 +86,5 @@ def test_the_predictor_pod_serves_the_seeded_repository_to_the_readme_client(
         assert float(scores["http"]) == pytest.approx(float(scores["grpc"]), abs=1e-6)
         assert 0.5 < float(scores["http"]) <= 1.0
     finally:
-        assert server.stop() == 0
+        exit_code = server.stop()
+    assert exit_code == 0, server.output()  # NOTE: SIGTERM, as the kubelet sends it

@@ -18,7 +18,6 @@ from registry.core import ModelRegistry
 from registry.errors import (
     AdminDisabled,
     ClientClosedRequest,
-    NotLoaded,
     Unauthorized,
 )
 from registry.metrics import Metrics
@@ -80,20 +79,15 @@ async def read_body(request: Request) -> bytes:
 BodyDep = Annotated[bytes, Depends(read_body)]
 
 
-# NOTE: the model dependencies read the registry from the lifespan state themselves, as
-# ``get_registry`` does, rather than through ``RegistryDep``: one dependency less to call on
-# every prediction, through either door.
+# NOTE: the model dependencies read the repository from the lifespan state themselves
+# rather than through a dependency of their own: one dependency less to call on every
+# prediction, through either door.
 
 
 async def get_default_model(name: str, request: Request) -> AsyncIterator[LoadedModel]:
     state = request.scope["state"]
-    registry: ModelRegistry = state["registry"]
-    try:
-        lease = registry.lease(name)
-    except NotLoaded as missing:
-        repository: ModelRepository = state["repository"]
-        lease = await repository.on_demand.lease_once_loaded(name, None, missing.key)
-    with lease as model:
+    repository: ModelRepository = state["repository"]
+    with await repository.on_demand.lease(name, None) as model:
         state["served"] = (model.name, model.version)  # metrics, logs
         yield model
 
@@ -102,13 +96,8 @@ async def get_model_version(
     name: str, version: str, request: Request
 ) -> AsyncIterator[LoadedModel]:
     state = request.scope["state"]
-    registry: ModelRegistry = state["registry"]
-    try:
-        lease = registry.lease(name, version)
-    except NotLoaded as missing:
-        repository: ModelRepository = state["repository"]
-        lease = await repository.on_demand.lease_once_loaded(name, version, missing.key)
-    with lease as model:
+    repository: ModelRepository = state["repository"]
+    with await repository.on_demand.lease(name, version) as model:
         state["served"] = (model.name, model.version)
         yield model
 

@@ -19,8 +19,8 @@ from opentelemetry.trace import SpanKind
 
 from registry import __version__, tracing
 from registry.api.routes.v2 import metadata
-from registry.core import Lease, ModelRegistry
-from registry.errors import NotFound, NotLoaded, RegistryError, Unavailable
+from registry.core import ModelRegistry
+from registry.errors import NotFound, RegistryError, Unavailable
 from registry.grpc_api import open_inference_pb2 as pb
 from registry.grpc_api import open_inference_pb2_grpc as pb_grpc
 from registry.grpc_api.codec import decode_request, encode_response
@@ -79,7 +79,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         try:
-            lease = await self._lease(request.name, request.version)
+            lease = await self._on_demand.lease(request.name, request.version or None)
         except RegistryError as exc:
             await _abort(context, exc)
         with lease as model:
@@ -119,7 +119,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         served, status = (UNKNOWN, UNKNOWN), 200
         try:
-            with await self._lease(request.model_name, request.model_version) as model:
+            with await self._on_demand.lease(
+                request.model_name, request.model_version or None
+            ) as model:
                 served = (model.name, model.version)
                 spec = model.spec
                 document, decoded = tracing.step(
@@ -157,14 +159,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise  # NOTE: abort raises; this line only tells the type checker
         finally:
             self._metrics.observe(*served, status, time.perf_counter() - started)
-
-    async def _lease(self, name: str, version: str) -> Lease:
-        """What the REST routes' model dependency does: lease, loading first where a
-        request may (an empty version is the default)."""
-        try:
-            return self._registry.lease(name, version or None)
-        except NotLoaded as missing:
-            return await self._on_demand.lease_once_loaded(name, version or None, missing.key)
 
     def _timeout_s(self, context: Context) -> float:
         """``REGISTRY_REQUEST_TIMEOUT_S``, or what is left of the client's deadline."""

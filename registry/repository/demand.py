@@ -60,9 +60,18 @@ class OnDemand:
         entry, _ = resolve(self._registry.table, name, None)
         return [VersionKey(name, slot.spec.version) for slot in entry.sorted_versions()]
 
-    async def lease_once_loaded(self, name: str, version: str | None, key: VersionKey) -> Lease:
+    async def lease(self, name: str, version: str | None) -> Lease:
+        """A request's lease on a version (``None``: the default), as both doors take it:
+        at once when it is in memory, else once it is loaded (one load however many ask),
+        waiting at most ``wait_s``."""
+        try:
+            return self._registry.lease(name, version)
+        except NotLoaded as missing:
+            return await self._lease_once_loaded(name, version, missing.key)
+
+    async def _lease_once_loaded(self, name: str, version: str | None, key: VersionKey) -> Lease:
         """Load a version that is not in memory (``key``: what ``name`` and ``version``
-        resolved to), then lease it, for a request that waits at most ``wait_s``.
+        resolved to), then lease it.
 
         NOTE: the version counts as awaited meanwhile, so other loads do not evict it
         between its load and this lease; an unload, or a reload that changes it, may

@@ -22,7 +22,6 @@ from registry.errors import (
     MemoryBudgetExceeded,
     ModelUnavailable,
     ModelUnloaded,
-    NotLoaded,
 )
 from registry.keys import VersionKey
 from registry.model import LoadedModel
@@ -62,12 +61,8 @@ def loads(serving: Running, model: str) -> int:
 
 
 async def lease_for_request(serving: Running, name: str, version: str | None = None) -> Any:
-    """What the model dependency does: lease, and load first where a request may."""
-    try:
-        return serving.registry.lease(name, version)
-    except NotLoaded as missing:
-        await serving.repository.on_demand.for_request(missing.key, 30)
-        return serving.registry.lease(name, version)
+    """What both doors do: lease, and load first where a request may."""
+    return await serving.repository.on_demand.lease(name, version)
 
 
 async def predict(serving: Running, name: str, version: str | None = None) -> np.ndarray:

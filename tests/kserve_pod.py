@@ -29,10 +29,10 @@ PREDICTOR_ONLY = {"model", "minReplicas", "maxReplicas", "scaleMetric", "scaleTa
 RUNTIME_POD_FIELDS = {"containers", "volumes", "nodeSelector", "tolerations", "affinity"}
 
 
-def documents() -> dict[str, dict[str, Any]]:
-    """Every object under ``deploy/kserve``, by kind."""
+def documents(folder: Path = KSERVE) -> dict[str, dict[str, Any]]:
+    """Every object in the YAML files of ``folder`` (``deploy/kserve``), by kind."""
     found = {}
-    for path in sorted(KSERVE.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             found[document["kind"]] = document
     return found

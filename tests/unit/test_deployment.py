@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.kserve_pod import predictor_pod
+from tests.kserve_pod import documents, predictor_pod
 
 ROOT = Path(__file__).parents[2]
 # NOTE: the oldest Kubernetes KServe supports, and the newest the schemas know
@@ -143,17 +143,13 @@ def test_compose_mounts_read_only_publishes_loopback_and_keeps_no_secret() -> No
 
 
 def kubernetes() -> dict[str, dict[str, Any]]:
-    documents = {}
-    for path in (ROOT / "deploy/kubernetes").glob("*.yaml"):
-        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            documents[document["kind"]] = document
-    return documents
+    return documents(ROOT / "deploy" / "kubernetes")
 
 
 def test_kubernetes_deployment_probes_resources_and_security() -> None:
-    documents = kubernetes()
-    assert {"Deployment", "Service", "ConfigMap", "Kustomization"} <= set(documents)
-    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    objects = kubernetes()
+    assert {"Deployment", "Service", "ConfigMap", "Kustomization"} <= set(objects)
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -167,13 +163,13 @@ def test_kubernetes_deployment_probes_resources_and_security() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["REGISTRY_ADMIN_TOKEN"]["valueFrom"]
     assert pod["terminationGracePeriodSeconds"] > float(env["REGISTRY_DRAIN_TIMEOUT_S"]["value"])
-    manifest = yaml.safe_load(documents["ConfigMap"]["data"]["models.yaml"])
+    manifest = yaml.safe_load(objects["ConfigMap"]["data"]["models.yaml"])
     assert manifest["models"][0]["name"] == "digits"
 
 
 def test_the_autoscaler_scales_the_deployment_that_exists() -> None:
-    documents = kubernetes()
-    autoscaler, deployment = documents["HorizontalPodAutoscaler"], documents["Deployment"]
+    objects = kubernetes()
+    autoscaler, deployment = objects["HorizontalPodAutoscaler"], objects["Deployment"]
     target = autoscaler["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
     assert target["name"] == deployment["metadata"]["name"]
@@ -181,7 +177,7 @@ def test_the_autoscaler_scales_the_deployment_that_exists() -> None:
     # NOTE: CPU utilization is a share of the requests: without them it means nothing
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["requests"]["cpu"]
-    kustomization = documents["Kustomization"]
+    kustomization = objects["Kustomization"]
     assert "hpa.yaml" in kustomization["resources"]
 
 

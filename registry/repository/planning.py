@@ -26,7 +26,7 @@ from registry.table import ModelEntry, Table, VersionSlot
 from registry.weightfiles import WeightDigests, resolve_weights
 
 
-def manifest_fingerprint(manifest: Manifest) -> str:
+def content_sha256(manifest: Manifest) -> str:
     """sha256 of what a manifest says, not how it is written: replicas that serve the same
     models show the same fingerprint, whatever the comments and layout of their files."""
     document = manifest.model_dump(mode="json")

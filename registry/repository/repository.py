@@ -26,10 +26,10 @@ from registry.repository.demand import OnDemand
 from registry.repository.loader import Abandoned, Loader
 from registry.repository.planning import (
     Plan,
+    content_sha256,
     fingerprint_manifest,
     fingerprint_version,
     loaded_fingerprint,
-    manifest_fingerprint,
     unloaded_slot,
 )
 from registry.repository.report import LoadTally, ReloadReport, log_done, log_refused
@@ -69,7 +69,7 @@ class ModelRepository:
         self._startup: asyncio.Task[list[LoadFailure]] | None = None
         self._closing = False
         self.manifest_sha256: str | None = None
-        """``manifest_fingerprint`` of the manifest served: set at start, then by each
+        """``content_sha256`` of the manifest served: set at start, then by each
         reload applied, so replicas can be seen to converge on one manifest."""
         self.reload_outcomes: Counter[str] = Counter()
         """Reloads so far by outcome (applied, dry_run, or an error code), for metrics."""
@@ -92,7 +92,7 @@ class ModelRepository:
         """
         manifest = await asyncio.to_thread(load_manifest, self._settings.manifest)
         self._registry.swap(loading_table(manifest))
-        self.manifest_sha256 = manifest_fingerprint(manifest)
+        self.manifest_sha256 = content_sha256(manifest)
         self._startup = self._background.spawn(
             self._load_startup(manifest), name="start-up loading"
         )
@@ -242,7 +242,7 @@ class ModelRepository:
             for model in loaded.fresh.values():
                 model.start()
             self._registry.swap(planning.table_after(plan, self._registry.table, loaded.fresh))
-            self.manifest_sha256 = manifest_fingerprint(plan.manifest)
+            self.manifest_sha256 = content_sha256(plan.manifest)
             return report(loaded, applied=True)
 
     async def _plan(self) -> tuple[Plan, dict[VersionKey, str]]:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
-from opentelemetry import trace
-from opentelemetry.trace import Link, SpanContext, Tracer
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -63,6 +63,21 @@ def install(provider: TracerProvider | None) -> None:
     """Trace with ``provider`` from now on (``None``: tracing off)."""
     global TRACER
     TRACER = None if provider is None else provider.get_tracer("registry")
+
+
+CARRIED = ("traceparent", "tracestate")
+"""The W3C trace-context fields a request carries its caller's trace in (HTTP headers,
+gRPC metadata)."""
+
+
+def server_span(
+    tracer: Tracer, name: str, carrier: Mapping[str, str], attributes: Mapping[str, str]
+) -> Span:
+    """A request's span, continuing the caller's trace from ``carrier`` (its ``CARRIED``
+    fields): what both doors start, the HTTP middleware and the gRPC service."""
+    return tracer.start_span(
+        name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+    )
 
 
 def step(name: str, function: Callable[[*Ts], R], /, *args: *Ts) -> R:

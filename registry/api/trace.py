@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_CARRIED = (b"traceparent", b"tracestate")
+from registry import tracing
+
+_CARRIED = tuple(field.encode("latin-1") for field in tracing.CARRIED)
 
 
 class Trace:
@@ -33,12 +35,8 @@ class Trace:
             if key in _CARRIED
         }
         method = scope["method"]
-        span = self._tracer.start_span(
-            method,
-            context=propagate.extract(carrier),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
-        )
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        span = tracing.server_span(self._tracer, method, carrier, attributes)
         status = 500
 
         async def sending(message: Message) -> None:

@@ -14,8 +14,7 @@ import time
 from typing import Any, NoReturn
 
 import grpc
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry import trace
 
 from registry import __version__, tracing
 from registry.api.routes.v2 import metadata
@@ -104,13 +103,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         carrier = {
             item.key: item.value
             for item in context.invocation_metadata() or ()
-            if item.key in ("traceparent", "tracestate")
+            if item.key in tracing.CARRIED
         }
-        span = tracer.start_span(
+        span = tracing.server_span(
+            tracer,
             "inference.GRPCInferenceService/ModelInfer",
-            context=propagate.extract(carrier),
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "registry.model": request.model_name},
+            carrier,
+            {"rpc.system": "grpc", "registry.model": request.model_name},
         )
         with trace.use_span(span, end_on_exit=True, record_exception=False):
             return await self._infer(request, context)

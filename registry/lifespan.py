@@ -86,7 +86,8 @@ def serving_lifespan(
             await repository.close()
             await registry.close()
             await background.close()
-            heap.thaw()
+            if settings.freeze_heap:
+                heap.thaw()
             if tracer_provider is not None:
                 tracing.install(None)
                 tracer_provider.shutdown()  # NOTE: sends what is still batched
@@ -114,7 +115,8 @@ def _grpc_server(
 
 async def _supervise(repository: ModelRepository, settings: Settings, fatal: Fatal) -> None:
     failures = await repository.wait_loaded()
-    heap.freeze()
+    if settings.freeze_heap:
+        heap.freeze()
     if not failures:
         log.info("ready: every model loaded")
         return

@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     Off by default: at thousands of requests a second the log would cost more than the
     model. Requests that end in a 5xx are always logged."""
 
+    freeze_heap: bool = True
+    """Once start-up loading is done, collect once and freeze the heap (`gc.freeze`), so
+    that no full garbage collection walks torch's and the models' objects while serving.
+
+    Process-wide: turn it off when the application shares its process with other code,
+    such as many applications started one after another in a test run, where each start
+    and shutdown would otherwise collect the whole process's heap."""
+
     poll_interval_s: float = Field(default=0.0, ge=0)
     """Seconds between manifest polls for changes; 0 turns polling off."""
 

@@ -55,6 +55,10 @@ def make_settings(directory: Path, **overrides: object) -> Settings:
         "manifest": directory / "models.yaml",
         "admin_token": SecretStr("t"),
         "torch_threads": 1,
+        # NOTE: one test process starts hundreds of applications; freezing its heap would
+        # cost each a full collection of it at start-up and at shutdown (0.1-0.3 s each).
+        # Real servers (tests/integration) keep the default.
+        "freeze_heap": False,
         **overrides,
     }
     return Settings.model_validate(values)
@@ -68,6 +72,13 @@ class FatalRecorder:
 
     def __call__(self) -> None:
         self.calls += 1
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:

@@ -16,8 +16,8 @@ from registry.loaders import load_version
 from registry.manifest import load_manifest
 from tests.factories import affine_model, echo_model, model_entry, write_manifest
 from tests.integration.conftest import Examples
-from tests.integration.server import REPOSITORY, Server, in_flight, serving, start, wait_for
-from tests.support import make_settings
+from tests.integration.server import REPOSITORY, Server, in_flight, serving, start
+from tests.support import make_settings, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -49,10 +49,10 @@ from tests.integration.server import (
     samples,
     serving,
     start,
-    wait_for,
 )
 from tests.integration.test_end_to_end import in_process
 from tests.integration.test_reload_live import ADMIN, AUTH, replace_manifest
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,8 @@ from tests.factories import (
     write_manifest,
     write_state_dict,
 )
-from tests.integration.server import Server, in_flight, rss_bytes, serving, wait_for
+from tests.integration.server import Server, in_flight, rss_bytes, serving
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,6 +18,14 @@ delay. An explicit ``max_delay_ms`` replaces this with a fixed wait.
 The thread blocks on a ``SimpleQueue`` and hands each batch's results back to the event
 loop with one ``call_soon_threadsafe``: two thread hand-offs per batch, none per row.
 
+A version may run several passes at once (``instances``): as many inference threads take
+their batches from the one queue, each gathering while the others compute. On a CPU where
+the serving work (reading requests, writing answers, tokenizing) shares the cores with
+the forward passes, one pass computing while the next is gathered and the last answered
+keeps the cores busy. Before each pass the batcher says how many passes are running
+(``share``), and the model splits torch's threads among them: a pass alone gets them all,
+two at once half each, so that neither waits on threads the other holds.
+
 For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
 one-row request skips them and runs its pass inline, on the event loop, when all of:
 
@@ -45,7 +53,8 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar
@@ -142,7 +151,8 @@ fault) and each such pass costs this many hand-offs before inline passes resume.
 
 
 class Batcher(Generic[In, Out]):
-    """One inference thread per model version, fed by the event loop.
+    """One inference thread per model version (or ``instances`` of them), fed by the
+    event loop.
 
     ``submit`` may be cancelled (a client timeout): the request is then skipped if still
     queued, or its share of the output discarded if already running. A request that runs
@@ -158,17 +168,25 @@ class Batcher(Generic[In, Out]):
         rows_of: Callable[[In], int] = len,  # type: ignore[assignment]
         inline_max_s: float | None = None,
         on_pass: PassObserver | None = None,
+        instances: int = 1,
+        share: Callable[[int], object] | None = None,
     ) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, not {instances}")
         self._run_batch = run
+        self._instances = instances
+        self._share = share
+        self._running = 0  # passes on the threads now, for ``share``
+        self._running_lock = threading.Lock()
         self._rows_of = rows_of
         self._on_pass = on_pass
         self._config = config
         self._key = key
         self._queue: SimpleQueue[_Pending[In, Out] | None] = SimpleQueue()  # None stops the thread
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
-        self._last_rows = 1  # inference-thread state: the size and cost of the last pass
+        self._last_rows = 1  # inference threads' state: the size and cost of the last pass
         self._last_forward_s = 0.0
         # NOTE: only the loop writes this one, so it needs no lock: +1 when a request is
         # handed to the thread, -1 when its answer (or its skipping) comes back.
@@ -188,10 +206,13 @@ class Batcher(Generic[In, Out]):
         return self._queue.qsize()
 
     def start(self) -> None:
-        """Start the inference thread; results go back to the running loop."""
+        """Start the inference threads; results go back to the running loop."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._work, name=f"infer-{self._key}", daemon=True)
-        self._thread.start()
+        for index in range(self._instances):
+            name = f"infer-{self._key}" + (f"-{index}" if self._instances > 1 else "")
+            thread = threading.Thread(target=self._work, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     async def submit(self, inputs: In, timeout_s: float | None = None) -> Out:
         """Queue a request's instances and wait for their outputs.
@@ -226,13 +247,16 @@ class Batcher(Generic[In, Out]):
             deadlines.unwatch(task)
 
     async def stop(self) -> None:
-        """Fail what is still queued, let a running pass deliver, then end the thread."""
+        """Fail what is still queued, let running passes deliver, then end the threads."""
         self._closed = True
-        if self._thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            await asyncio.sleep(0)  # NOTE: run the deliveries the thread scheduled last
-        self._thread = self._loop = None
+        if self._threads:
+            for _ in self._threads:
+                self._queue.put(None)  # NOTE: one each: a thread ends on the first it takes
+            for thread in self._threads:
+                await asyncio.to_thread(thread.join)
+            await asyncio.sleep(0)  # NOTE: run the deliveries the threads scheduled last
+        self._threads = []
+        self._loop = None
 
     def _may_run_inline(self, rows: int) -> bool:
         """On the loop: whether this request may skip the thread (see the module docstring).
@@ -264,6 +288,8 @@ class Batcher(Generic[In, Out]):
         self._inline_this_turn = False
 
     def _work(self) -> None:
+        if self._share is not None:
+            self._share(1)  # NOTE: a new thread would otherwise take what was set last
         carry: _Pending[In, Out] | None = None
         while True:
             first = carry if carry is not None else self._queue.get()
@@ -320,12 +346,30 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
-            outcome = self._compute([p.inputs for p in live], rows, waits, traced)
+            with self._sharing():
+                outcome = self._compute([p.inputs for p in live], rows, waits, traced)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
+
+    @contextmanager
+    def _sharing(self) -> Iterator[None]:
+        """Around a pass on an inference thread: with several instances, tell ``share`` how
+        many passes run now, this one included, before it starts."""
+        if self._instances == 1 or self._share is None:
+            yield
+            return
+        with self._running_lock:
+            self._running += 1
+            running = self._running
+        try:
+            self._share(running)
+            yield
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     def _compute(
         self,
@@ -362,8 +406,9 @@ class Batcher(Generic[In, Out]):
     def _measured(self, seconds: float) -> None:
         """Extend or break the streak of fast one-row passes.
 
-        NOTE: the loop and the thread both write this, but never at once: an inline pass
-        runs only while the thread holds nothing.
+        NOTE: the loop and the threads write this. An inline pass runs only while the
+        threads hold nothing; two instances may write it at once, and then one of their
+        passes may go uncounted: evidence is a heuristic, and either outcome is safe.
         """
         self._last_lone_s = seconds
         fast = seconds < self._inline_limit_s()

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 class Buckets:
     """Observations per bucket of ``bounds`` (``value <= bound``), then one for beyond.
 
-    NOTE: written by one thread and read whole by a scrape; list items and numbers are
-    replaced atomically, so a reader sees at worst the latest value not yet counted.
+    NOTE: written by one thread at a time (writers on several hold a lock) and read whole
+    by a scrape; list items and numbers are replaced atomically, so a reader sees at worst
+    the latest value not yet counted.
     """
 
     bounds: tuple[float, ...]

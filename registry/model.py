@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -75,6 +76,8 @@ class LoadedModel:
     queue_seconds: Buckets = field(default_factory=lambda: Buckets(TIME_BUCKETS))
     """How long each request waited before its pass began: how busy the version is."""
     _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Held while a pass is counted: several instances may finish passes at once."""
     # NOTE: plain attributes, not properties: every request reads them, some more than once.
     name: str = field(init=False)
     version: str = field(init=False)
@@ -227,7 +230,13 @@ class LoadedModel:
         return answer[self._output_names[0]]
 
     def start(self) -> None:
-        """Attach a batcher; call on the event loop that will serve this version."""
+        """Attach a batcher; call on the event loop that will serve this version.
+
+        Each inference thread sets its own torch thread count: the event loop's (set from
+        ``REGISTRY_TORCH_THREADS`` by the lifespan), shared equally among the passes that
+        run at once when the version has several instances.
+        """
+        threads = torch.get_num_threads()
         self._batcher = Batcher(
             self.run_blocking,
             self.spec.batching,
@@ -236,15 +245,18 @@ class LoadedModel:
             # NOTE: a handler's code never runs on the event loop, however fast
             inline_max_s=None if type(self.handler) is Handler else 0.0,
             on_pass=self._passed,
+            instances=self.spec.instances,
+            share=lambda passes: torch.set_num_threads(max(1, threads // passes)),
         )
         self._batcher.start()
 
     def _passed(self, rows: int, seconds: float, waits: Sequence[float]) -> None:
-        """On whichever thread ran the pass (one at a time): count it."""
-        self.passes.add(rows)
-        self.pass_seconds.add(seconds)
-        for wait in waits:
-            self.queue_seconds.add(wait)
+        """On whichever thread ran the pass: count it."""
+        with self._counting:
+            self.passes.add(rows)
+            self.pass_seconds.add(seconds)
+            for wait in waits:
+                self.queue_seconds.add(wait)
 
     async def infer_tensors(self, inputs: Tensors, timeout_s: float | None = None) -> Tensors:
         """Queue a request's declared inputs behind other requests and await its declared

@@ -93,6 +93,30 @@ class Rendezvous(nn.Module):
         return x * 1
 
 
+class MeetsItsTwin(nn.Module):
+    """Echoes its input once two passes of ``group`` run at the same moment, and records
+    the torch threads each pass had (``threads[group]``, in the order they began; each
+    beginning sets ``began[group]``)."""
+
+    threads: ClassVar[dict[str, list[int]]] = {}
+    began: ClassVar[dict[str, threading.Event]] = {}
+
+    def __init__(self, group: str) -> None:
+        super().__init__()
+        self.group = group
+        with _BARRIERS_LOCK:
+            self.barrier = _BARRIERS.setdefault(group, threading.Barrier(2, timeout=10))
+            self.threads.setdefault(group, [])
+            self.began.setdefault(group, threading.Event())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _BARRIERS_LOCK:
+            self.threads[self.group].append(torch.get_num_threads())
+        self.began[self.group].set()
+        self.barrier.wait()
+        return x * 1
+
+
 class CountsBuilds(nn.Module):
     """Records how many versions of ``group`` were being built at once, at most."""
 

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+import torch
+
 from registry.budget import device_key
 from registry.core import ModelRegistry
 from registry.errors import MemoryBudgetExceeded, ModelLoadFailed, RegistryError, ShuttingDown
@@ -42,8 +44,13 @@ class Loader:
         self._settings = settings
         self._registry = registry
         self.digests = WeightDigests()
+        # NOTE: each loader thread warms up with the event loop's torch thread count (the
+        # lifespan's), whatever an inference thread with a share of it set last.
         self._executor = ThreadPoolExecutor(
-            max_workers=settings.loaders, thread_name_prefix="registry-load"
+            max_workers=settings.loaders,
+            thread_name_prefix="registry-load",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
         )
         # NOTE: loads wait here, not in the executor's queue, so each can still see a
         # close that happened while it waited, and not start.

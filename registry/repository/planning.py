@@ -78,6 +78,7 @@ def fingerprint(model: ModelSpec, version: VersionSpec, weights_digest: str) -> 
             "handler",
             "handler_args",
             "batching",
+            "instances",
             "device",
             "warmup",
         },

@@ -357,3 +357,51 @@ async def test_after_stop_even_an_inline_request_is_refused() -> None:
     with pytest.raises(ShuttingDown):
         await batcher.submit(rows(1))
     assert len(forward.threads) == INLINE_EVIDENCE + 1
+
+
+class Concurrent:
+    """Doubles its input; each pass waits at a barrier of ``parties``, so a pass returns
+    only once that many run at the same moment."""
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.entered = threading.Semaphore(0)  # released as each pass starts
+        self.shares: list[int] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, inputs: Array) -> Array:
+        self.threads.add(threading.current_thread().name)
+        self.entered.release()
+        self.barrier.wait()
+        return inputs * 2
+
+
+async def test_instances_run_passes_at_once_and_share_the_cores_between_them() -> None:
+    forward = Concurrent(parties=2)
+    batcher = Batcher(
+        concatenated(forward),
+        BatchingSpec(),
+        key=VersionKey("m", "1"),
+        inline_max_s=0.0,
+        instances=2,
+        share=forward.shares.append,
+    )
+    batcher.start()
+    try:
+        # NOTE: the first pass holds its instance at the barrier until the second runs
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        assert await asyncio.to_thread(forward.entered.acquire, timeout=10)
+        second = await batcher.submit(rows(2, 3))
+        np.testing.assert_array_equal(await first, rows(2))
+        np.testing.assert_array_equal(second, rows(4, 6))
+    finally:
+        await batcher.stop()
+    assert forward.threads == {"infer-m:1-0", "infer-m:1-1"}
+    assert forward.shares[:2] == [1, 1]  # each thread's start: the whole count
+    assert forward.shares[2:] == [1, 2]  # the first pass alone, the second beside it
+    assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
+
+
+def test_instances_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(concatenated(lambda x: x), BatchingSpec(), key=VersionKey("m", "1"), instances=0)

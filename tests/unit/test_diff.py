@@ -43,6 +43,7 @@ def test_fingerprint_follows_what_shapes_the_loaded_object() -> None:
         {"device": "auto"},
         {"warmup": False},
         {"batching": {"max_batch_size": 2}},
+        {"instances": 2},
         {"output": {"labels": ["a"]}},
         {"handler": "a.b:Handler"},
         {"handler": "a.b:Handler", "handler_args": {"max_tokens": 8}},

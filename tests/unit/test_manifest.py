@@ -205,6 +205,13 @@ INVALID = [
         id="zero-batch-size",
     ),
     pytest.param(
+        with_change("models.0.instances", 0),
+        "digits",
+        "instances",
+        "greater than or equal to 1",
+        id="no-instances",
+    ),
+    pytest.param(
         with_change("models.0.versions.1.path", "digits/2/model.bin"),
         "digits",
         "versions[1]",

@@ -1,0 +1,56 @@
+"""A version with ``instances: 2`` runs two passes at once, on one copy of its weights,
+with torch's threads shared between the passes that run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.factories import MeetsItsTwin, echo_model, write_manifest
+from tests.support import Start, make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def four_threads() -> Iterator[None]:
+    """The event loop's torch threads, which a version's instances share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("four_threads")
+async def test_two_instances_run_two_passes_at_once_with_half_the_threads_each(
+    tmp_path: Path, start: Start
+) -> None:
+    weights = tmp_path / "weights"
+    twin = echo_model(weights, "twin", "MeetsItsTwin", group=str(tmp_path))
+    write_manifest(tmp_path, [twin | {"instances": 2, "warmup": False}])
+    serving = await start(make_settings(tmp_path))
+    assert await serving.repository.wait_loaded() == []
+    with serving.registry.lease("twin", None) as model:
+        inputs = np.ones((1, 4), dtype=np.float32)
+        first = asyncio.create_task(model.infer(inputs))
+        assert await asyncio.to_thread(MeetsItsTwin.began[str(tmp_path)].wait, 10)
+        # NOTE: each pass returns only once the other runs too: with one instance, or one
+        # thread for both, the barrier would time out and both would fail
+        second = await model.infer(inputs * 2)
+        np.testing.assert_array_equal(await first, inputs)
+        np.testing.assert_array_equal(second, inputs * 2)
+        assert model.passes.frozen().counts[0] == 2  # two one-row passes, both counted
+    assert MeetsItsTwin.threads[str(tmp_path)] == [
+        4,
+        2,
+    ]  # alone: all four threads; beside the first: half

@@ -346,8 +346,12 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
-            with self._sharing():
-                outcome = self._compute([p.inputs for p in live], rows, waits, traced)
+            inputs = [p.inputs for p in live]
+            if self._instances == 1 or self._share is None:
+                outcome = self._compute(inputs, rows, waits, traced)
+            else:
+                with self._sharing():
+                    outcome = self._compute(inputs, rows, waits, traced)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
@@ -356,11 +360,9 @@ class Batcher(Generic[In, Out]):
 
     @contextmanager
     def _sharing(self) -> Iterator[None]:
-        """Around a pass on an inference thread: with several instances, tell ``share`` how
-        many passes run now, this one included, before it starts."""
-        if self._instances == 1 or self._share is None:
-            yield
-            return
+        """Around a pass on one of several instances' threads: tell ``share`` how many
+        passes run now, this one included, before it starts."""
+        assert self._share is not None  # noqa: S101 (only called with one)
         with self._running_lock:
             self._running += 1
             running = self._running

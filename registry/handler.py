@@ -16,7 +16,9 @@ protocol the client spoke. So a handler never sees HTTP, and the same handler se
 native routes and the Open Inference Protocol alike.
 
 Every hook runs on the version's inference thread, never on the event loop: a slow decode
-delays that model's passes, not other requests. ``decode`` and ``encode`` work on one
+delays that model's passes, not other requests. A version with ``instances: N`` runs N
+passes at once through one handler object, so a handler keeps no state between calls
+(or guards it). ``decode`` and ``encode`` work on one
 request, so one request's bad input fails that request alone: a ``ValueError`` (such as
 ``InputError``) from ``decode`` is a 422 with its message, anything else a 500
 ``model_failed``, logged with its traceback. A failure in ``batch``, ``predict`` or

@@ -69,6 +69,12 @@ def main() -> None:
         help="LitServe's workers_per_device for minilm (1, its default)",
     )
     parser.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="this project's instances for minilm, instead of models.yaml's (an A/B)",
+    )
+    parser.add_argument(
         "--quiet",
         type=float,
         default=0.0,
@@ -126,6 +132,7 @@ def main() -> None:
                 args.litserve_threads,
                 args.litserve_workers,
                 args.quiet,
+                args.instances,
             )
             encoder = minilm.run(work, encoder_opts)
             results += encoder["results"]

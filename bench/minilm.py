@@ -122,16 +122,19 @@ class Passes:
         return cls(buckets, rows)
 
 
-def manifest(repository_manifest: Path) -> tuple[str, int]:
-    """The repository's ``minilm`` entry alone, unchanged, and its ``max_batch_size``.
+def manifest(repository_manifest: Path, instances: int | None = None) -> tuple[str, int]:
+    """The repository's ``minilm`` entry alone, and its ``max_batch_size``.
 
     The entry is copied rather than rewritten so the bench serves what the repository
     serves (handler, tokenizer, truncation, batching); its paths resolve under
-    ``--weights-dir``, the repository's ``weights/``.
+    ``--weights-dir``, the repository's ``weights/``. Only ``instances``, when given,
+    replaces the entry's: an A/B of that setting without editing ``models.yaml``.
     """
     models = yaml.safe_load(repository_manifest.read_text())["models"]
     (entry,) = [m for m in models if m["name"] == NAME]
     entry["versions"] = [v for v in entry["versions"] if str(v["version"]) == VERSION]
+    if instances is not None:
+        entry["instances"] = instances
     return yaml.safe_dump({"models": [entry]}, sort_keys=False), int(
         entry["batching"]["max_batch_size"]
     )
@@ -238,6 +241,7 @@ class Options:
     threads: int = 0  # LitServe worker's torch threads; 0: torch's default
     workers: int = 1  # LitServe's workers_per_device
     quiet: float = 0.0  # > 0: wait for foreign load below this many cores before a cell
+    instances: int | None = None  # this project's ``instances``; None: models.yaml's
 
 
 @contextmanager
@@ -294,8 +298,9 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
             f"{folder} lacks model.safetensors or tokenizer.json: run "
             "`python -m registry.examples.minilm_files weights` (part of `make install`)"
         )
-    text, max_batch = manifest(ROOT / "models.yaml")
+    text, max_batch = manifest(ROOT / "models.yaml", opts.instances)
     (work / f"{NAME}.yaml").write_text(text)
+    instances = yaml.safe_load(text)["models"][0].get("instances", 1)
     versions = ensure_venv(cache_dir(), "litserve", TORCH)
     reference = Reference(folder)
     want = reference.embed([SENTENCE])[0]
@@ -327,7 +332,11 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
         "sentence": SENTENCE,
         "duration_s": opts.duration,
         "quiet_cores": opts.quiet,
-        "registry": {"max_batch_size": max_batch, "batching": "adaptive (models.yaml)"},
+        "registry": {
+            "max_batch_size": max_batch,
+            "batching": "adaptive (models.yaml)",
+            "instances": instances,
+        },
         "litserve": {
             "version": versions.get("litserve"),
             "max_batch_size": max_batch,

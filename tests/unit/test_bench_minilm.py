@@ -40,6 +40,15 @@ def test_manifest_is_the_repository_entry_alone(tmp_path: Path) -> None:
     assert max_batch == original.batching.max_batch_size == 64
 
 
+def test_manifest_may_replace_only_the_instances(tmp_path: Path) -> None:
+    text, _ = manifest(ROOT / "models.yaml", instances=1)
+    (tmp_path / "models.yaml").write_text(text)
+    (model,) = load_manifest(tmp_path / "models.yaml").models
+    (original,) = [m for m in load_manifest(ROOT / "models.yaml").models if m.name == "minilm"]
+    assert original.instances == 2
+    assert model == original.model_copy(update={"instances": 1})
+
+
 def test_passes_from_metrics_take_one_model_and_uncumulate() -> None:
     passes = Passes.from_metrics(METRICS)
     assert passes.buckets == {1.0: 3.0, 4.0: 1.0, 64.0: 2.0}

@@ -80,6 +80,7 @@ class ModelInfo(BaseModel):
     outputs: list[OutputSchema]
     handler: str | None = Field(description="The default version's handler, if any")
     device: str
+    instances: int = Field(description="Forward passes of a version that may run at once")
     default_version: str
     aliases: dict[str, str]
     versions: list[VersionInfo]

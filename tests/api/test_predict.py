@@ -187,6 +187,7 @@ def test_metadata_routes(client: TestClient) -> None:
         {"name": "output", "shape": None, "dtype": None, "labels": lin["labels"]}
     ]
     assert lin["handler"] is None
+    assert lin["instances"] == 1
     assert [v["version"] for v in lin["versions"]] == ["1", "2"]
     assert all(v["state"] == "ready" and v["memory_bytes"] == 60 for v in lin["versions"])
     assert all(v["load_ms"] > 0 for v in lin["versions"])

@@ -69,6 +69,7 @@ def _model_info(model: ModelStatus, draining: tuple[VersionStatus, ...]) -> Mode
         ],
         handler=spec.handler_of(default.spec)[0] if default else spec.handler,
         device=spec.device,
+        instances=spec.instances,
         default_version=spec.resolved_default,
         aliases=dict(spec.aliases),
         versions=[_version_info(v) for v in versions],

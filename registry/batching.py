@@ -53,8 +53,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar
@@ -178,6 +177,8 @@ class Batcher(Generic[In, Out]):
         self._share = share
         self._running = 0  # passes on the threads now, for ``share``
         self._running_lock = threading.Lock()
+        # NOTE: with one instance the count a thread sets at its start always holds
+        self._pass = self._compute if instances == 1 or share is None else self._shared_pass
         self._rows_of = rows_of
         self._on_pass = on_pass
         self._config = config
@@ -346,29 +347,29 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
-            inputs = [p.inputs for p in live]
-            if self._instances == 1 or self._share is None:
-                outcome = self._compute(inputs, rows, waits, traced)
-            else:
-                with self._sharing():
-                    outcome = self._compute(inputs, rows, waits, traced)
+            outcome = self._pass([p.inputs for p in live], rows, waits, traced)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
-    @contextmanager
-    def _sharing(self) -> Iterator[None]:
-        """Around a pass on one of several instances' threads: tell ``share`` how many
-        passes run now, this one included, before it starts."""
-        assert self._share is not None  # noqa: S101 (only called with one)
+    def _shared_pass(
+        self,
+        inputs: list[In],
+        rows: int,
+        waits: Sequence[float],
+        traced: Sequence[Traced],
+    ) -> Sequence[Out | Exception] | ModelFailed:
+        """``_compute`` on one of several instances' threads, once ``share`` is told how
+        many passes run now, this one included."""
+        assert self._share is not None  # noqa: S101 (chosen only with one)
         with self._running_lock:
             self._running += 1
             running = self._running
         try:
             self._share(running)
-            yield
+            return self._compute(inputs, rows, waits, traced)
         finally:
             with self._running_lock:
                 self._running -= 1

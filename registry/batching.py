@@ -172,13 +172,12 @@ class Batcher(Generic[In, Out]):
     ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1, not {instances}")
-        self._run_batch = run
         self._instances = instances
         self._share = share
-        self._running = 0  # passes on the threads now, for ``share``
+        self._running = 0  # passes running now, for ``share``
         self._running_lock = threading.Lock()
         # NOTE: with one instance the count a thread sets at its start always holds
-        self._pass = self._compute if instances == 1 or share is None else self._shared_pass
+        self._run_batch = run if instances == 1 or share is None else self._shared(run, share)
         self._rows_of = rows_of
         self._on_pass = on_pass
         self._config = config
@@ -347,32 +346,29 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
-            outcome = self._pass([p.inputs for p in live], rows, waits, traced)
+            outcome = self._compute([p.inputs for p in live], rows, waits, traced)
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
-    def _shared_pass(
-        self,
-        inputs: list[In],
-        rows: int,
-        waits: Sequence[float],
-        traced: Sequence[Traced],
-    ) -> Sequence[Out | Exception] | ModelFailed:
-        """``_compute`` on one of several instances' threads, once ``share`` is told how
-        many passes run now, this one included."""
-        assert self._share is not None  # noqa: S101 (chosen only with one)
-        with self._running_lock:
-            self._running += 1
-            running = self._running
-        try:
-            self._share(running)
-            return self._compute(inputs, rows, waits, traced)
-        finally:
+    def _shared(self, run: RunBatch[In, Out], share: Callable[[int], object]) -> RunBatch[In, Out]:
+        """``run`` for several instances: each pass first tells ``share`` how many passes
+        run now, this one included."""
+
+        def shared(inputs: list[In]) -> Sequence[Out | Exception]:
             with self._running_lock:
-                self._running -= 1
+                self._running += 1
+                running = self._running
+            try:
+                share(running)
+                return run(inputs)
+            finally:
+                with self._running_lock:
+                    self._running -= 1
+
+        return shared
 
     def _compute(
         self,

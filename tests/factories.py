@@ -117,6 +117,24 @@ class MeetsItsTwin(nn.Module):
         return x * 1
 
 
+class RecordsThreads(nn.Module):
+    """Echoes its input, recording the torch threads of the thread that built it and of
+    each thread that ran a pass (``threads[group]``: ``("build", n)``, ``("pass", n)``)."""
+
+    threads: ClassVar[dict[str, list[tuple[str, int]]]] = {}
+
+    def __init__(self, group: str) -> None:
+        super().__init__()
+        self.group = group
+        with _BARRIERS_LOCK:
+            self.threads.setdefault(group, []).append(("build", torch.get_num_threads()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _BARRIERS_LOCK:
+            self.threads[self.group].append(("pass", torch.get_num_threads()))
+        return x * 1
+
+
 class CountsBuilds(nn.Module):
     """Records how many versions of ``group`` were being built at once, at most."""
 

@@ -44,13 +44,17 @@ class Loader:
         self._settings = settings
         self._registry = registry
         self.digests = WeightDigests()
-        # NOTE: each loader thread warms up with the event loop's torch thread count (the
-        # lifespan's), whatever an inference thread with a share of it set last.
+        # NOTE: one torch thread each. A thread that once ran a multi-threaded region
+        # keeps its own OpenMP (libgomp) workers for as long as it lives; once a process
+        # holds more of them than it has cores, libgomp stops spinning between regions in
+        # every thread, and each parallel region of every pass then waits on the kernel to
+        # wake its workers: a two-thread minilm pass ran 15-40 % slower beside one idle
+        # loader's workers. So the inference threads alone run multi-threaded passes.
         self._executor = ThreadPoolExecutor(
             max_workers=settings.loaders,
             thread_name_prefix="registry-load",
             initializer=torch.set_num_threads,
-            initargs=(torch.get_num_threads(),),
+            initargs=(1,),
         )
         # NOTE: loads wait here, not in the executor's queue, so each can still see a
         # close that happened while it waited, and not start.

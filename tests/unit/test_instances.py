@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.factories import MeetsItsTwin, echo_model, write_manifest
+from tests.factories import MeetsItsTwin, RecordsThreads, echo_model, write_manifest
 from tests.support import Start, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -54,3 +54,22 @@ async def test_two_instances_run_two_passes_at_once_with_half_the_threads_each(
         4,
         2,
     ]  # alone: all four threads; beside the first: half
+
+
+@pytest.mark.usefixtures("four_threads")
+async def test_a_version_is_built_and_warmed_up_on_one_thread_and_served_on_all(
+    tmp_path: Path, start: Start
+) -> None:
+    """Loader threads never run multi-threaded regions, so their OpenMP workers never
+    outnumber the cores beside the inference threads' (``registry.repository.loader``)."""
+    weights = tmp_path / "weights"
+    model = echo_model(weights, "records", "RecordsThreads", group=str(tmp_path))
+    write_manifest(tmp_path, [model | {"warmup": True}])
+    serving = await start(make_settings(tmp_path))
+    assert await serving.repository.wait_loaded() == []
+    with serving.registry.lease("records", None) as loaded:
+        await loaded.infer(np.ones((1, 4), dtype=np.float32))
+    recorded = RecordsThreads.threads[str(tmp_path)]
+    assert recorded[0] == ("build", 1)
+    assert ("pass", 1) in recorded[1:]  # the warm-up, on the loader thread
+    assert recorded[-1] == ("pass", 4)  # the request, on the version's inference thread

@@ -50,6 +50,10 @@ def serving_lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         torch.set_num_threads(settings.intra_op_threads)
+        # NOTE: read back at once. Until a thread first reads its count, torch gives it
+        # the count any thread set last, and loader threads set theirs to one; the versions
+        # started on this loop take their count from it (``LoadedModel.start``).
+        torch.get_num_threads()
         tracing.install(tracer_provider)
         background = Background()
         budget = MemoryBudget(settings.memory_budget_bytes)

@@ -135,6 +135,16 @@ class RecordsThreads(nn.Module):
         return x * 1
 
 
+class ReportsThreads(nn.Module):
+    """Answers each row with the torch threads its pass ran on: what a server's
+    inference threads use, seen from outside the process. Slow enough (1 ms) never to
+    run inline on the event loop."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.001)
+        return torch.full((x.shape[0], 1), float(torch.get_num_threads()))
+
+
 class CountsBuilds(nn.Module):
     """Records how many versions of ``group`` were being built at once, at most."""
 

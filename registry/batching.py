@@ -22,9 +22,11 @@ A version may run several passes at once (``instances``): as many inference thre
 their batches from the one queue, each gathering while the others compute. On a CPU where
 the serving work (reading requests, writing answers, tokenizing) shares the cores with
 the forward passes, one pass computing while the next is gathered and the last answered
-keeps the cores busy. Before each pass the batcher says how many passes are running
-(``share``), and the model splits torch's threads among them: a pass alone gets them all,
-two at once half each, so that neither waits on threads the other holds.
+keeps the cores busy. The first instance takes every batch it can; the others take one
+only while it computes (``registry.instances`` says why). Before each pass the batcher
+says how many passes are running and whether this is the first instance's (``share``),
+and the model sets torch's threads from that: the first's pass gets them all less one
+for each other pass, the others' one each.
 
 For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
 one-row request skips them and runs its pass inline, on the event loop, when all of:
@@ -65,6 +67,7 @@ from opentelemetry.trace import SpanContext
 from registry import tracing
 from registry.deadlines import Deadlines
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
+from registry.instances import FirstInstanceQueue
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 
@@ -106,10 +109,19 @@ class _Pending(Generic[In, Out]):
     traced: Traced  # its span and when it was queued, while tracing is on
 
 
+Share = Callable[[int, bool], object]
+"""Told before each pass how many passes run now, this one included, and whether it runs
+on the first instance; and, at each inference thread's start, 1 and the same."""
 PassObserver = Callable[[int, float, Sequence[float]], object]
 """Told of each pass, inline or on the thread: its rows, its seconds, and how long each of
 its requests waited in the queue before it began."""
 _NO_WAIT = (0.0,)
+
+
+def _never_told(busy: bool) -> None:
+    """Where nobody waits on an instance's being busy: one instance, or not the first."""
+
+
 Traced = tuple[SpanContext, int] | None
 
 
@@ -168,7 +180,7 @@ class Batcher(Generic[In, Out]):
         inline_max_s: float | None = None,
         on_pass: PassObserver | None = None,
         instances: int = 1,
-        share: Callable[[int], object] | None = None,
+        share: Share | None = None,
     ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1, not {instances}")
@@ -182,7 +194,10 @@ class Batcher(Generic[In, Out]):
         self._on_pass = on_pass
         self._config = config
         self._key = key
-        self._queue: SimpleQueue[_Pending[In, Out] | None] = SimpleQueue()  # None stops the thread
+        # NOTE: None stops a thread. Several instances give every lone batch to the first.
+        self._queue: SimpleQueue[_Pending[In, Out] | None] | FirstInstanceQueue[_Pending[In, Out]]
+        self._queue = SimpleQueue() if instances == 1 else FirstInstanceQueue()
+        self._thread = threading.local()  # ``first``: whether it is the first instance
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -210,7 +225,7 @@ class Batcher(Generic[In, Out]):
         self._loop = asyncio.get_running_loop()
         for index in range(self._instances):
             name = f"infer-{self._key}" + (f"-{index}" if self._instances > 1 else "")
-            thread = threading.Thread(target=self._work, name=name, daemon=True)
+            thread = threading.Thread(target=self._work, args=(index == 0,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -287,16 +302,30 @@ class Batcher(Generic[In, Out]):
     def _end_turn(self) -> None:
         self._inline_this_turn = False
 
-    def _work(self) -> None:
+    def _work(self, first_instance: bool) -> None:
+        """An inference thread: gather a batch, run it, deliver, until stopped.
+
+        Of several instances, the first takes any batch and opens the queue to the others
+        while it is busy with it; they take one only then (``registry.instances``).
+        """
+        self._thread.first = first_instance
         if self._share is not None:
-            self._share(1)  # NOTE: a new thread would otherwise take what was set last
+            # NOTE: a new thread would otherwise take what was set last
+            self._share(1, first_instance)
+        queue = self._queue
+        take: Callable[[], _Pending[In, Out] | None] = queue.get
+        busy: Callable[[bool], None] = _never_told
+        if isinstance(queue, FirstInstanceQueue):
+            take = queue.get if first_instance else queue.get_beside_first
+            busy = queue.first_busy if first_instance else _never_told
         carry: _Pending[In, Out] | None = None
         while True:
-            first = carry if carry is not None else self._queue.get()
+            first = carry if carry is not None else take()
             if first is None:  # the stop sentinel
                 return
+            busy(True)
             batch, carry, stop = self._gather(first)
-            self._run(batch)
+            self._run(batch, busy)
             if stop:
                 return
 
@@ -329,11 +358,13 @@ class Batcher(Generic[In, Out]):
             rows += queued.rows
         return batch, None, False
 
-    def _run(self, batch: list[_Pending[In, Out]]) -> None:
+    def _run(self, batch: list[_Pending[In, Out]], busy: Callable[[bool], None]) -> None:
         """On the inference thread: one forward pass for the batch, results to the loop.
 
         Even a batch whose requests were all cancelled reports back, so that the loop's
-        count of what the thread holds drops to zero.
+        count of what the thread holds drops to zero. ``busy(False)`` comes first: a
+        client answered may send its next request at once, and it is the first
+        instance's to take (``registry.instances``).
         """
         live = [p for p in batch if not p.result.done()]  # NOTE: cancelled while queued
         outcome: Sequence[Out | Exception] | BaseException
@@ -351,18 +382,19 @@ class Batcher(Generic[In, Out]):
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
         assert self._loop is not None  # noqa: S101 (set before the thread starts)
+        busy(False)
         self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
 
-    def _shared(self, run: RunBatch[In, Out], share: Callable[[int], object]) -> RunBatch[In, Out]:
+    def _shared(self, run: RunBatch[In, Out], share: Share) -> RunBatch[In, Out]:
         """``run`` for several instances: each pass first tells ``share`` how many passes
-        run now, this one included."""
+        run now, this one included, and whether it is the first instance's."""
 
         def shared(inputs: list[In]) -> Sequence[Out | Exception]:
             with self._running_lock:
                 self._running += 1
                 running = self._running
             try:
-                share(running)
+                share(running, self._thread.first)
                 return run(inputs)
             finally:
                 with self._running_lock:

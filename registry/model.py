@@ -233,8 +233,10 @@ class LoadedModel:
         """Attach a batcher; call on the event loop that will serve this version.
 
         Each inference thread sets its own torch thread count: the event loop's (set from
-        ``REGISTRY_TORCH_THREADS`` by the lifespan), shared equally among the passes that
-        run at once when the version has several instances.
+        ``REGISTRY_TORCH_THREADS`` by the lifespan). With several instances the first
+        instance's pass gets that less one for each other pass running, and the others'
+        one each, so that only one thread of the version ever keeps OpenMP workers
+        (``registry.instances``).
         """
         threads = torch.get_num_threads()
         self._batcher = Batcher(
@@ -246,7 +248,9 @@ class LoadedModel:
             inline_max_s=None if type(self.handler) is Handler else 0.0,
             on_pass=self._passed,
             instances=self.spec.instances,
-            share=lambda passes: torch.set_num_threads(max(1, threads // passes)),
+            share=lambda passes, first: torch.set_num_threads(
+                max(1, threads - passes + 1) if first else 1
+            ),
         )
         self._batcher.start()
 

@@ -378,13 +378,14 @@ class Concurrent:
 
 async def test_instances_run_passes_at_once_and_share_the_cores_between_them() -> None:
     forward = Concurrent(parties=2)
+    shares: list[tuple[int, bool]] = []
     batcher = Batcher(
         concatenated(forward),
         BatchingSpec(),
         key=VersionKey("m", "1"),
         inline_max_s=0.0,
         instances=2,
-        share=forward.shares.append,
+        share=lambda passes, first: shares.append((passes, first)),
     )
     batcher.start()
     try:
@@ -397,8 +398,33 @@ async def test_instances_run_passes_at_once_and_share_the_cores_between_them() -
     finally:
         await batcher.stop()
     assert forward.threads == {"infer-m:1-0", "infer-m:1-1"}
-    assert forward.shares[:2] == [1, 1]  # each thread's start: the whole count
-    assert forward.shares[2:] == [1, 2]  # the first pass alone, the second beside it
+    assert sorted(shares[:2]) == [(1, False), (1, True)]  # each thread's start
+    # the lone pass on the first instance, then the second beside it on the other
+    assert shares[2:] == [(1, True), (2, False)]
+    assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
+
+
+async def test_with_several_instances_a_lone_request_always_runs_on_the_first() -> None:
+    names: list[str] = []
+
+    def forward(inputs: Array) -> Array:
+        names.append(threading.current_thread().name)
+        return inputs * 2
+
+    batcher = Batcher(
+        concatenated(forward),
+        BatchingSpec(),
+        key=VersionKey("m", "1"),
+        inline_max_s=0.0,
+        instances=3,
+    )
+    batcher.start()
+    try:
+        for i in range(20):
+            np.testing.assert_array_equal(await batcher.submit(rows(i)), rows(2 * i))
+    finally:
+        await batcher.stop()
+    assert set(names) == {"infer-m:1-0"}  # the others never took a batch
     assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
 
 

@@ -1,5 +1,6 @@
-"""A version with ``instances: 2`` runs two passes at once, on one copy of its weights,
-with torch's threads shared between the passes that run."""
+"""A version with ``instances: 2`` runs two passes at once, on one copy of its weights:
+the first instance's with torch's threads less one for each other pass, the others' on one
+thread (``registry.instances``)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def four_threads() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("four_threads")
-async def test_two_instances_run_two_passes_at_once_with_half_the_threads_each(
+async def test_two_instances_run_two_passes_at_once_and_only_the_first_on_several_threads(
     tmp_path: Path, start: Start
 ) -> None:
     weights = tmp_path / "weights"
@@ -50,10 +51,8 @@ async def test_two_instances_run_two_passes_at_once_with_half_the_threads_each(
         np.testing.assert_array_equal(await first, inputs)
         np.testing.assert_array_equal(second, inputs * 2)
         assert model.passes.frozen().counts[0] == 2  # two one-row passes, both counted
-    assert MeetsItsTwin.threads[str(tmp_path)] == [
-        4,
-        2,
-    ]  # alone: all four threads; beside the first: half
+    # alone, on the first instance: all four threads; beside it, on the second: one
+    assert MeetsItsTwin.threads[str(tmp_path)] == [4, 1]
 
 
 @pytest.mark.usefixtures("four_threads")

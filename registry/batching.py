@@ -110,8 +110,9 @@ class _Pending(Generic[In, Out]):
 
 
 Share = Callable[[int, bool], object]
-"""Told before each pass how many passes run now, this one included, and whether it runs
-on the first instance; and, at each inference thread's start, 1 and the same."""
+"""Told before each pass how many passes run now, this one included, plus one when work
+waits in the queue (another instance is about to take it), and whether this pass runs on
+the first instance; and, at each inference thread's start, 1 and the same."""
 PassObserver = Callable[[int, float, Sequence[float]], object]
 """Told of each pass, inline or on the thread: its rows, its seconds, and how long each of
 its requests waited in the queue before it began."""
@@ -387,14 +388,20 @@ class Batcher(Generic[In, Out]):
 
     def _shared(self, run: RunBatch[In, Out], share: Share) -> RunBatch[In, Out]:
         """``run`` for several instances: each pass first tells ``share`` how many passes
-        run now, this one included, and whether it is the first instance's."""
+        run now or are about to, and whether it is the first instance's.
+
+        NOTE: a pass that work waits behind counts that work as a pass: under load the
+        first instance then runs on one thread beside the others instead of starting on
+        all of them and spinning at every region against the pass that starts next.
+        """
 
         def shared(inputs: list[In]) -> Sequence[Out | Exception]:
             with self._running_lock:
                 self._running += 1
                 running = self._running
             try:
-                share(running, self._thread.first)
+                waiting = 1 if self._queue.qsize() else 0  # NOTE: another pass to come
+                share(running + waiting, self._thread.first)
                 return run(inputs)
             finally:
                 with self._running_lock:

@@ -1,15 +1,11 @@
 """The queue a version's instances share, which gives every lone batch to the first.
 
-Why the first: torch's CPU kernels run their parallel regions on OpenMP (libgomp), and
-every thread that once ran a region with more than one torch thread keeps workers of its
-own for as long as it lives. While a process holds no more of them than it has cores,
-libgomp's idle workers spin between regions and a pass's many regions follow each other
-at once. One more, and libgomp stops spinning in every thread: each region of every pass
-then waits for the kernel to wake its workers (a two-thread minilm pass ran 15-40 %
-slower on 2 cores). So of a version's instances only the first ever runs a pass on more
-than one thread: it takes every batch it can, and the others take one only while it
-computes, on one thread each (``Batcher``'s ``share``). A lone request thus always runs
-on the first instance with all the threads; under load the others add passes beside it.
+Why the first: only one thread of a version should run passes on more than one torch
+thread, or the process holds more OpenMP workers than cores and every pass slows down
+(``registry.threads``). So the first instance takes every batch it can, and the others
+take one only while it is busy with one (gathering, computing, delivering it), on one
+thread each (``Batcher``'s ``share``). A lone request thus always runs on the first
+instance with all the threads; under load the others gather and run passes beside it.
 """
 
 from __future__ import annotations

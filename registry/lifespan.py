@@ -24,6 +24,7 @@ from registry.repository import ModelRepository
 from registry.repository.triggers import ReloadTriggers
 from registry.settings import Settings
 from registry.tasks import Background
+from registry.threads import use_threads
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -49,11 +50,8 @@ def serving_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
-        torch.set_num_threads(settings.intra_op_threads)
-        # NOTE: read back at once. Until a thread first reads its count, torch gives it
-        # the count any thread set last, and loader threads set theirs to one; the versions
-        # started on this loop take their count from it (``LoadedModel.start``).
-        torch.get_num_threads()
+        # NOTE: the versions started on this loop take their count from it
+        use_threads(settings.intra_op_threads)
         tracing.install(tracer_provider)
         background = Background()
         budget = MemoryBudget(settings.memory_budget_bytes)

@@ -18,6 +18,7 @@ from registry.errors import InvalidInput, ModelFailed, RegistryError
 from registry.handler import Handler
 from registry.keys import VersionKey
 from registry.manifest import ModelSpec, OutputSpec, VersionSpec, fits_shape
+from registry.threads import use_threads
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +249,7 @@ class LoadedModel:
             inline_max_s=None if type(self.handler) is Handler else 0.0,
             on_pass=self._passed,
             instances=self.spec.instances,
-            share=lambda passes, first: torch.set_num_threads(
-                max(1, threads - passes + 1) if first else 1
-            ),
+            share=lambda passes, first: use_threads(max(1, threads - passes + 1) if first else 1),
         )
         self._batcher.start()
 

@@ -15,8 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
-import torch
-
 from registry.budget import device_key
 from registry.core import ModelRegistry
 from registry.errors import MemoryBudgetExceeded, ModelLoadFailed, RegistryError, ShuttingDown
@@ -26,6 +24,7 @@ from registry.manifest import ModelSpec, VersionSpec
 from registry.model import LoadedModel
 from registry.repository.report import LoadTally
 from registry.settings import Settings
+from registry.threads import use_threads
 from registry.weightfiles import WeightDigests, resolve_weights, tensor_bytes
 
 T = TypeVar("T")
@@ -44,16 +43,12 @@ class Loader:
         self._settings = settings
         self._registry = registry
         self.digests = WeightDigests()
-        # NOTE: one torch thread each. A thread that once ran a multi-threaded region
-        # keeps its own OpenMP (libgomp) workers for as long as it lives; once a process
-        # holds more of them than it has cores, libgomp stops spinning between regions in
-        # every thread, and each parallel region of every pass then waits on the kernel to
-        # wake its workers: a two-thread minilm pass ran 15-40 % slower beside one idle
-        # loader's workers. So the inference threads alone run multi-threaded passes.
+        # NOTE: one torch thread each, so that they hold no OpenMP workers that would
+        # slow every pass served (``registry.threads``)
         self._executor = ThreadPoolExecutor(
             max_workers=settings.loaders,
             thread_name_prefix="registry-load",
-            initializer=torch.set_num_threads,
+            initializer=use_threads,
             initargs=(1,),
         )
         # NOTE: loads wait here, not in the executor's queue, so each can still see a

@@ -3,11 +3,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from registry.batching import INLINE_EVIDENCE, Array, Batcher, concatenated
+from registry.batching import INLINE_EVIDENCE, Array, Batcher, Share, concatenated
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
@@ -376,17 +377,24 @@ class Concurrent:
         return inputs * 2
 
 
-async def test_instances_run_passes_at_once_and_share_the_cores_between_them() -> None:
-    forward = Concurrent(parties=2)
-    shares: list[tuple[int, bool]] = []
-    batcher = Batcher(
+def instances_batcher(
+    forward: Callable[[Array], Array], instances: int, share: Share | None = None
+) -> Batcher[Array, Array]:
+    """Never inline, so every pass runs on an instance's thread."""
+    return Batcher(
         concatenated(forward),
         BatchingSpec(),
         key=VersionKey("m", "1"),
         inline_max_s=0.0,
-        instances=2,
-        share=lambda passes, first: shares.append((passes, first)),
+        instances=instances,
+        share=share,
     )
+
+
+async def test_instances_run_passes_at_once_and_share_the_cores_between_them() -> None:
+    forward = Concurrent(parties=2)
+    shares: list[tuple[int, bool]] = []
+    batcher = instances_batcher(forward, 2, lambda passes, first: shares.append((passes, first)))
     batcher.start()
     try:
         # NOTE: the first pass holds its instance at the barrier until the second runs
@@ -411,13 +419,7 @@ async def test_with_several_instances_a_lone_request_always_runs_on_the_first() 
         names.append(threading.current_thread().name)
         return inputs * 2
 
-    batcher = Batcher(
-        concatenated(forward),
-        BatchingSpec(),
-        key=VersionKey("m", "1"),
-        inline_max_s=0.0,
-        instances=3,
-    )
+    batcher = instances_batcher(forward, 3)
     batcher.start()
     try:
         for i in range(20):

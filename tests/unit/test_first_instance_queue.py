@@ -23,11 +23,17 @@ def test_it_is_first_in_first_out_and_get_may_time_out() -> None:
         queue.get(timeout=0.01)
 
 
-def test_the_others_wait_until_the_first_busy() -> None:
-    queue: FirstInstanceQueue[int] = FirstInstanceQueue()
+def other_instance(queue: FirstInstanceQueue[int]) -> tuple[threading.Thread, list[int | None]]:
+    """A thread that takes one item as an instance after the first; what it took."""
     taken: list[int | None] = []
     other = threading.Thread(target=lambda: taken.append(queue.get_beside_first()))
     other.start()
+    return other, taken
+
+
+def test_the_others_wait_until_the_first_is_busy() -> None:
+    queue: FirstInstanceQueue[int] = FirstInstanceQueue()
+    other, taken = other_instance(queue)
     queue.put(7)
     other.join(timeout=0.2)
     assert other.is_alive()  # the first is idle: the item is its
@@ -40,9 +46,7 @@ def test_the_others_wait_until_the_first_busy() -> None:
 
 def test_a_waiting_other_instance_leaves_an_item_to_the_idle_first() -> None:
     queue: FirstInstanceQueue[int] = FirstInstanceQueue()
-    taken: list[int | None] = []
-    other = threading.Thread(target=lambda: taken.append(queue.get_beside_first()))
-    other.start()
+    other, taken = other_instance(queue)
     queue.put(1)
     assert queue.get(timeout=10) == 1
     queue.put(None)  # NOTE: the stop sentinel ends the waiting instance
@@ -53,8 +57,6 @@ def test_a_waiting_other_instance_leaves_an_item_to_the_idle_first() -> None:
 def test_a_stop_sentinel_reaches_the_others_while_the_first_is_idle() -> None:
     queue: FirstInstanceQueue[int] = FirstInstanceQueue()
     queue.put(None)
-    result: list[int | None] = []
-    other = threading.Thread(target=lambda: result.append(queue.get_beside_first()))
-    other.start()
+    other, taken = other_instance(queue)
     other.join(timeout=10)
-    assert result == [None]
+    assert taken == [None]

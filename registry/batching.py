@@ -23,10 +23,10 @@ their batches from the one queue, each gathering while the others compute. On a 
 the serving work (reading requests, writing answers, tokenizing) shares the cores with
 the forward passes, one pass computing while the next is gathered and the last answered
 keeps the cores busy. The first instance takes every batch it can; the others take one
-only while it computes (``registry.instances`` says why). Before each pass the batcher
-says how many passes are running and whether this is the first instance's (``share``),
-and the model sets torch's threads from that: the first's pass gets them all less one
-for each other pass, the others' one each.
+only while it is busy with one (``registry.instances`` says why). Before each pass the
+batcher says how many passes are running, counting waiting work as one more, and whether
+this is the first instance's (``share``); the model sets torch's threads from that: the
+first's pass gets them all less one for each other pass, the others' one each.
 
 For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
 one-row request skips them and runs its pass inline, on the event loop, when all of:

@@ -119,10 +119,6 @@ its requests waited in the queue before it began."""
 _NO_WAIT = (0.0,)
 
 
-def _never_told(busy: bool) -> None:
-    """Where nobody waits on an instance's being busy: one instance, or not the first."""
-
-
 Traced = tuple[SpanContext, int] | None
 
 
@@ -187,10 +183,11 @@ class Batcher(Generic[In, Out]):
             raise ValueError(f"instances must be at least 1, not {instances}")
         self._instances = instances
         self._share = share
-        self._running = 0  # passes running now, for ``share``
+        # NOTE: with one instance the count its thread set at its start always holds
+        self._shares_each_pass = instances > 1 and share is not None
+        self._running = 0  # passes running now on the instances' threads, for ``share``
         self._running_lock = threading.Lock()
-        # NOTE: with one instance the count a thread sets at its start always holds
-        self._run_batch = run if instances == 1 or share is None else self._shared(run, share)
+        self._run_batch = run
         self._rows_of = rows_of
         self._on_pass = on_pass
         self._config = config
@@ -198,7 +195,6 @@ class Batcher(Generic[In, Out]):
         # NOTE: None stops a thread. Several instances give every lone batch to the first.
         self._queue: SimpleQueue[_Pending[In, Out] | None] | FirstInstanceQueue[_Pending[In, Out]]
         self._queue = SimpleQueue() if instances == 1 else FirstInstanceQueue()
-        self._thread = threading.local()  # ``first``: whether it is the first instance
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -307,26 +303,33 @@ class Batcher(Generic[In, Out]):
         """An inference thread: gather a batch, run it, deliver, until stopped.
 
         Of several instances, the first takes any batch and opens the queue to the others
-        while it is busy with it; they take one only then (``registry.instances``).
+        while it is busy with it, gathering to delivering; they take one only then
+        (``registry.instances``).
         """
-        self._thread.first = first_instance
         if self._share is not None:
             # NOTE: a new thread would otherwise take what was set last
             self._share(1, first_instance)
         queue = self._queue
         take: Callable[[], _Pending[In, Out] | None] = queue.get
-        busy: Callable[[bool], None] = _never_told
+        leader: FirstInstanceQueue[_Pending[In, Out]] | None = None
         if isinstance(queue, FirstInstanceQueue):
             take = queue.get if first_instance else queue.get_beside_first
-            busy = queue.first_busy if first_instance else _never_told
+            leader = queue if first_instance else None
         carry: _Pending[In, Out] | None = None
         while True:
             first = carry if carry is not None else take()
             if first is None:  # the stop sentinel
                 return
-            busy(True)
+            if leader is not None:
+                leader.first_busy(True)
             batch, carry, stop = self._gather(first)
-            self._run(batch, busy)
+            live, outcome = self._run(batch, first_instance)
+            if leader is not None:
+                # NOTE: before delivering: a client answered may send its next request at
+                # once, and it is the first instance's to take
+                leader.first_busy(False)
+            assert self._loop is not None  # noqa: S101 (set before the threads start)
+            self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
             if stop:
                 return
 
@@ -359,13 +362,14 @@ class Batcher(Generic[In, Out]):
             rows += queued.rows
         return batch, None, False
 
-    def _run(self, batch: list[_Pending[In, Out]], busy: Callable[[bool], None]) -> None:
-        """On the inference thread: one forward pass for the batch, results to the loop.
+    def _run(
+        self, batch: list[_Pending[In, Out]], first_instance: bool
+    ) -> tuple[list[_Pending[In, Out]], Sequence[Out | Exception] | BaseException]:
+        """On an inference thread: one forward pass for the batch; its live requests and
+        the outcome, for the loop.
 
         Even a batch whose requests were all cancelled reports back, so that the loop's
-        count of what the thread holds drops to zero. ``busy(False)`` comes first: a
-        client answered may send its next request at once, and it is the first
-        instance's to take (``registry.instances``).
+        count of what the threads hold drops to zero.
         """
         live = [p for p in batch if not p.result.done()]  # NOTE: cancelled while queued
         outcome: Sequence[Out | Exception] | BaseException
@@ -378,36 +382,34 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
+            self._begin_pass(first_instance)
             outcome = self._compute([p.inputs for p in live], rows, waits, traced)
+            self._end_pass()
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
                 self._last_forward_s = time.perf_counter() - started
                 self._last_rows = rows
-        assert self._loop is not None  # noqa: S101 (set before the thread starts)
-        busy(False)
-        self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
+        return live, outcome
 
-    def _shared(self, run: RunBatch[In, Out], share: Share) -> RunBatch[In, Out]:
-        """``run`` for several instances: each pass first tells ``share`` how many passes
-        run now or are about to, and whether it is the first instance's.
+    def _begin_pass(self, first_instance: bool) -> None:
+        """With several instances, tell ``share`` how many passes run now or are about to,
+        and whether this one is the first instance's.
 
-        NOTE: a pass that work waits behind counts that work as a pass: under load the
-        first instance then runs on one thread beside the others instead of starting on
-        all of them and spinning at every region against the pass that starts next.
+        NOTE: work waiting in the queue counts as a pass: under load the first instance
+        then runs on one thread beside the others instead of starting on all of them and
+        spinning at every region against the pass that starts next.
         """
+        if self._share is None or not self._shares_each_pass:
+            return
+        with self._running_lock:
+            self._running += 1
+            running = self._running
+        waiting = 1 if self._queue.qsize() else 0
+        self._share(running + waiting, first_instance)
 
-        def shared(inputs: list[In]) -> Sequence[Out | Exception]:
+    def _end_pass(self) -> None:
+        if self._shares_each_pass:
             with self._running_lock:
-                self._running += 1
-                running = self._running
-            try:
-                waiting = 1 if self._queue.qsize() else 0  # NOTE: another pass to come
-                share(running + waiting, self._thread.first)
-                return run(inputs)
-            finally:
-                with self._running_lock:
-                    self._running -= 1
-
-        return shared
+                self._running -= 1
 
     def _compute(
         self,

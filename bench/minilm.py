@@ -124,8 +124,8 @@ class Passes:
         return cls(buckets, rows)
 
 
-def manifest(repository_manifest: Path, instances: int | None = None) -> tuple[str, int]:
-    """The repository's ``minilm`` entry alone, and its ``max_batch_size``.
+def manifest(repository_manifest: Path, instances: int | None = None) -> tuple[str, int, int]:
+    """The repository's ``minilm`` entry alone, its ``max_batch_size`` and ``instances``.
 
     The entry is copied rather than rewritten so the bench serves what the repository
     serves (handler, tokenizer, truncation, batching); its paths resolve under
@@ -137,9 +137,8 @@ def manifest(repository_manifest: Path, instances: int | None = None) -> tuple[s
     entry["versions"] = [v for v in entry["versions"] if str(v["version"]) == VERSION]
     if instances is not None:
         entry["instances"] = instances
-    return yaml.safe_dump({"models": [entry]}, sort_keys=False), int(
-        entry["batching"]["max_batch_size"]
-    )
+    text = yaml.safe_dump({"models": [entry]}, sort_keys=False)
+    return text, int(entry["batching"]["max_batch_size"]), int(entry.get("instances", 1))
 
 
 @dataclass(frozen=True)
@@ -338,9 +337,8 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
             f"{folder} lacks model.safetensors or tokenizer.json: run "
             "`python -m registry.examples.minilm_files weights` (part of `make install`)"
         )
-    text, max_batch = manifest(ROOT / "models.yaml", opts.instances)
+    text, max_batch, instances = manifest(ROOT / "models.yaml", opts.instances)
     (work / f"{NAME}.yaml").write_text(text)
-    instances = yaml.safe_load(text)["models"][0].get("instances", 1)
     versions = ensure_venv(cache_dir(), "litserve", TORCH)
     reference = Reference(folder)
     want = reference.embed([SENTENCE])[0]

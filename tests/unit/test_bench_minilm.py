@@ -34,16 +34,18 @@ registry_batch_rows_sum{model="other",version="1"} 9.0
 
 
 def test_manifest_is_the_repository_entry_alone(tmp_path: Path) -> None:
-    text, max_batch = manifest(ROOT / "models.yaml")
+    text, max_batch, instances = manifest(ROOT / "models.yaml")
     (tmp_path / "models.yaml").write_text(text)
     (model,) = load_manifest(tmp_path / "models.yaml").models
     (original,) = [m for m in load_manifest(ROOT / "models.yaml").models if m.name == "minilm"]
     assert model == original
     assert max_batch == original.batching.max_batch_size == 64
+    assert instances == original.instances == 2
 
 
 def test_manifest_may_replace_only_the_instances(tmp_path: Path) -> None:
-    text, _ = manifest(ROOT / "models.yaml", instances=1)
+    text, _, instances = manifest(ROOT / "models.yaml", instances=1)
+    assert instances == 1
     (tmp_path / "models.yaml").write_text(text)
     (model,) = load_manifest(tmp_path / "models.yaml").models
     (original,) = [m for m in load_manifest(ROOT / "models.yaml").models if m.name == "minilm"]

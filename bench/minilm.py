@@ -181,8 +181,8 @@ class Reference:
     def limit(self, batches: tuple[int, ...], instances: int, seconds: float = 1.0) -> list[Rate]:
         """Sentences/s in-process (tokenize, forward, pool) at each batch size: one pass at
         a time with one torch intra-op thread and with torch's default (one per core),
-        and, for ``instances`` > 1, that many passes at once sharing the default's threads
-        as the server shares them.
+        and, for ``instances`` > 1, that many passes at once with the default's threads
+        split evenly between them: on 2 cores, one each, as the server runs them under load.
 
         NOTE: one thread as well as the default, because on a small shared machine the
         default's OpenMP threads can wait on each other for a time slice at every parallel

@@ -179,7 +179,7 @@ class ModelSpec(BaseModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     instances: int = Field(default=1, ge=1, le=64)
     """Forward passes of a version that may run at once, each on an inference thread of
-    its own with an equal share of torch's threads; they share one copy of the weights."""
+    its own; they share one copy of the weights (``registry.instances``)."""
     device: Device = "cpu"
     warmup: bool = True
     load: LoadPolicy = "eager"

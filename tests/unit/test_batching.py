@@ -367,7 +367,6 @@ class Concurrent:
     def __init__(self, parties: int) -> None:
         self.barrier = threading.Barrier(parties, timeout=10)
         self.entered = threading.Semaphore(0)  # released as each pass starts
-        self.shares: list[int] = []
         self.threads: set[str] = set()
 
     def __call__(self, inputs: Array) -> Array:

@@ -25,7 +25,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def four_threads() -> Iterator[None]:
-    """The event loop's torch threads, which a version's instances share."""
+    """The event loop's torch threads, which a version's inference threads start from."""
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     yield

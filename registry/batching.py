@@ -25,8 +25,14 @@ the forward passes, one pass computing while the next is gathered and the last a
 keeps the cores busy. The first instance takes every batch it can; the others take one
 only while it is busy with one (``registry.instances`` says why). Before each pass the
 batcher says how many passes are running, counting waiting work as one more, and whether
-this is the first instance's (``share``); the model sets torch's threads from that: the
-first's pass gets them all less one for each other pass, the others' one each.
+this pass may run on several threads (``share``); the model sets torch's threads from
+that: such a pass gets them all less one for each other pass, the others one each.
+
+Only the first instance's passes may run on several threads, and only while its thread
+holds one of the process's few permits (``WideThreads``, ``registry.threads`` says why),
+taken at a pass when one is free. A thread that holds one and has been idle for
+``HAND_ON_AFTER_S`` while another thread was refused one ends, to free it, and starts a
+successor that takes its place.
 
 For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
 one-row request skips them and runs its pass inline, on the event loop, when all of:
@@ -70,6 +76,7 @@ from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDo
 from registry.instances import FirstInstanceQueue
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
+from registry.threads import WideThreads
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +118,8 @@ class _Pending(Generic[In, Out]):
 
 Share = Callable[[int, bool], object]
 """Told before each pass how many passes run now, this one included, plus one when work
-waits in the queue (another instance is about to take it), and whether this pass runs on
-the first instance; and, at each inference thread's start, 1 and the same."""
+waits in the queue (another instance is about to take it), and whether this pass may run
+on several threads; and, at each inference thread's start, 1 and the same."""
 PassObserver = Callable[[int, float, Sequence[float]], object]
 """Told of each pass, inline or on the thread: its rows, its seconds, and how long each of
 its requests waited in the queue before it began."""
@@ -132,6 +139,14 @@ transformer (~450 ms here) the event loop spends several milliseconds writing 64
 and reading 64 requests; at 2 ms the first request back ran a pass alone (a tenth of the
 batch's time for one row) while the other 63 waited behind it, every other pass. Waiting
 up to a tenth of a pass costs at most that share of latency, and only right after a batch."""
+
+HAND_ON_AFTER_S = 0.5
+"""How long a thread holding a ``WideThreads`` permit waits idle before it ends to hand
+the permit on, when another thread was refused one.
+
+NOTE: long enough that a model under load keeps it between its requests (ending costs a
+new thread and new OpenMP workers, well under a millisecond), short enough that a model
+that went quiet does not keep another on one thread for long."""
 
 INLINE_MAX_S = 250e-6
 """The longest one-row pass that may ever run on the event loop, whatever the hand-off.
@@ -178,11 +193,15 @@ class Batcher(Generic[In, Out]):
         on_pass: PassObserver | None = None,
         instances: int = 1,
         share: Share | None = None,
+        wide: WideThreads | None = None,
     ) -> None:
+        """``wide``: the permits the first instance needs to run passes on several
+        threads; without them it always may."""
         if instances < 1:
             raise ValueError(f"instances must be at least 1, not {instances}")
         self._instances = instances
         self._share = share
+        self._wide = wide
         # NOTE: with one instance the count its thread set at its start always holds
         self._shares_each_pass = instances > 1 and share is not None
         self._running = 0  # passes running now on the instances' threads, for ``share``
@@ -196,7 +215,8 @@ class Batcher(Generic[In, Out]):
         self._queue: SimpleQueue[_Pending[In, Out] | None] | FirstInstanceQueue[_Pending[In, Out]]
         self._queue = SimpleQueue() if instances == 1 else FirstInstanceQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # NOTE: a successor replaces its first
+        self._threads_lock = threading.Lock()
         self._closed = False
         self._last_rows = 1  # inference threads' state: the size and cost of the last pass
         self._last_forward_s = 0.0
@@ -264,8 +284,12 @@ class Batcher(Generic[In, Out]):
         if self._threads:
             for _ in self._threads:
                 self._queue.put(None)  # NOTE: one each: a thread ends on the first it takes
-            for thread in self._threads:
-                await asyncio.to_thread(thread.join)
+            joined: list[threading.Thread] = []
+            while joined != self._threads:  # NOTE: a first instance may hand on meanwhile
+                with self._threads_lock:
+                    joined = list(self._threads)
+                for thread in joined:
+                    await asyncio.to_thread(thread.join)
             await asyncio.sleep(0)  # NOTE: run the deliveries the threads scheduled last
         self._threads = []
         self._loop = None
@@ -299,16 +323,22 @@ class Batcher(Generic[In, Out]):
     def _end_turn(self) -> None:
         self._inline_this_turn = False
 
-    def _work(self, first_instance: bool) -> None:
+    def _work(self, first_instance: bool, predecessor: threading.Thread | None = None) -> None:
         """An inference thread: gather a batch, run it, deliver, until stopped.
 
         Of several instances, the first takes any batch and opens the queue to the others
         while it is busy with it, gathering to delivering; they take one only then
-        (``registry.instances``).
+        (``registry.instances``). A successor first waits for its predecessor's end, and
+        then gives back the permit it held (see the module docstring).
         """
+        permits = self._wide
+        if predecessor is not None and permits is not None:
+            predecessor.join()  # NOTE: its OpenMP workers end with it
+            permits.give_back()
+        wide = first_instance and permits is None
         if self._share is not None:
             # NOTE: a new thread would otherwise take what was set last
-            self._share(1, first_instance)
+            self._share(1, wide)
         queue = self._queue
         take: Callable[[], _Pending[In, Out] | None] = queue.get
         leader: FirstInstanceQueue[_Pending[In, Out]] | None = None
@@ -317,13 +347,28 @@ class Batcher(Generic[In, Out]):
             leader = queue if first_instance else None
         carry: _Pending[In, Out] | None = None
         while True:
-            first = carry if carry is not None else take()
+            if carry is not None:
+                first: _Pending[In, Out] | None = carry
+            elif wide and permits is not None:
+                try:
+                    first = queue.get(timeout=HAND_ON_AFTER_S)
+                except Empty:
+                    if permits.wanted:
+                        self._hand_on()
+                        return
+                    continue
+            else:
+                first = take()
             if first is None:  # the stop sentinel
                 return
             if leader is not None:
                 leader.first_busy(True)
             batch, carry, stop = self._gather(first)
-            live, outcome = self._run(batch, first_instance)
+            if first_instance and not wide and permits is not None:
+                wide = permits.try_take()
+                if wide and self._share is not None and not self._shares_each_pass:
+                    self._share(1, True)  # NOTE: one instance: set once, it holds
+            live, outcome = self._run(batch, wide)
             if leader is not None:
                 # NOTE: before delivering: a client answered may send its next request at
                 # once, and it is the first instance's to take
@@ -332,6 +377,17 @@ class Batcher(Generic[In, Out]):
             self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
             if stop:
                 return
+
+    def _hand_on(self) -> None:
+        """End this thread, to free its permit, and start the successor that takes its
+        place and gives the permit back once this thread has ended."""
+        current = threading.current_thread()
+        successor = threading.Thread(
+            target=self._work, args=(True, current), name=current.name, daemon=True
+        )
+        with self._threads_lock:
+            self._threads[self._threads.index(current)] = successor
+        successor.start()
 
     def _gather(
         self, first: _Pending[In, Out]
@@ -363,7 +419,7 @@ class Batcher(Generic[In, Out]):
         return batch, None, False
 
     def _run(
-        self, batch: list[_Pending[In, Out]], first_instance: bool
+        self, batch: list[_Pending[In, Out]], wide: bool
     ) -> tuple[list[_Pending[In, Out]], Sequence[Out | Exception] | BaseException]:
         """On an inference thread: one forward pass for the batch; its live requests and
         the outcome, for the loop.
@@ -382,7 +438,7 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
-            self._begin_pass(first_instance)
+            self._begin_pass(wide)
             outcome = self._compute([p.inputs for p in live], rows, waits, traced)
             self._end_pass()
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
@@ -390,9 +446,9 @@ class Batcher(Generic[In, Out]):
                 self._last_rows = rows
         return live, outcome
 
-    def _begin_pass(self, first_instance: bool) -> None:
+    def _begin_pass(self, wide: bool) -> None:
         """With several instances, tell ``share`` how many passes run now or are about to,
-        and whether this one is the first instance's.
+        and whether this one may run on several threads.
 
         NOTE: work waiting in the queue counts as a pass: under load the first instance
         then runs on one thread beside the others instead of starting on all of them and
@@ -404,7 +460,7 @@ class Batcher(Generic[In, Out]):
             self._running += 1
             running = self._running
         waiting = 1 if self._queue.qsize() else 0
-        self._share(running + waiting, first_instance)
+        self._share(running + waiting, wide)
 
     def _end_pass(self) -> None:
         if self._shares_each_pass:

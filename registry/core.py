@@ -25,6 +25,7 @@ from registry.model import LoadedModel
 from registry.status import RegistryStatus, snapshot
 from registry.table import Table, VersionSlot, live_models, not_serving, resolve, with_slot
 from registry.tasks import Background
+from registry.threads import WideThreads
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,15 @@ class ModelRegistry:
         background: Background,
         budget: MemoryBudget | None = None,
         after_release: Callable[[], None] = lambda: None,
+        wide: WideThreads | None = None,
     ) -> None:
-        """``after_release`` runs after a version's memory is given back: process-wide
-        policy (``heap.trim``) that the lifespan decides."""
+        """``after_release`` runs after a version's memory is given back, and the versions
+        started run passes on several torch threads only with a permit from ``wide``:
+        process-wide policy (``heap.trim``, ``registry.threads``) the lifespan decides."""
         self._background = background
         self.budget = budget or MemoryBudget(None)
         self._after_release = after_release
+        self.wide = wide
         self._table: Table = {}
         self._draining: set[LoadedModel] = set()
         """Retired versions that requests still hold (and evicted ones until released)."""
@@ -109,7 +113,7 @@ class ModelRegistry:
                 self.discard(slot.model)
             return False
         if slot.model is not None:
-            slot.model.start()
+            slot.model.start(self.wide)
         self.swap(with_slot(self._table, key, slot))
         return True
 

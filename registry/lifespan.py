@@ -1,9 +1,9 @@
 """The application's lifespan: what runs between start-up and shutdown, and who owns it.
 
-Process-wide policy lives here, not in the registry: torch's thread count, freezing the
-heap once start-up loading is done (``registry.heap``), and the collection and CUDA cache
-release at shutdown. Every background task is spawned on one ``Background`` that shutdown
-closes last.
+Process-wide policy lives here, not in the registry: which threads run torch on several
+threads (``registry.threads``), freezing the heap once start-up loading is done
+(``registry.heap``), and the collection and CUDA cache release at shutdown. Every
+background task is spawned on one ``Background`` that shutdown closes last.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from registry.repository import ModelRepository
 from registry.repository.triggers import ReloadTriggers
 from registry.settings import Settings
 from registry.tasks import Background
-from registry.threads import use_threads
+from registry.threads import WideThreads, use_threads
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -50,12 +50,14 @@ def serving_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
-        # NOTE: the versions started on this loop take their count from it
-        use_threads(settings.intra_op_threads)
+        # NOTE: the loop's inline passes and handler steps run on one thread, so that only
+        # the threads holding a permit keep OpenMP workers
+        use_threads(1)
+        wide = WideThreads(settings.intra_op_threads)
         tracing.install(tracer_provider)
         background = Background()
         budget = MemoryBudget(settings.memory_budget_bytes)
-        registry = ModelRegistry(background, budget, after_release=heap.trim)
+        registry = ModelRegistry(background, budget, after_release=heap.trim, wide=wide)
         repository = ModelRepository(settings, registry, background)
         triggers = ReloadTriggers(repository, settings, background)
         metrics = Metrics(

@@ -18,7 +18,7 @@ from registry.errors import InvalidInput, ModelFailed, RegistryError
 from registry.handler import Handler
 from registry.keys import VersionKey
 from registry.manifest import ModelSpec, OutputSpec, VersionSpec, fits_shape
-from registry.threads import use_threads
+from registry.threads import NARROW, WideThreads, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -230,16 +230,19 @@ class LoadedModel:
             raise answer
         return answer[self._output_names[0]]
 
-    def start(self) -> None:
+    def start(self, wide: WideThreads | None = None) -> None:
         """Attach a batcher; call on the event loop that will serve this version.
 
-        Each inference thread sets its own torch thread count: the event loop's (set from
-        ``REGISTRY_TORCH_THREADS`` by the lifespan). With several instances the first
-        instance's pass gets that less one for each other pass running, and the others'
-        one each, so that only one thread of the version ever keeps OpenMP workers
-        (``registry.instances``).
+        Each inference thread sets its own torch thread count. A pass that may run on
+        several threads (the first instance's, while it holds one of the process's
+        ``wide`` permits, ``registry.threads``) gets ``wide.threads`` less one for each
+        other pass running; every other pass runs on one thread. On a device other than
+        the CPU, which then only launches the passes, none needs a permit. Without
+        ``wide``, the first instance always may, on the event loop thread's count.
         """
-        threads = torch.get_num_threads()
+        threads = torch.get_num_threads() if wide is None else wide.threads
+        if wide is not None and self.device.type != "cpu":
+            wide = NARROW
         self._batcher = Batcher(
             self.run_blocking,
             self.spec.batching,
@@ -249,7 +252,8 @@ class LoadedModel:
             inline_max_s=None if type(self.handler) is Handler else 0.0,
             on_pass=self._passed,
             instances=self.spec.instances,
-            share=lambda passes, first: use_threads(max(1, threads - passes + 1) if first else 1),
+            share=lambda passes, many: use_threads(max(1, threads - passes + 1) if many else 1),
+            wide=wide,
         )
         self._batcher.start()
 

@@ -6,12 +6,13 @@ test can hand its own ``Settings`` to a fresh application.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.cores import available_cores
 
 
 class Settings(BaseSettings):
@@ -76,7 +77,8 @@ class Settings(BaseSettings):
     """Longest a prediction may wait for its result, queueing included (504 beyond)."""
 
     torch_threads: int | None = Field(default=None, ge=1)
-    """Torch intra-op threads; default: the number of cores."""
+    """Torch intra-op threads of a pass on a thread holding a permit (``registry.threads``);
+    default: the cores this process may use (its affinity, within its CPU quota)."""
 
     load_workers: int | None = Field(default=None, ge=1, le=64)
     """Versions loaded at once, at start-up and on reload; default: the number of cores,
@@ -147,8 +149,8 @@ class Settings(BaseSettings):
 
     @property
     def intra_op_threads(self) -> int:
-        return self.torch_threads or os.cpu_count() or 1
+        return self.torch_threads or available_cores()
 
     @property
     def loaders(self) -> int:
-        return self.load_workers or min(os.cpu_count() or 1, 4)
+        return self.load_workers or min(available_cores(), 4)

@@ -240,7 +240,7 @@ class ModelRepository:
                     self._registry.discard(model)  # NOTE: never started nor served
                 raise ReloadFailed(report(loaded).model_dump())
             for model in loaded.fresh.values():
-                model.start()
+                model.start(self._registry.wide)
             self._registry.swap(planning.table_after(plan, self._registry.table, loaded.fresh))
             self.manifest_sha256 = content_sha256(plan.manifest)
             return report(loaded, applied=True)

@@ -8,10 +8,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from registry import batching
 from registry.batching import INLINE_EVIDENCE, Array, Batcher, Share, concatenated
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
+from registry.threads import WideThreads
 
 pytestmark = pytest.mark.anyio
 
@@ -377,16 +379,21 @@ class Concurrent:
 
 
 def instances_batcher(
-    forward: Callable[[Array], Array], instances: int, share: Share | None = None
+    forward: Callable[[Array], Array],
+    instances: int,
+    share: Share | None = None,
+    wide: WideThreads | None = None,
+    name: str = "m",
 ) -> Batcher[Array, Array]:
     """Never inline, so every pass runs on an instance's thread."""
     return Batcher(
         concatenated(forward),
         BatchingSpec(),
-        key=VersionKey("m", "1"),
+        key=VersionKey(name, "1"),
         inline_max_s=0.0,
         instances=instances,
         share=share,
+        wide=wide,
     )
 
 
@@ -432,3 +439,60 @@ async def test_with_several_instances_a_lone_request_always_runs_on_the_first() 
 def test_instances_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(concatenated(lambda x: x), BatchingSpec(), key=VersionKey("m", "1"), instances=0)
+
+
+class SaysWhenGivenBack(WideThreads):
+    """Permits that say when one comes back: a holder's successor saw it end."""
+
+    def __init__(self) -> None:
+        super().__init__(2, cores=2)  # NOTE: one permit
+        self.given_back = threading.Event()
+
+    def give_back(self) -> None:
+        super().give_back()
+        self.given_back.set()
+
+
+async def test_a_first_instance_refused_a_permit_runs_on_one_thread() -> None:
+    permits = WideThreads(2, cores=2)
+    assert permits.try_take()  # NOTE: another version's thread holds the only one
+    shares: list[tuple[int, bool]] = []
+    batcher = instances_batcher(lambda x: x * 2, 1, lambda *share: shares.append(share), permits)
+    batcher.start()
+    try:
+        for i in range(3):
+            np.testing.assert_array_equal(await batcher.submit(rows(i)), rows(2 * i))
+    finally:
+        await batcher.stop()
+    assert shares == [(1, False)]  # its start, and never more than one thread
+    assert permits.wanted
+
+
+async def test_a_permit_goes_to_a_first_instance_and_on_once_its_holder_idles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "HAND_ON_AFTER_S", 0.05)
+    permits = SaysWhenGivenBack()
+    shares: dict[str, list[tuple[int, bool]]] = {"a": [], "b": []}
+    a, b = (
+        instances_batcher(lambda x: x * 2, 1, lambda *s, n=n: shares[n].append(s), permits, n)
+        for n in ("a", "b")
+    )
+    a.start()
+    b.start()
+    try:
+        np.testing.assert_array_equal(await a.submit(rows(1)), rows(2))
+        (holder,) = [t for t in threading.enumerate() if t.name == "infer-a:1"]
+        np.testing.assert_array_equal(await b.submit(rows(2)), rows(4))
+        assert shares == {"a": [(1, False), (1, True)], "b": [(1, False)]}
+        # a idles while b wants the permit: a's thread ends, and its successor gives it back
+        assert await asyncio.to_thread(permits.given_back.wait, 10)
+        assert not holder.is_alive()
+        np.testing.assert_array_equal(await b.submit(rows(3)), rows(6))
+        assert shares["b"] == [(1, False), (1, True)]
+        np.testing.assert_array_equal(await a.submit(rows(4)), rows(8))
+        assert shares["a"] == [(1, False), (1, True), (1, False)]  # the successor: refused
+    finally:
+        await a.stop()
+        await b.stop()
+    assert not [t for t in threading.enumerate() if t.name in ("infer-a:1", "infer-b:1")]

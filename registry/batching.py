@@ -202,6 +202,7 @@ class Batcher(Generic[In, Out]):
         self._instances = instances
         self._share = share
         self._wide = wide
+        self._holds_permit = False  # NOTE: the first instance's thread, or its successor
         # NOTE: with one instance the count its thread set at its start always holds
         self._shares_each_pass = instances > 1 and share is not None
         self._running = 0  # passes running now on the instances' threads, for ``share``
@@ -279,7 +280,8 @@ class Batcher(Generic[In, Out]):
             deadlines.unwatch(task)
 
     async def stop(self) -> None:
-        """Fail what is still queued, let running passes deliver, then end the threads."""
+        """Fail what is still queued, let running passes deliver, then end the threads,
+        and give back the permit the first one held."""
         self._closed = True
         if self._threads:
             for _ in self._threads:
@@ -290,6 +292,9 @@ class Batcher(Generic[In, Out]):
                     joined = list(self._threads)
                 for thread in joined:
                     await asyncio.to_thread(thread.join)
+            if self._holds_permit and self._wide is not None:
+                self._wide.give_back()  # NOTE: its holder has ended, and its workers with it
+                self._holds_permit = False
             await asyncio.sleep(0)  # NOTE: run the deliveries the threads scheduled last
         self._threads = []
         self._loop = None
@@ -334,6 +339,7 @@ class Batcher(Generic[In, Out]):
         permits = self._wide
         if predecessor is not None and permits is not None:
             predecessor.join()  # NOTE: its OpenMP workers end with it
+            self._holds_permit = False
             permits.give_back()
         wide = first_instance and permits is None
         if self._share is not None:
@@ -365,7 +371,7 @@ class Batcher(Generic[In, Out]):
                 leader.first_busy(True)
             batch, carry, stop = self._gather(first)
             if first_instance and not wide and permits is not None:
-                wide = permits.try_take()
+                wide = self._holds_permit = permits.try_take()
                 if wide and self._share is not None and not self._shares_each_pass:
                     self._share(1, True)  # NOTE: one instance: set once, it holds
             live, outcome = self._run(batch, wide)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.threads import available_cores
+from registry.cores import available_cores
 from tests.factories import FEATURES, echo_model, write_manifest
 from tests.integration.server import serving
 

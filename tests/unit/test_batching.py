@@ -496,3 +496,16 @@ async def test_a_permit_goes_to_a_first_instance_and_on_once_its_holder_idles(
         await a.stop()
         await b.stop()
     assert not [t for t in threading.enumerate() if t.name in ("infer-a:1", "infer-b:1")]
+
+
+async def test_a_version_stopped_gives_its_permit_back_once_its_thread_has_ended() -> None:
+    permits = WideThreads(2, cores=2)
+    batcher = instances_batcher(lambda x: x * 2, 2, wide=permits)
+    batcher.start()
+    try:
+        np.testing.assert_array_equal(await batcher.submit(rows(1)), rows(2))
+        assert not permits.try_take()  # NOTE: the first instance holds the only one
+    finally:
+        await batcher.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
+    assert permits.try_take()  # a reload that retires a version leaves it to the next

@@ -1,11 +1,12 @@
 """The queue a version's instances share, which gives every lone batch to the first.
 
-Why the first: only one thread of a version should run passes on more than one torch
-thread, or the process holds more OpenMP workers than cores and every pass slows down
-(``registry.threads``). So the first instance takes every batch it can, and the others
-take one only while it is busy with one (gathering, computing, delivering it), on one
-thread each (``Batcher``'s ``share``). A lone request thus always runs on the first
-instance with all the threads; under load the others gather and run passes beside it.
+Why the first: few threads of the process may run passes on more than one torch thread,
+or it holds more OpenMP workers than cores and every pass slows down; of a version's
+instances only the first ever takes one of the permits (``registry.threads``). So the
+first instance takes every batch it can, and the others take one only while it is busy
+with one (gathering, computing, delivering it), on one thread each (``Batcher``'s
+``share``). A lone request thus always runs on the first instance, with all the threads
+while it holds a permit; under load the others gather and run passes beside it.
 """
 
 from __future__ import annotations

@@ -336,12 +336,11 @@ class Batcher(Generic[In, Out]):
         (``registry.instances``). A successor first waits for its predecessor's end, and
         then gives back the permit it held (see the module docstring).
         """
-        permits = self._wide
-        if predecessor is not None and permits is not None:
+        if predecessor is not None and self._wide is not None:
             predecessor.join()  # NOTE: its OpenMP workers end with it
             self._holds_permit = False
-            permits.give_back()
-        wide = first_instance and permits is None
+            self._wide.give_back()
+        wide = first_instance and self._wide is None
         if self._share is not None:
             # NOTE: a new thread would otherwise take what was set last
             self._share(1, wide)
@@ -353,27 +352,14 @@ class Batcher(Generic[In, Out]):
             leader = queue if first_instance else None
         carry: _Pending[In, Out] | None = None
         while True:
-            if carry is not None:
-                first: _Pending[In, Out] | None = carry
-            elif wide and permits is not None:
-                try:
-                    first = queue.get(timeout=HAND_ON_AFTER_S)
-                except Empty:
-                    if permits.wanted:
-                        self._hand_on()
-                        return
-                    continue
-            else:
-                first = take()
-            if first is None:  # the stop sentinel
+            first = carry if carry is not None else self._next(take, holding=wide)
+            if first is None:  # stopped, or handed on
                 return
             if leader is not None:
                 leader.first_busy(True)
             batch, carry, stop = self._gather(first)
-            if first_instance and not wide and permits is not None:
-                wide = self._holds_permit = permits.try_take()
-                if wide and self._share is not None and not self._shares_each_pass:
-                    self._share(1, True)  # NOTE: one instance: set once, it holds
+            if first_instance and not wide:
+                wide = self._take_permit()
             live, outcome = self._run(batch, wide)
             if leader is not None:
                 # NOTE: before delivering: a client answered may send its next request at
@@ -383,6 +369,31 @@ class Batcher(Generic[In, Out]):
             self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
             if stop:
                 return
+
+    def _next(
+        self, take: Callable[[], _Pending[In, Out] | None], holding: bool
+    ) -> _Pending[In, Out] | None:
+        """The next request to start a batch with; None to end this thread: stopped, or,
+        for a thread holding a permit, idle for ``HAND_ON_AFTER_S`` while one is wanted."""
+        permits = self._wide
+        if not holding or permits is None:
+            return take()
+        while True:
+            try:
+                return self._queue.get(timeout=HAND_ON_AFTER_S)
+            except Empty:
+                if permits.wanted:
+                    self._hand_on()
+                    return None
+
+    def _take_permit(self) -> bool:
+        """Whether the first instance now holds a permit: a free one is taken."""
+        if self._wide is None or not self._wide.try_take():
+            return False
+        self._holds_permit = True
+        if self._share is not None and not self._shares_each_pass:
+            self._share(1, True)  # NOTE: one instance: set once, it holds
+        return True
 
     def _hand_on(self) -> None:
         """End this thread, to free its permit, and start the successor that takes its

@@ -425,15 +425,19 @@ async def test_with_several_instances_a_lone_request_always_runs_on_the_first() 
         names.append(threading.current_thread().name)
         return inputs * 2
 
-    batcher = instances_batcher(forward, 3)
+    await doubles_lone_requests(instances_batcher(forward, 3), 20)
+    assert set(names) == {"infer-m:1-0"}  # the others never took a batch
+    assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
+
+
+async def doubles_lone_requests(batcher: Batcher[Array, Array], count: int) -> None:
+    """Start ``batcher``, send ``count`` lone requests to a doubling model, stop it."""
     batcher.start()
     try:
-        for i in range(20):
+        for i in range(count):
             np.testing.assert_array_equal(await batcher.submit(rows(i)), rows(2 * i))
     finally:
         await batcher.stop()
-    assert set(names) == {"infer-m:1-0"}  # the others never took a batch
-    assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
 
 
 def test_instances_must_be_at_least_one() -> None:
@@ -458,12 +462,7 @@ async def test_a_first_instance_refused_a_permit_runs_on_one_thread() -> None:
     assert permits.try_take()  # NOTE: another version's thread holds the only one
     shares: list[tuple[int, bool]] = []
     batcher = instances_batcher(lambda x: x * 2, 1, lambda *share: shares.append(share), permits)
-    batcher.start()
-    try:
-        for i in range(3):
-            np.testing.assert_array_equal(await batcher.submit(rows(i)), rows(2 * i))
-    finally:
-        await batcher.stop()
+    await doubles_lone_requests(batcher, 3)
     assert shares == [(1, False)]  # its start, and never more than one thread
     assert permits.wanted
 

@@ -37,8 +37,9 @@ class ModelRegistry:
         self,
         background: Background,
         budget: MemoryBudget | None = None,
+        *,
+        wide: WideThreads,
         after_release: Callable[[], None] = lambda: None,
-        wide: WideThreads | None = None,
     ) -> None:
         """``after_release`` runs after a version's memory is given back, and the versions
         started run passes on several torch threads only with a permit from ``wide``:

@@ -57,7 +57,7 @@ def serving_lifespan(
         tracing.install(tracer_provider)
         background = Background()
         budget = MemoryBudget(settings.memory_budget_bytes)
-        registry = ModelRegistry(background, budget, after_release=heap.trim, wide=wide)
+        registry = ModelRegistry(background, budget, wide=wide, after_release=heap.trim)
         repository = ModelRepository(settings, registry, background)
         triggers = ReloadTriggers(repository, settings, background)
         metrics = Metrics(

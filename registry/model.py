@@ -230,18 +230,17 @@ class LoadedModel:
             raise answer
         return answer[self._output_names[0]]
 
-    def start(self, wide: WideThreads | None = None) -> None:
+    def start(self, wide: WideThreads) -> None:
         """Attach a batcher; call on the event loop that will serve this version.
 
         Each inference thread sets its own torch thread count. A pass that may run on
         several threads (the first instance's, while it holds one of the process's
         ``wide`` permits, ``registry.threads``) gets ``wide.threads`` less one for each
         other pass running; every other pass runs on one thread. On a device other than
-        the CPU, which then only launches the passes, none needs a permit. Without
-        ``wide``, the first instance always may, on the event loop thread's count.
+        the CPU, which then only launches the passes, none needs a permit.
         """
-        threads = torch.get_num_threads() if wide is None else wide.threads
-        if wide is not None and self.device.type != "cpu":
+        threads = wide.threads
+        if self.device.type != "cpu":
             wide = NARROW
         self._batcher = Batcher(
             self.run_blocking,

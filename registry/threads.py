@@ -82,6 +82,6 @@ class WideThreads:
             self._wanted = False  # NOTE: whoever wanted one takes it at its next pass
 
 
-NARROW = WideThreads(1)
+NARROW = WideThreads(1, cores=1)
 """No permits: for versions whose passes run on another device, where the CPU only
 launches them."""

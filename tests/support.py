@@ -19,6 +19,7 @@ from registry.core import ModelRegistry
 from registry.repository import ModelRepository
 from registry.settings import Settings
 from registry.tasks import Background
+from registry.threads import WideThreads
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
     """Start loading ``settings``' manifest; close everything on the way out, failed or not."""
     background = Background()
     budget = MemoryBudget(settings.memory_budget_bytes)
-    registry = ModelRegistry(background, budget, after_release=heap.trim)
+    # NOTE: the permits as the lifespan makes them (``registry.threads``)
+    wide = WideThreads(settings.intra_op_threads)
+    registry = ModelRegistry(background, budget, wide=wide, after_release=heap.trim)
     repository = ModelRepository(settings, registry, background)
     try:
         await repository.start()

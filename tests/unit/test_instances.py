@@ -5,12 +5,10 @@ thread (``registry.instances``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.factories import MeetsItsTwin, RecordsThreads, echo_model, write_manifest
 from tests.support import Start, make_settings
@@ -23,23 +21,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def four_threads() -> Iterator[None]:
-    """The event loop's torch threads, which a version's inference threads start from."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(before)
+FOUR = {"torch_threads": 4}
+"""``REGISTRY_TORCH_THREADS``: neither the loaders' one nor, on a small machine, the cores."""
 
 
-@pytest.mark.usefixtures("four_threads")
 async def test_two_instances_run_two_passes_at_once_and_only_the_first_on_several_threads(
     tmp_path: Path, start: Start
 ) -> None:
     weights = tmp_path / "weights"
     twin = echo_model(weights, "twin", "MeetsItsTwin", group=str(tmp_path))
     write_manifest(tmp_path, [twin | {"instances": 2, "warmup": False}])
-    serving = await start(make_settings(tmp_path))
+    serving = await start(make_settings(tmp_path, **FOUR))
     assert await serving.repository.wait_loaded() == []
     with serving.registry.lease("twin", None) as model:
         inputs = np.ones((1, 4), dtype=np.float32)
@@ -55,7 +47,6 @@ async def test_two_instances_run_two_passes_at_once_and_only_the_first_on_severa
     assert MeetsItsTwin.threads[str(tmp_path)] == [4, 1]
 
 
-@pytest.mark.usefixtures("four_threads")
 async def test_a_version_is_built_and_warmed_up_on_one_thread_and_served_on_all(
     tmp_path: Path, start: Start
 ) -> None:
@@ -64,7 +55,7 @@ async def test_a_version_is_built_and_warmed_up_on_one_thread_and_served_on_all(
     weights = tmp_path / "weights"
     model = echo_model(weights, "records", "RecordsThreads", group=str(tmp_path))
     write_manifest(tmp_path, [model | {"warmup": True}])
-    serving = await start(make_settings(tmp_path))
+    serving = await start(make_settings(tmp_path, **FOUR))
     assert await serving.repository.wait_loaded() == []
     with serving.registry.lease("records", None) as loaded:
         await loaded.infer(np.ones((1, 4), dtype=np.float32))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import tempfile
@@ -46,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save_file
 
 from bench.launch import free_port, is_ready, launch, registry_serve
+from registry.cores import available_cores
 from registry.examples.mlp import MLP
 from registry.weightfiles import file_sha256
 from tests.integration.server import rss_bytes
@@ -281,7 +281,7 @@ def _first_ready(url: str, stop: threading.Event, ready: list[float]) -> None:
 
 
 def startup_table(runs: dict[str, list[dict[str, float]]]) -> None:
-    cores = os.cpu_count() or 1  # NOTE: what Settings.loaders counts
+    cores = available_cores()  # NOTE: what Settings.loaders counts
     print(
         "\n### Start-up to ready, all versions eager\n\n"
         "| REGISTRY_LOAD_WORKERS | start to /readyz 200, s (median) | each run, s "

@@ -28,9 +28,11 @@ batcher says how many passes are running, counting waiting work as one more, and
 this pass may run on several threads (``share``); the model sets torch's threads from
 that: such a pass gets them all less one for each other pass, the others one each.
 
-Only the first instance's passes may run on several threads, and only while its thread
-holds one of the process's few permits (``WideThreads``, ``registry.threads`` says why),
-taken at a pass when one is free. A thread that holds one and has been idle for
+Only the first instance's passes may run on several threads, only once its thread's passes
+have shown they are long enough to gain from them (``PassWidth``: a short pass gains
+nothing, and leaves an OpenMP worker spinning), and only while its thread holds one of the
+process's few permits (``WideThreads``, ``registry.threads`` says why), taken at such a
+pass when one is free. A thread that holds one and has been idle for
 ``HAND_ON_AFTER_S`` while another thread was refused one ends, to free it, and starts a
 successor that takes its place.
 
@@ -76,7 +78,7 @@ from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDo
 from registry.instances import FirstInstanceQueue
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
-from registry.threads import WideThreads
+from registry.threads import WIDE_AFTER_S, PassWidth, WideThreads
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +196,10 @@ class Batcher(Generic[In, Out]):
         instances: int = 1,
         share: Share | None = None,
         wide: WideThreads | None = None,
+        wide_after_s: float = WIDE_AFTER_S,
     ) -> None:
         """``wide``: the permits the first instance needs to run passes on several
-        threads; without them it always may."""
+        threads; without them it always may, once ``PassWidth(wide_after_s)`` says so."""
         if instances < 1:
             raise ValueError(f"instances must be at least 1, not {instances}")
         self._instances = instances
@@ -221,6 +224,7 @@ class Batcher(Generic[In, Out]):
         self._closed = False
         self._last_rows = 1  # inference threads' state: the size and cost of the last pass
         self._last_forward_s = 0.0
+        self._wide_after_s = wide_after_s
         # NOTE: only the loop writes this one, so it needs no lock: +1 when a request is
         # handed to the thread, -1 when its answer (or its skipping) comes back.
         self._handed = 0
@@ -340,10 +344,12 @@ class Batcher(Generic[In, Out]):
             predecessor.join()  # NOTE: its OpenMP workers end with it
             self._holds_permit = False
             self._wide.give_back()
-        wide = first_instance and self._wide is None
+        wide = first_instance and self._wide is None  # may run passes on several threads
+        set_wide = wide  # what this thread's torch count is set for
+        width = PassWidth(self._wide_after_s)
         if self._share is not None:
             # NOTE: a new thread would otherwise take what was set last
-            self._share(1, wide)
+            self._share(1, set_wide)
         queue = self._queue
         take: Callable[[], _Pending[In, Out] | None] = queue.get
         leader: FirstInstanceQueue[_Pending[In, Out]] | None = None
@@ -358,9 +364,16 @@ class Batcher(Generic[In, Out]):
             if leader is not None:
                 leader.first_busy(True)
             batch, carry, stop = self._gather(first)
-            if first_instance and not wide:
+            several = first_instance and width.several()
+            if several and not wide:
                 wide = self._take_permit()
-            live, outcome = self._run(batch, wide)
+            several = several and wide
+            if self._share is not None and not self._shares_each_pass and several != set_wide:
+                self._share(1, several)  # NOTE: one instance: only when it changes
+                set_wide = several
+            computing_from = time.thread_time()
+            live, outcome = self._run(batch, several)
+            width.ran(several, time.thread_time() - computing_from)
             if leader is not None:
                 # NOTE: before delivering: a client answered may send its next request at
                 # once, and it is the first instance's to take
@@ -391,8 +404,6 @@ class Batcher(Generic[In, Out]):
         if self._wide is None or not self._wide.try_take():
             return False
         self._holds_permit = True
-        if self._share is not None and not self._shares_each_pass:
-            self._share(1, True)  # NOTE: one instance: set once, it holds
         return True
 
     def _hand_on(self) -> None:

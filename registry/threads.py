@@ -16,14 +16,17 @@ Two things make this more than ``torch.set_num_threads``:
 
 So only a few threads of the whole process ever run torch on more than one thread: those
 holding one of ``WideThreads``' permits, taken by a version's first inference thread when
-it runs a pass (``registry.batching``). Every other thread that runs torch (the event
+it runs a pass that ``PassWidth`` says is long enough to gain from them
+(``registry.batching``). Every other thread that runs torch (the event
 loop, loader threads, the other inference threads) stays on one thread, and no thread
 gives a permit back while it lives: only a thread's end frees its workers.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
+from collections import deque
 
 import torch
 
@@ -85,3 +88,68 @@ class WideThreads:
 NARROW = WideThreads(1, cores=1)
 """No permits: for versions whose passes run on another device, where the CPU only
 launches them."""
+
+
+WIDE_AFTER_S = 500e-6
+"""A pass that computes at least this long on one thread may gain from several.
+
+NOTE: a short pass gains nothing from more threads (``tiny``'s one-row pass takes 21 µs
+on one thread and 22 on two; ``medium``'s 1,168 µs and 551), yet a thread that has run
+one parallel region keeps an OpenMP worker spinning for milliseconds after each: between
+a small model's requests that worker burnt a core of its own, which the event loop and
+the client needed (``tiny`` at concurrency 1: 2,708 req/s, against 3,378 on one thread).
+Not lower: on a busy VM every small pass computes for longer (``tiny``'s for 200-300 µs
+a pass while the host was busy), and a pass of 500 µs has at most 250 to gain."""
+
+WIDE_EVIDENCE = 9
+"""How many passes on one thread ``PassWidth`` takes the median of.
+
+NOTE: a median, not each of them: in a busy server one small pass in a few hundred
+computes for 1-2 ms (a new thread's first passes, and others for no cause a profiler
+showed), and those come two or three in a row."""
+
+WIDE_RECHECK = 63
+"""Passes on several threads between two on one, which check that they still gain.
+
+NOTE: such a pass of ``medium`` takes twice as long, so 1 in 64 costs under 2 %; a model
+whose inputs grew short is back on one thread at the next check."""
+
+
+class PassWidth:
+    """One inference thread's evidence that its passes gain from several threads.
+
+    Judged by the thread's CPU time, not the wall clock: in a busy server a small pass
+    often waits for the GIL or a core (half of ``tiny``'s took over 100 µs by the clock,
+    one in forty over 250), which no thread would shorten. And on one thread only: on
+    several, the thread also spins at each region's end until its workers are done,
+    however little they had to do. So passes run on several threads once the median of
+    the last ``WIDE_EVIDENCE`` on one computed ``WIDE_AFTER_S``, and after every
+    ``WIDE_RECHECK`` such passes one runs on one thread again and must compute as long.
+    A version whose passes are short thus never takes a permit, nor makes OpenMP workers.
+    """
+
+    def __init__(self, after_s: float = WIDE_AFTER_S) -> None:
+        """``after_s``: ``WIDE_AFTER_S``, or 0 for passes on several threads from the first."""
+        self._after_s = after_s
+        self._narrow: deque[float] = deque(maxlen=WIDE_EVIDENCE)
+        self._gains = after_s <= 0
+        self._wide_run = 0  # passes on several threads since the last on one
+
+    def several(self) -> bool:
+        """Whether the next pass is to run on several threads (where it may)."""
+        return self._gains and self._wide_run < WIDE_RECHECK
+
+    def ran(self, several: bool, computed_s: float) -> None:
+        """A pass ran on several threads or on one, and computed this long on its own."""
+        if several:
+            self._wide_run += 1
+            return
+        self._wide_run = 0
+        if self._gains:  # NOTE: a check, or a pass refused a permit: one long pass will do
+            self._gains = computed_s >= self._after_s
+            if self._gains:
+                return
+            self._narrow.clear()
+        self._narrow.append(computed_s)
+        full = len(self._narrow) == WIDE_EVIDENCE
+        self._gains = full and statistics.median(self._narrow) >= self._after_s

@@ -93,10 +93,19 @@ class Rendezvous(nn.Module):
         return x * 1
 
 
+def compute(seconds: float) -> None:
+    """Keep this thread computing for ``seconds`` of its CPU time, as a model's pass does:
+    long passes run on several threads only once they have computed long
+    (``registry.batching.WIDE_AFTER_S``); sleeping is no evidence."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 class MeetsItsTwin(nn.Module):
     """Echoes its input once two passes of ``group`` run at the same moment, and records
     the torch threads each pass had (``threads[group]``, in the order they began; each
-    beginning sets ``began[group]``)."""
+    beginning sets ``began[group]``). Each computes a millisecond first."""
 
     threads: ClassVar[dict[str, list[int]]] = {}
     began: ClassVar[dict[str, threading.Event]] = {}
@@ -113,13 +122,15 @@ class MeetsItsTwin(nn.Module):
         with _BARRIERS_LOCK:
             self.threads[self.group].append(torch.get_num_threads())
         self.began[self.group].set()
+        compute(0.001)
         self.barrier.wait()
         return x * 1
 
 
 class RecordsThreads(nn.Module):
     """Echoes its input, recording the torch threads of the thread that built it and of
-    each thread that ran a pass (``threads[group]``: ``("build", n)``, ``("pass", n)``)."""
+    each thread that ran a pass (``threads[group]``: ``("build", n)``, ``("pass", n)``).
+    Each pass computes a millisecond: long enough for the next to run on several threads."""
 
     threads: ClassVar[dict[str, list[tuple[str, int]]]] = {}
 
@@ -132,16 +143,18 @@ class RecordsThreads(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with _BARRIERS_LOCK:
             self.threads[self.group].append(("pass", torch.get_num_threads()))
+        compute(0.001)
         return x * 1
 
 
 class ReportsThreads(nn.Module):
     """Answers each row with the torch threads its pass ran on: what a server's
-    inference threads use, seen from outside the process. Slow enough (1 ms) never to
-    run inline on the event loop."""
+    inference threads use, seen from outside the process. Each pass computes a
+    millisecond: too long ever to run inline on the event loop, and long enough for
+    later ones to run on several threads."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.001)
+        compute(0.001)
         return torch.full((x.shape[0], 1), float(torch.get_num_threads()))
 
 

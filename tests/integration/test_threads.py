@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from registry.cores import available_cores
+from registry.threads import WIDE_EVIDENCE
 from tests.factories import FEATURES, echo_model, write_manifest
 from tests.integration.server import serving
 
@@ -35,12 +36,15 @@ def test_one_version_at_a_time_runs_on_the_configured_threads(tmp_path: Path) ->
     manifest = write_manifest(tmp_path, [one | {"warmup": True}, two | {"instances": 2}])
     env = {"REGISTRY_TORCH_THREADS": str(THREADS), "REGISTRY_WEIGHTS_DIR": str(weights)}
     with serving(tmp_path, ["--manifest", str(manifest)], env) as server, server.client() as http:
-        assert [threads_of(http, "one") for _ in range(3)] == [THREADS] * 3
-        assert threads_of(http, "two") == 1  # "one"'s thread holds the permit
+        # NOTE: one thread until the thread's passes have shown they are long
+        first = [1] * WIDE_EVIDENCE
+        assert [threads_of(http, "one") for _ in range(WIDE_EVIDENCE + 2)] == first + [THREADS] * 2
+        # its passes long, but "one" holds the permit: still one
+        assert [threads_of(http, "two") for _ in range(WIDE_EVIDENCE + 1)] == [*first, 1]
         # NOTE: "one" idles while "two" wants it: "one" hands it on within half a second
         deadline = time.monotonic() + 30
         while threads_of(http, "two") != THREADS:
             assert time.monotonic() < deadline, "the permit was never handed on"
             time.sleep(0.05)
         assert threads_of(http, "two") == THREADS
-        assert threads_of(http, "one") == 1
+        assert [threads_of(http, "one") for _ in range(WIDE_EVIDENCE + 1)] == [*first, 1]

@@ -385,12 +385,14 @@ def instances_batcher(
     wide: WideThreads | None = None,
     name: str = "m",
 ) -> Batcher[Array, Array]:
-    """Never inline, so every pass runs on an instance's thread."""
+    """Never inline, so every pass runs on an instance's thread, and the first instance's
+    passes may run on several threads from the first, however short."""
     return Batcher(
         concatenated(forward),
         BatchingSpec(),
         key=VersionKey(name, "1"),
         inline_max_s=0.0,
+        wide_after_s=0.0,
         instances=instances,
         share=share,
         wide=wide,

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from registry.threads import WideThreads, permit_count, use_threads
+from registry.threads import (
+    WIDE_AFTER_S,
+    WIDE_EVIDENCE,
+    WIDE_RECHECK,
+    PassWidth,
+    WideThreads,
+    permit_count,
+    use_threads,
+)
 
 
 def test_a_count_set_holds_whatever_another_thread_sets_next() -> None:
@@ -83,9 +91,10 @@ import asyncio
 def tasks():
     return set(os.listdir("/proc/self/task"))
 
+LINEAR = torch.nn.Linear(64, 128)
+
 def forward(rows):
-    # NOTE: a million elements: far above torch's grain, so it runs on OpenMP's threads
-    torch.ones(1 << 20).exp_().sum()
+    {forward}
     return rows
 
 use_threads(1)
@@ -100,7 +109,7 @@ async def main():
     ]
     for batcher in batchers:
         batcher.start()
-    for _ in range(3):
+    for _ in range({passes}):
         for batcher in batchers:
             await batcher.submit(np.ones((1, 1), dtype=np.float32))
     python = {{str(t.native_id) for t in threading.enumerate()}}
@@ -119,9 +128,62 @@ def test_three_versions_on_two_threads_keep_as_many_workers_as_their_permits(
     """Three versions run passes that go parallel on two threads: with one permit, one
     OpenMP worker is left in the process; without permits (each first instance on two
     threads), one each, which puts libgomp on its slow path on two cores."""
-    script = textwrap.dedent(WORKERS).format(permits=permits)
+    assert openmp_workers(permits, LONG_FORWARD, passes=WIDE_EVIDENCE + 2) == workers
+
+
+def test_versions_whose_passes_are_short_start_no_openmp_worker() -> None:
+    """A one-row pass through ``tiny``'s first layer: on two threads, torch forms an
+    OpenMP team for it, whose worker then spins between passes for nothing. On one, none."""
+    assert openmp_workers("WideThreads(2, cores=2)", SHORT_FORWARD, passes=20) == 0
+
+
+LONG_FORWARD = "torch.ones(1 << 20).exp_().sum()  # NOTE: far above torch's grain: OpenMP's threads"
+SHORT_FORWARD = "LINEAR(torch.ones(1, 64))  # NOTE: microseconds, yet a parallel region"
+
+
+def openmp_workers(permits: str, forward: str, passes: int) -> int:
+    """The OpenMP workers left in a process after three versions each ran ``passes`` lone
+    passes of ``forward``, their batchers given ``permits``."""
+    script = textwrap.dedent(WORKERS).format(permits=permits, forward=forward, passes=passes)
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.split()[-1]) == workers
+    return int(done.stdout.split()[-1])
+
+
+def widths(width: PassWidth, computed_s: list[float]) -> list[bool]:
+    """Whether each pass ran on several threads, each computing as given on its own."""
+    chosen = []
+    for seconds in computed_s:
+        several = width.several()
+        chosen.append(several)
+        width.ran(several, seconds)
+    return chosen
+
+
+LONG_S, SHORT_S = 2 * WIDE_AFTER_S, WIDE_AFTER_S / 10
+
+
+def test_passes_run_on_several_threads_once_those_on_one_have_computed_long() -> None:
+    chosen = widths(PassWidth(), [LONG_S] * (WIDE_EVIDENCE + 2))
+    assert chosen == [False] * WIDE_EVIDENCE + [True, True]
+
+
+def test_short_passes_stay_on_one_thread_whatever_a_few_long_ones_say() -> None:
+    """A new thread's first passes, and a collection now and then, compute long."""
+    outliers = [LONG_S, LONG_S] + [SHORT_S] * 3 + ([LONG_S, LONG_S] + [SHORT_S] * 4) * 10
+    assert not any(widths(PassWidth(), outliers))
+
+
+def test_every_so_often_a_pass_on_one_thread_checks_that_they_still_gain() -> None:
+    width = PassWidth()
+    widths(width, [LONG_S] * WIDE_EVIDENCE)
+    chosen = widths(width, [LONG_S] * (2 * (WIDE_RECHECK + 1) + 2))
+    assert chosen == ([True] * WIDE_RECHECK + [False]) * 2 + [True, True]
+    chosen = widths(width, [SHORT_S] * (WIDE_RECHECK + WIDE_EVIDENCE + 1))
+    assert chosen == [True] * (WIDE_RECHECK - 2) + [False] * (WIDE_EVIDENCE + 3)
+
+
+def test_with_no_threshold_passes_run_on_several_threads_from_the_first() -> None:
+    assert widths(PassWidth(after_s=0.0), [SHORT_S] * 3) == [True] * 3

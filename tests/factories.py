@@ -95,8 +95,8 @@ class Rendezvous(nn.Module):
 
 def compute(seconds: float) -> None:
     """Keep this thread computing for ``seconds`` of its CPU time, as a model's pass does:
-    long passes run on several threads only once they have computed long
-    (``registry.batching.WIDE_AFTER_S``); sleeping is no evidence."""
+    passes run on several threads only once those on one have computed long
+    (``registry.threads.PassWidth``), and a pass that sleeps computes nothing."""
     until = time.thread_time() + seconds
     while time.thread_time() < until:
         pass

@@ -171,7 +171,8 @@ def test_passes_run_on_several_threads_once_those_on_one_have_computed_long() ->
 
 
 def test_short_passes_stay_on_one_thread_whatever_a_few_long_ones_say() -> None:
-    """A new thread's first passes, and a collection now and then, compute long."""
+    """A new thread's first passes compute long, and in a busy server so do a few in a
+    row now and then."""
     outliers = [LONG_S, LONG_S] + [SHORT_S] * 3 + ([LONG_S, LONG_S] + [SHORT_S] * 4) * 10
     assert not any(widths(PassWidth(), outliers))
 

@@ -25,8 +25,9 @@ import torch
 import uvloop
 
 from bench import MAX_BATCH, MODELS
-from registry.batching import INLINE_EVIDENCE, INLINE_MAX_S, Array, Batcher, concatenated
+from registry.batching import Array, Batcher, concatenated
 from registry.examples.mlp import MLP
+from registry.inline import INLINE_EVIDENCE, INLINE_MAX_S
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 

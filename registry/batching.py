@@ -37,21 +37,8 @@ pass when one is free. A thread that holds one and has been idle for
 successor that takes its place.
 
 For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
-one-row request skips them and runs its pass inline, on the event loop, when all of:
-
-- nothing is handed to the thread (queued, running, or with its answer on the way back),
-  so passes keep their order and never overlap;
-- no other request of this version ran inline in the same turn of the loop: requests
-  that arrive together are load, and go to the thread to share a pass;
-- the last ``INLINE_EVIDENCE`` one-row passes, timed on whichever side ran them, each
-  took less than the hand-off this batcher measured (the time a lone request spends
-  going to the thread and back beyond its pass), and never more than ``INLINE_MAX_S``.
-
-Everything else takes the thread. A version starts without evidence (warm-up passes do
-not reach the batcher), so its first one-row passes run on the thread and time it; one
-slow pass, inline or not, sends the next ones back to the thread until
-``INLINE_EVIDENCE`` fast ones in a row say otherwise. A model whose forward is slow thus
-never blocks the loop: it never gathers the evidence. Both sides run ``_compute``, so a
+one-row request of a version whose passes have proven short runs inline, on the event
+loop, instead (``registry.inline`` says when). Both sides run ``_compute``, so a
 failure is the same ``ModelFailed``, logged the same way, wherever the pass ran.
 """
 
@@ -59,10 +46,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
@@ -75,6 +60,7 @@ from opentelemetry.trace import SpanContext
 from registry import tracing
 from registry.deadlines import Deadlines
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
+from registry.inline import InlineGate
 from registry.instances import FirstInstanceQueue
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
@@ -150,30 +136,6 @@ NOTE: long enough that a model under load keeps it between its requests (ending 
 new thread and new OpenMP workers, well under a millisecond), short enough that a model
 that went quiet does not keep another on one thread for long."""
 
-INLINE_MAX_S = 250e-6
-"""The longest one-row pass that may ever run on the event loop, whatever the hand-off.
-
-NOTE: below this the limit is the hand-off itself, as measured in the serving process:
-an inline pass then holds the loop for less time than sending it to the thread and back
-would have cost the request. ``python -m bench.handoff`` puts the bare hand-off at about
-100 µs on the 2-core VM the benchmarks run on, but inside a server between requests it
-measures 150-300 µs, and tiny's one-row pass there takes ~140 µs (its caches are cold
-after the HTTP work), so a fixed 50 µs never let it run inline. The cap bounds how long
-any other request of the process can be held up. A pass is timed by the wall clock, so a
-forward that sleeps or waits on a device counts as slow, as it should."""
-
-HANDOFF_SAMPLES = 16
-"""Lone thread-path requests whose hand-off (round trip less the pass) is kept; the
-median of them is the inline limit."""
-
-INLINE_EVIDENCE = 4
-"""How many one-row passes in a row must each be under the inline limit before one runs
-inline.
-
-NOTE: more than one, so that a model fast for some inputs only is caught on the thread;
-few, because on a busy machine one pass in a few dozen is delayed (preempted, a page
-fault) and each such pass costs this many hand-offs before inline passes resume."""
-
 
 class Batcher(Generic[In, Out]):
     """One inference thread per model version (or ``instances`` of them), fed by the
@@ -228,14 +190,7 @@ class Batcher(Generic[In, Out]):
         # NOTE: only the loop writes this one, so it needs no lock: +1 when a request is
         # handed to the thread, -1 when its answer (or its skipping) comes back.
         self._handed = 0
-        # NOTE: None: the measured hand-off, at most INLINE_MAX_S; a number fixes the limit
-        # (0: never inline; bench.handoff measures both ways, tests fix it to be exact).
-        self._fixed_limit_s = inline_max_s
-        self._handoffs: deque[float] = deque(maxlen=HANDOFF_SAMPLES)  # loop-side only
-        self._handoff_s = 0.0  # their median: written by the loop, read by the thread
-        self._last_lone_s = 0.0  # the last one-row pass: written before its delivery
-        self._fast_streak = 0  # one-row passes in a row under the limit, either side
-        self._inline_this_turn = False
+        self._inline = InlineGate(inline_max_s)
         self._deadlines = Deadlines("inference deadline")
 
     @property
@@ -260,7 +215,7 @@ class Batcher(Generic[In, Out]):
         if self._closed or self._loop is None:
             raise ShuttingDown(self._key)
         rows = self._rows_of(inputs)
-        if self._may_run_inline(rows):
+        if self._inline.allows(rows, self._handed):
             return self._run_inline(inputs, self._loop)
         if self._queue.qsize() >= self._config.max_queue:
             raise QueueFull(self._key, self._queue.qsize(), self._config.max_queue)
@@ -303,24 +258,9 @@ class Batcher(Generic[In, Out]):
         self._threads = []
         self._loop = None
 
-    def _may_run_inline(self, rows: int) -> bool:
-        """On the loop: whether this request may skip the thread (see the module docstring).
-
-        One row only: the evidence is timed on one-row passes, and a pass costs more the
-        more rows it has, so it says nothing of a request of sixteen. A client that sends
-        many rows at once is after throughput, which the thread's batches serve.
-        """
-        return (
-            self._handed == 0
-            and rows == 1
-            and self._fast_streak >= INLINE_EVIDENCE
-            and not self._inline_this_turn
-        )
-
     def _run_inline(self, inputs: In, loop: asyncio.AbstractEventLoop) -> Out:
         """On the loop: the pass itself, answered or failed exactly as the thread would."""
-        self._inline_this_turn = True
-        loop.call_soon(self._end_turn)  # NOTE: runs after the callbacks already ready
+        self._inline.entered(loop)
         outcome = self._compute([inputs], 1, _NO_WAIT, (tracing.current(),))
         if isinstance(outcome, BaseException):
             raise outcome
@@ -328,9 +268,6 @@ class Batcher(Generic[In, Out]):
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-    def _end_turn(self) -> None:
-        self._inline_this_turn = False
 
     def _work(self, first_instance: bool, predecessor: threading.Thread | None = None) -> None:
         """An inference thread: gather a batch, run it, deliver, until stopped.
@@ -505,7 +442,7 @@ class Batcher(Generic[In, Out]):
         """One forward pass for these requests, on whichever thread calls it; never raises.
 
         Every pass is timed, failed or not, and reported with its requests' ``waits``; a
-        one-row pass is also evidence for ``_may_run_inline``. While tracing is on, the
+        one-row pass is also evidence for ``InlineGate``. While tracing is on, the
         pass and the requests' waits become spans (``tracing.record_pass``).
         """
         traced_from = time.time_ns() if tracing.TRACER is not None else 0
@@ -521,35 +458,11 @@ class Batcher(Generic[In, Out]):
         finally:
             seconds = time.perf_counter() - started
             if rows == 1:
-                self._measured(seconds)
+                self._inline.lone_pass(seconds)
             if self._on_pass is not None:
                 self._on_pass(rows, seconds, waits)
             if traced_from:
                 tracing.record_pass(self._key, rows, traced, traced_from, time.time_ns())
-
-    def _measured(self, seconds: float) -> None:
-        """Extend or break the streak of fast one-row passes.
-
-        NOTE: the loop and the threads write this. An inline pass runs only while the
-        threads hold nothing; two instances may write it at once, and then one of their
-        passes may go uncounted: evidence is a heuristic, and either outcome is safe.
-        """
-        self._last_lone_s = seconds
-        fast = seconds < self._inline_limit_s()
-        self._fast_streak = min(self._fast_streak + 1, INLINE_EVIDENCE) if fast else 0
-
-    def _inline_limit_s(self) -> float:
-        """How long a one-row pass may take and still count as evidence for inline."""
-        if self._fixed_limit_s is not None:
-            return self._fixed_limit_s
-        return min(self._handoff_s, INLINE_MAX_S)
-
-    def _time_handoff(self, pending: _Pending[In, Out]) -> None:
-        """On the loop, for a lone one-row request back from the thread: its round trip
-        less its pass is what going to the thread cost, here and now."""
-        round_trip = time.perf_counter() - pending.queued_at
-        self._handoffs.append(max(round_trip - self._last_lone_s, 0.0))
-        self._handoff_s = statistics.median(self._handoffs)
 
     def _deliver(
         self,
@@ -560,7 +473,7 @@ class Batcher(Generic[In, Out]):
         """On the event loop: resolve each waiter that is still waiting."""
         self._handed -= len(batch)
         if len(batch) == len(live) == 1 and live[0].rows == 1 and live[0].alone:
-            self._time_handoff(live[0])
+            self._inline.lone_round_trip(time.perf_counter() - live[0].queued_at)
         if isinstance(outcome, BaseException):
             for pending in batch:
                 if not pending.result.done():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 STEP_S = 0.002
-"""Every pass takes at least this long: far above ``registry.batching.INLINE_MAX_S``, so the
+"""Every pass takes at least this long: far above ``registry.inline.INLINE_MAX_S``, so the
 model is slow on every pass, never fast on some (which could earn it an inline pass)."""
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.batching import INLINE_EVIDENCE
+from registry.inline import INLINE_EVIDENCE
 from tests.factories import LIN_INPUT, model_entry, parameterless_version, write_manifest
 from tests.integration.server import serving
 from tests.slow_model import passes

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from registry import batching
-from registry.batching import INLINE_EVIDENCE, Array, Batcher, Share, concatenated
+from registry.batching import Array, Batcher, Share, concatenated
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
+from registry.inline import INLINE_EVIDENCE
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
 from registry.threads import WideThreads

@@ -119,7 +119,8 @@ class Settings(BaseSettings):
 
     freeze_heap: bool = True
     """Once start-up loading is done, collect once and freeze the heap (`gc.freeze`), so
-    that no full garbage collection walks torch's and the models' objects while serving.
+    that no full garbage collection walks torch's and the models' objects while serving,
+    and collect the young generation less often (`registry.heap`).
 
     Process-wide: turn it off when the application shares its process with other code,
     such as many applications started one after another in a test run, where each start

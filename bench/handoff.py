@@ -2,13 +2,16 @@
 
 At concurrency 1 on a small model the HTTP round trip is a few hundred microseconds, so
 the two thread hand-offs of the serving path (event loop → inference thread → event
-loop, DESIGN section 5) are a large share of it. This measures them in-process, with the
-real ``Batcher`` on uvloop and the ``tiny`` MLP: the same lone requests, one after
+loop, ``registry.batching``) are a large share of it. This measures them in-process,
+with the real ``Batcher`` on uvloop and the ``tiny`` MLP: the same lone requests, one after
 another, through ``Batcher.submit`` kept on its thread (``inline_max_s=0``), through
 ``Batcher.submit`` as served (inline once the forward has proven fast, see
-``registry.batching``) and by calling the forward directly. ``--same-core``
-pins the process to one CPU first, which shows how much of the cost is waking an idle
-CPU rather than the Python around the hand-off.
+``registry.inline``) and by calling the forward directly. Every thread runs torch on one
+thread, as a server runs a small model's passes (its lifespan sets the loop's, and each
+inference thread its own): on torch's default each thread's first forward forms an
+OpenMP team whose worker spins between requests, and slows every measurement after it.
+``--same-core`` pins the process to one CPU first, which shows how much of the cost is
+waking an idle CPU rather than the Python around the hand-off.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from registry.examples.mlp import MLP
 from registry.inline import INLINE_EVIDENCE, INLINE_MAX_S
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
+from registry.threads import use_threads
 
 WIDTHS = MODELS["tiny"]
 
@@ -46,6 +50,7 @@ def main() -> None:
 
 
 async def compare(requests: int, repeats: int) -> None:
+    use_threads(1)
     torch.manual_seed(0)
     model = MLP(WIDTHS).eval()
 
@@ -56,10 +61,14 @@ async def compare(requests: int, repeats: int) -> None:
 
     sample = np.random.default_rng(0).standard_normal((1, WIDTHS[0]), dtype=np.float32)
     config, key = BatchingSpec(max_batch_size=MAX_BATCH), VersionKey("tiny", "1")
+
+    def one_thread(_: int, __: bool) -> None:
+        use_threads(1)
+
     threaded = Batcher(
-        concatenated(forward), config, key=key, inline_max_s=0.0
+        concatenated(forward), config, key=key, inline_max_s=0.0, share=one_thread
     )  # NOTE: never inline
-    served = Batcher(concatenated(forward), config, key=key)
+    served = Batcher(concatenated(forward), config, key=key, share=one_thread)
     threaded.start()
     served.start()
 

@@ -32,9 +32,9 @@ INLINE_MAX_S = 250e-6
 NOTE: below this the limit is the hand-off itself, as measured in the serving process:
 an inline pass then holds the loop for less time than sending it to the thread and back
 would have cost the request. ``python -m bench.handoff`` puts the bare hand-off at about
-100 µs on the 2-core VM the benchmarks run on; inside a server, at one client, it
-measures 45-60 µs, and tiny's one-row pass there takes 65-95 µs (its caches are cold
-after the HTTP work), so tiny stays on the thread. The cap bounds how long any other
+50 µs on the 2-core VM the benchmarks run on, and inside a server, at one client, it
+measures 45-60 µs; tiny's one-row pass takes 30 µs alone but 65-95 µs in a server (its
+caches are cold after the HTTP work), so tiny stays on the thread. The cap bounds how long any other
 request of the process can be held up. A pass is timed by the wall clock, so a forward
 that sleeps or waits on a device counts as slow, as it should."""
 

@@ -281,9 +281,11 @@ class Batcher(Generic[In, Out]):
             predecessor.join()  # NOTE: its OpenMP workers end with it
             self._holds_permit = False
             self._wide.give_back()
-        wide = first_instance and self._wide is None  # may run passes on several threads
-        set_wide = wide  # what this thread's torch count is set for
+        # NOTE: whether this thread may run passes on several threads: it holds a permit,
+        # or there are none to hold; whether it does is PassWidth's to say, pass by pass
+        permitted = first_instance and self._wide is None
         width = PassWidth(self._wide_after_s)
+        set_wide = permitted and width.several()  # what this thread's torch count is set for
         if self._share is not None:
             # NOTE: a new thread would otherwise take what was set last
             self._share(1, set_wide)
@@ -295,16 +297,16 @@ class Batcher(Generic[In, Out]):
             leader = queue if first_instance else None
         carry: _Pending[In, Out] | None = None
         while True:
-            first = carry if carry is not None else self._next(take, holding=wide)
+            first = carry if carry is not None else self._next(take, holding=permitted)
             if first is None:  # stopped, or handed on
                 return
             if leader is not None:
                 leader.first_busy(True)
             batch, carry, stop = self._gather(first)
             several = first_instance and width.several()
-            if several and not wide:
-                wide = self._take_permit()
-            several = several and wide
+            if several and not permitted:
+                permitted = self._take_permit()
+            several = several and permitted
             if self._share is not None and not self._shares_each_pass and several != set_wide:
                 self._share(1, several)  # NOTE: one instance: only when it changes
                 set_wide = several
@@ -384,7 +386,7 @@ class Batcher(Generic[In, Out]):
         return batch, None, False
 
     def _run(
-        self, batch: list[_Pending[In, Out]], wide: bool
+        self, batch: list[_Pending[In, Out]], several: bool
     ) -> tuple[list[_Pending[In, Out]], Sequence[Out | Exception] | BaseException]:
         """On an inference thread: one forward pass for the batch; its live requests and
         the outcome, for the loop.
@@ -403,7 +405,7 @@ class Batcher(Generic[In, Out]):
             rows = sum(p.rows for p in live)
             waits = [started - p.queued_at for p in live]
             traced = [p.traced for p in live]
-            self._begin_pass(wide)
+            self._begin_pass(several)
             outcome = self._compute([p.inputs for p in live], rows, waits, traced)
             self._end_pass()
             if not isinstance(outcome, BaseException):  # NOTE: the linger's evidence
@@ -411,7 +413,7 @@ class Batcher(Generic[In, Out]):
                 self._last_rows = rows
         return live, outcome
 
-    def _begin_pass(self, wide: bool) -> None:
+    def _begin_pass(self, several: bool) -> None:
         """With several instances, tell ``share`` how many passes run now or are about to,
         and whether this one may run on several threads.
 
@@ -425,7 +427,7 @@ class Batcher(Generic[In, Out]):
             self._running += 1
             running = self._running
         waiting = 1 if self._queue.qsize() else 0
-        self._share(running + waiting, wide)
+        self._share(running + waiting, several)
 
     def _end_pass(self) -> None:
         if self._shares_each_pass:

@@ -33,10 +33,11 @@ NOTE: below this the limit is the hand-off itself, as measured in the serving pr
 an inline pass then holds the loop for less time than sending it to the thread and back
 would have cost the request. ``python -m bench.handoff`` puts the bare hand-off at about
 50 µs on the 2-core VM the benchmarks run on, and inside a server, at one client, it
-measures 45-60 µs; tiny's one-row pass takes 30 µs alone but 65-95 µs in a server (its
-caches are cold after the HTTP work), so tiny stays on the thread. The cap bounds how long any other
-request of the process can be held up. A pass is timed by the wall clock, so a forward
-that sleeps or waits on a device counts as slow, as it should."""
+measures 45-60 µs; tiny's one-row pass takes 30 µs alone but 65-95 µs in a server, on
+the loop as on the thread (its caches are cold after the HTTP work), so tiny stays on
+the thread. The cap bounds how long any other request of the process can be held up. A
+pass is timed by the wall clock, so a forward that sleeps or waits on a device counts as
+slow, as it should."""
 
 HANDOFF_SAMPLES = 16
 """Lone thread-path requests whose hand-off (round trip less the pass) is kept; the

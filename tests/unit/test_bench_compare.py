@@ -1,0 +1,82 @@
+"""``make bench-compare``'s parts that need no server: the base checked out beside this
+one, and the table of medians and ratios with its slower-than-5 % mark."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.compare import GIT, describe, summarize, table, worktree
+
+
+def _runs(side: str, rps: list[float], cpu_us: list[float]) -> list[dict[str, object]]:
+    return [
+        {
+            "side": side,
+            "model": "tiny",
+            "conc": 64,
+            "rps": r,
+            "cpu_us_per_request": c,
+            "p99_ms": 9.0,
+        }
+        for r, c in zip(rps, cpu_us, strict=True)
+    ]
+
+
+def test_each_cell_compares_the_medians_of_the_rounds() -> None:
+    runs = _runs("base", [1000, 5000, 1100], [100, 20, 90]) + _runs(
+        "head", [990, 0, 1200], [95, 500, 80]
+    )
+    (row,) = summarize(runs)
+    assert (row["base_rps"], row["head_rps"]) == (1100, 990)
+    assert row["rps_ratio"] == pytest.approx(0.9)
+    assert (row["base_cpu_us"], row["head_cpu_us"]) == (90, 95)
+    assert row["cpu_ratio"] == pytest.approx(90 / 95)
+    assert row["slower"]
+    assert "0.90x **slower**" in table([row], "aaa", "bbb")
+
+
+def test_a_cell_within_five_percent_is_not_marked() -> None:
+    (row,) = summarize(_runs("base", [1000], [100]) + _runs("head", [960], [100]))
+    assert not row["slower"]
+    assert "**slower**" not in table([row], "aaa", "bbb")
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    root = tmp_path / "repository"
+    root.mkdir()
+
+    def git(*arguments: str) -> None:
+        subprocess.run([GIT, "-C", str(root), *arguments], check=True, capture_output=True)
+
+    git("init", "-q")
+    for text in ("first", "second"):
+        (root / "file.txt").write_text(text)
+        git("add", "file.txt")
+        git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", text)
+    return root
+
+
+def test_the_base_is_checked_out_beside_and_removed_afterwards(repository: Path) -> None:
+    with worktree("HEAD~1", repository) as tree:
+        assert (tree / "file.txt").read_text() == "first"
+        assert (repository / "file.txt").read_text() == "second"
+    assert not tree.exists()
+    listed = subprocess.run(
+        [GIT, "-C", str(repository), "worktree", "list"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert len(listed.splitlines()) == 1
+
+
+def test_the_head_is_marked_when_the_working_tree_has_changes(repository: Path) -> None:
+    clean = describe("HEAD", repository)
+    assert not clean.endswith("+")
+    (repository / "file.txt").write_text("changed")
+    assert describe("HEAD", repository) == clean + "+"
+    assert not describe("HEAD~1", repository).endswith("+")

@@ -32,9 +32,9 @@ Only the first instance's passes may run on several threads, only once its threa
 have shown they are long enough to gain from them (``PassWidth``: a short pass gains
 nothing, and leaves an OpenMP worker spinning), and only while its thread holds one of the
 process's few permits (``WideThreads``, ``registry.threads`` says why), taken at such a
-pass when one is free. A thread that holds one and has been idle for
-``HAND_ON_AFTER_S`` while another thread was refused one ends, to free it, and starts a
-successor that takes its place.
+pass when one is free. A thread that holds one ends, to free it, and starts a successor
+that takes its place, while another thread was refused one and either this one has been
+idle for ``HAND_ON_AFTER_S`` or its passes no longer gain from several threads.
 
 For a tiny model those two hand-offs cost more than the forward pass itself, so a lone
 one-row request of a version whose passes have proven short runs inline, on the event
@@ -321,6 +321,8 @@ class Batcher(Generic[In, Out]):
             self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
             if stop:
                 return
+            if permitted and carry is None and self._hands_on_now(width):
+                return
 
     def _next(
         self, take: Callable[[], _Pending[In, Out] | None], holding: bool
@@ -337,6 +339,15 @@ class Batcher(Generic[In, Out]):
                 if permits.wanted:
                     self._hand_on()
                     return None
+
+    def _hands_on_now(self, width: PassWidth) -> bool:
+        """Whether this thread ended to free its permit, because its passes no longer
+        gain from it and another thread wants one: waiting for it to idle could take for
+        ever under steady load."""
+        if width.gains or self._wide is None or not self._wide.wanted:
+            return False
+        self._hand_on()
+        return True
 
     def _take_permit(self) -> bool:
         """Whether the first instance now holds a permit: a free one is taken."""

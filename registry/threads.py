@@ -24,9 +24,7 @@ gives a permit back while it lives: only a thread's end frees its workers.
 
 from __future__ import annotations
 
-import statistics
 import threading
-from collections import deque
 
 import torch
 
@@ -102,11 +100,15 @@ Not lower: on a busy VM every small pass computes for longer (``tiny``'s for 200
 a pass while the host was busy), and a pass of 500 µs has at most 250 to gain."""
 
 WIDE_EVIDENCE = 9
-"""How many passes on one thread ``PassWidth`` takes the median of.
+"""How many passes in a row on one thread must each compute ``WIDE_AFTER_S`` before
+passes run on several.
 
-NOTE: a median, not each of them: in a busy server one small pass in a few hundred
-computes for 1-2 ms (a new thread's first passes, and others for no cause a profiler
-showed), and those come two or three in a row."""
+NOTE: each of them, not their median: on a busy VM a small pass computes for 1-2 ms now
+and then (a new thread's first passes; the host's preemption charged to the thread), and
+such passes come in bursts of up to six in a row, about every 1.6 s under load. A median
+of nine took those bursts for evidence: ``tiny`` at concurrency 1 ran 4 % of its passes on
+two threads, with an OpenMP worker spinning beside the event loop and the permit held.
+A pass that is long for its work is long every time."""
 
 WIDE_RECHECK = 63
 """Passes on several threads between two on one, which check that they still gain.
@@ -122,8 +124,8 @@ class PassWidth:
     often waits for the GIL or a core (half of ``tiny``'s took over 100 µs by the clock,
     one in forty over 250), which no thread would shorten. And on one thread only: on
     several, the thread also spins at each region's end until its workers are done,
-    however little they had to do. So passes run on several threads once the median of
-    the last ``WIDE_EVIDENCE`` on one computed ``WIDE_AFTER_S``, and after every
+    however little they had to do. So passes run on several threads once ``WIDE_EVIDENCE``
+    in a row on one each computed ``WIDE_AFTER_S``, and after every
     ``WIDE_RECHECK`` such passes one runs on one thread again and must compute as long.
     A version whose passes are short thus never takes a permit, nor makes OpenMP workers.
     """
@@ -131,7 +133,7 @@ class PassWidth:
     def __init__(self, after_s: float = WIDE_AFTER_S) -> None:
         """``after_s``: ``WIDE_AFTER_S``, or 0 for passes on several threads from the first."""
         self._after_s = after_s
-        self._narrow: deque[float] = deque(maxlen=WIDE_EVIDENCE)
+        self._long_streak = 0  # passes in a row on one thread that computed long
         self._gains = after_s <= 0
         self._wide_run = 0  # passes on several threads since the last on one
 
@@ -139,17 +141,19 @@ class PassWidth:
         """Whether the next pass is to run on several threads (where it may)."""
         return self._gains and self._wide_run < WIDE_RECHECK
 
+    @property
+    def gains(self) -> bool:
+        """Whether the passes gain from several threads, as far as the evidence says."""
+        return self._gains
+
     def ran(self, several: bool, computed_s: float) -> None:
         """A pass ran on several threads or on one, and computed this long on its own."""
         if several:
             self._wide_run += 1
             return
         self._wide_run = 0
-        if self._gains:  # NOTE: a check, or a pass refused a permit: one long pass will do
-            self._gains = computed_s >= self._after_s
-            if self._gains:
-                return
-            self._narrow.clear()
-        self._narrow.append(computed_s)
-        full = len(self._narrow) == WIDE_EVIDENCE
-        self._gains = full and statistics.median(self._narrow) >= self._after_s
+        long = computed_s >= self._after_s
+        if self._gains and long:  # NOTE: a check, or a pass refused a permit: one will do
+            return
+        self._long_streak = self._long_streak + 1 if long else 0
+        self._gains = self._long_streak >= WIDE_EVIDENCE

@@ -8,13 +8,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from registry import batching
+from registry import batching, threads
 from registry.batching import Array, Batcher, Share, concatenated
 from registry.errors import InferenceTimeout, ModelFailed, QueueFull, ShuttingDown
 from registry.inline import INLINE_EVIDENCE
 from registry.keys import VersionKey
 from registry.manifest import BatchingSpec
-from registry.threads import WideThreads
+from registry.threads import WIDE_AFTER_S, WideThreads
+from tests.factories import compute
 
 pytestmark = pytest.mark.anyio
 
@@ -498,6 +499,50 @@ async def test_a_permit_goes_to_a_first_instance_and_on_once_its_holder_idles(
         await a.stop()
         await b.stop()
     assert not [t for t in threading.enumerate() if t.name in ("infer-a:1", "infer-b:1")]
+
+
+async def test_a_holder_whose_passes_turn_short_hands_its_permit_on_while_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under steady load its thread never idles: it hands on at the pass that shows its
+    passes no longer gain from several threads."""
+    monkeypatch.setattr(batching, "HAND_ON_AFTER_S", 3600.0)  # NOTE: never by idling here
+    monkeypatch.setattr(threads, "WIDE_EVIDENCE", 2)
+    monkeypatch.setattr(threads, "WIDE_RECHECK", 2)
+    permits = SaysWhenGivenBack()
+    computes = {"a": 2 * WIDE_AFTER_S}
+    shares: dict[str, list[tuple[int, bool]]] = {"a": [], "b": []}
+
+    def forward_a(x: Array) -> Array:
+        compute(computes["a"])
+        return x * 2
+
+    a = Batcher(
+        concatenated(forward_a),
+        BatchingSpec(),
+        key=VersionKey("a", "1"),
+        inline_max_s=0.0,
+        share=lambda *s: shares["a"].append(s),
+        wide=permits,
+    )
+    b = instances_batcher(lambda x: x * 2, 1, lambda *s: shares["b"].append(s), permits, "b")
+    a.start()
+    b.start()
+    try:
+        for i in range(3):  # NOTE: two long passes on one thread, then one on several
+            np.testing.assert_array_equal(await a.submit(rows(i)), rows(2 * i))
+        assert shares["a"] == [(1, False), (1, True)]
+        np.testing.assert_array_equal(await b.submit(rows(1)), rows(2))
+        assert shares["b"] == [(1, False)]  # NOTE: refused: a holds the only one
+        computes["a"] = 0.0
+        for i in range(3):  # NOTE: one more on several, then a check on one: it is short
+            np.testing.assert_array_equal(await a.submit(rows(i)), rows(2 * i))
+        assert await asyncio.to_thread(permits.given_back.wait, 10)
+        np.testing.assert_array_equal(await b.submit(rows(3)), rows(6))
+        assert shares["b"] == [(1, False), (1, True)]
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 async def test_a_version_stopped_gives_its_permit_back_once_its_thread_has_ended() -> None:

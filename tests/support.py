@@ -84,11 +84,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) ->
         time.sleep(0.02)
 
 
-def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
+def wait_ready(client: TestClient, timeout_s: float = 30.0, path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
+    while client.get(path).status_code != 200:
         if time.monotonic() > deadline:
-            raise TimeoutError(client.get("/readyz").json())
+            raise TimeoutError(client.get(path).json())
         time.sleep(0.02)
 
 

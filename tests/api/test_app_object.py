@@ -8,7 +8,8 @@ doors, which shows the fast path really calls the routes' dependencies), ``opena
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,40 @@ def test_a_router_included_after_create_app_is_served_and_its_predict_routes_are
     assert failed.headers["x-request-id"] == "added-1"
     assert failed.json() == {"error": {"code": "internal", "message": "internal server error"}}
     assert "/extra/alias/{name}/predict" in app.openapi()["paths"]
+
+
+@pytest.mark.parametrize("lifespan", ["the registry's", "its own, around the registry's"])
+def test_mounted_in_another_app_that_runs_its_lifespan_it_serves_through_either_door(
+    app: FastAPI, settings: Settings, lifespan: str, fast_path: bool, solved: list[object]
+) -> None:
+    """Starlette never runs a mounted app's lifespan: the parent runs it (docs/operations)."""
+    if lifespan == "the registry's":
+        parent = FastAPI(lifespan=app.router.lifespan_context)
+    else:
+
+        @asynccontextmanager
+        async def own(parent: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
+            async with app.router.lifespan_context(parent) as state:
+                yield {**(state or {}), "parent": "ready"}
+
+        parent = FastAPI(lifespan=own)
+
+    @parent.get("/hello")
+    async def hello() -> str:
+        return "hi"
+
+    parent.mount("/ml", app)
+    with TestClient(parent) as client:
+        wait_ready(client, path="/ml/readyz")
+        answer = client.post("/ml/models/lin/predict", json=BODY)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-request-id"]
+        assert client.get("/hello").json() == "hi"
+        assert "/models/{name}/predict" in client.get("/ml/openapi.json").json()["paths"]
+    assert (predict.predict in solved) is not fast_path
+    with TestClient(create_app(settings)) as alone:
+        wait_ready(alone)
+        assert answer.json() == alone.post("/models/lin/predict", json=BODY).json()
 
 
 def test_create_app_leaves_logging_alone_once_configured(settings: Settings) -> None:

@@ -122,7 +122,7 @@ def _git(*arguments: str, repository: Path = ROOT) -> str:
 
 def describe(commit: str, repository: Path = ROOT) -> str:
     """The short commit; for the working tree (``HEAD``), with ``+`` when it has changes."""
-    short = _git("rev-parse", "--short", commit, repository=repository)
+    short = _git("rev-parse", "--short", "--verify", f"{commit}^{{commit}}", repository=repository)
     if commit == "HEAD" and _git("status", "--porcelain", repository=repository):
         short += "+"
     return short
@@ -142,7 +142,10 @@ def main() -> None:
     if unknown := set(names) - set(MODELS):
         parser.error(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
     concurrencies = [int(c) for c in args.conc.split(",")]
-    base, head = describe(args.base), describe("HEAD")
+    try:
+        base, head = describe(args.base), describe("HEAD")
+    except subprocess.CalledProcessError as exc:
+        parser.error(f"--base {args.base!r}: {exc.stderr.strip() or 'not a commit here'}")
 
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:

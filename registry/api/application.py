@@ -21,11 +21,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi._body_limit import AppBodyLimitMiddleware
 from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
-from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+try:  # NOTE: FastAPI 0.164 added app-wide body limits, and this layer with them
+    from fastapi._body_limit import AppBodyLimitMiddleware
+    from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+except ImportError:  # pragma: no cover - the pinned FastAPI has them
+    AppBodyLimitMiddleware = None  # type: ignore[assignment,misc]
+    MAX_BODY_SIZE_SCOPE_KEY = "starlette.max_body_size"
 
 _TELEMETRY_SCOPE_KEY = "fastapi.telemetry"  # NOTE: set by a parent's native telemetry
 
@@ -59,17 +64,20 @@ class Application(FastAPI):
         await super().__call__(scope, receive, send)
 
     def _without_idle_layers(self, stack: ASGIApp) -> ASGIApp | None:
-        """``stack`` without the two pass-throughs when this configuration leaves them
-        idle; None when it does not, or the stack is not built as FastAPI 0.165 builds it."""
+        """``stack`` without the pass-throughs this configuration leaves idle; None when
+        there are none, or the stack is not built as FastAPI builds it."""
         telemetry = self._telemetry
         if telemetry["tracing"] or telemetry["metrics"] or telemetry["logs"]:
             return None
-        if self.max_body_size is not None or not isinstance(stack, ServerErrorMiddleware):
+        if not isinstance(stack, ServerErrorMiddleware):
             return None
         inner = stack.app
-        if not isinstance(inner, ExceptionTelemetryMiddleware):
+        if isinstance(inner, ExceptionTelemetryMiddleware):
+            inner = inner.app
+        if AppBodyLimitMiddleware is not None and isinstance(inner, AppBodyLimitMiddleware):
+            if getattr(self, "max_body_size", None) is not None:
+                return None
+            inner = inner.app
+        if inner is stack.app:
             return None
-        inner = inner.app
-        if not isinstance(inner, AppBodyLimitMiddleware):
-            return None
-        return ServerErrorMiddleware(inner.app, handler=stack.handler, debug=stack.debug)
+        return ServerErrorMiddleware(inner, handler=stack.handler, debug=stack.debug)

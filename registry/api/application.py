@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - the pinned FastAPI has them
 
 _TELEMETRY_SCOPE_KEY = "fastapi.telemetry"  # NOTE: set by a parent's native telemetry
 
+__all__ = ["AppBodyLimitMiddleware", "Application"]
+
 
 class Application(FastAPI):
     """``FastAPI``, serving HTTP requests through its stack less the idle pass-throughs."""

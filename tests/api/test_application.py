@@ -66,7 +66,7 @@ def test_the_lean_stack_is_fastapis_without_the_two_idle_pass_throughs(
 ) -> None:
     app, _ = served
     assert isinstance(app, Application)
-    idle = [ExceptionTelemetryMiddleware]
+    idle: list[type] = [ExceptionTelemetryMiddleware]
     if AppBodyLimitMiddleware is not None:  # NOTE: FastAPI 0.164 and later
         idle.append(AppBodyLimitMiddleware)
     assert _chain(app.middleware_stack) == [ServerErrorMiddleware, *idle]

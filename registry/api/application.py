@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 try:  # NOTE: FastAPI 0.164 added app-wide body limits, and this layer with them
     from fastapi._body_limit import AppBodyLimitMiddleware
     from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
-except ImportError:  # pragma: no cover - the pinned FastAPI has them
+except ImportError:  # pragma: no cover - FastAPI 0.163 (pyproject admits it)
     AppBodyLimitMiddleware = None  # type: ignore[assignment,misc]
     MAX_BODY_SIZE_SCOPE_KEY = "starlette.max_body_size"
 

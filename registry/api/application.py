@@ -77,7 +77,7 @@ class Application(FastAPI):
         if isinstance(inner, ExceptionTelemetryMiddleware):
             inner = inner.app
         if AppBodyLimitMiddleware is not None and isinstance(inner, AppBodyLimitMiddleware):
-            if getattr(self, "max_body_size", None) is not None:
+            if self.max_body_size is not None:
                 return None
             inner = inner.app
         if inner is stack.app:

@@ -60,7 +60,6 @@ bench: install
 # This checkout against an older commit, served side by side, alternating (~6 min):
 # make bench-compare BASE=<commit> [BENCH_COMPARE_ARGS="--models tiny --rounds 5"]
 bench-compare: install
-	@test -n '$(BASE)' || { echo 'make bench-compare BASE=<commit>: BASE is required'; exit 2; }
 	$(PY) -m bench.compare --base '$(BASE)' $(BENCH_COMPARE_ARGS)
 
 # Many versions: start-up by REGISTRY_LOAD_WORKERS, loads on demand, a 3x-memory-budget run (~3 min).

@@ -49,14 +49,13 @@ def worktree(commit: str, repository: Path = ROOT) -> Iterator[Path]:
     """A detached ``git worktree`` of ``commit``, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-base-") as scratch:
         tree = Path(scratch) / "tree"
-        git = [GIT, "-C", str(repository), "worktree"]
-        subprocess.run(
-            [*git, "add", "--detach", str(tree), commit], check=True, capture_output=True
-        )
+        run_git("worktree", "add", "--detach", str(tree), commit, repository=repository)
         try:
             yield tree
         finally:
-            subprocess.run([*git, "remove", "--force", str(tree)], check=False)
+            # NOTE: not run_git: a failure here must not hide the one that brought us here
+            command = [GIT, "-C", str(repository), "worktree", "remove", "--force", str(tree)]
+            subprocess.run(command, check=False, capture_output=True)
 
 
 @contextmanager
@@ -121,15 +120,18 @@ def table(rows: Sequence[Mapping[str, Any]], base: str, head: str) -> str:
     return "\n".join(lines)
 
 
-def _git(*arguments: str, repository: Path = ROOT) -> str:
+def run_git(*arguments: str, repository: Path = ROOT) -> str:
+    """``git`` in ``repository``: its output, or ``CalledProcessError`` with its stderr."""
     command = [GIT, "-C", str(repository), *arguments]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def describe(commit: str, repository: Path = ROOT) -> str:
     """The short commit; for the working tree (``HEAD``), with ``+`` when it has changes."""
-    short = _git("rev-parse", "--short", "--verify", f"{commit}^{{commit}}", repository=repository)
-    if commit == "HEAD" and _git("status", "--porcelain", repository=repository):
+    short = run_git(
+        "rev-parse", "--short", "--verify", f"{commit}^{{commit}}", repository=repository
+    )
+    if commit == "HEAD" and run_git("status", "--porcelain", repository=repository):
         short += "+"
     return short
 
@@ -148,6 +150,8 @@ def main() -> None:
     if unknown := set(names) - set(MODELS):
         parser.error(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
     concurrencies = [int(c) for c in args.conc.split(",")]
+    if not args.base.strip():
+        parser.error("--base is required: the commit to compare against")
     try:
         base, head = describe(args.base), describe("HEAD")
     except subprocess.CalledProcessError as exc:

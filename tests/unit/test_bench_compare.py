@@ -3,12 +3,11 @@ one, and the table of medians and ratios with its slower-than-5 % mark."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from bench.compare import GIT, describe, summarize, table, worktree
+from bench.compare import describe, run_git, summarize, table, worktree
 
 
 def _runs(
@@ -60,14 +59,12 @@ def repository(tmp_path: Path) -> Path:
     root = tmp_path / "repository"
     root.mkdir()
 
-    def git(*arguments: str) -> None:
-        subprocess.run([GIT, "-C", str(root), *arguments], check=True, capture_output=True)
-
-    git("init", "-q")
+    run_git("init", "-q", repository=root)
+    identity = ("-c", "user.name=t", "-c", "user.email=t@example.org")
     for text in ("first", "second"):
         (root / "file.txt").write_text(text)
-        git("add", "file.txt")
-        git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", text)
+        run_git("add", "file.txt", repository=root)
+        run_git(*identity, "commit", "-qm", text, repository=root)
     return root
 
 
@@ -76,13 +73,7 @@ def test_the_base_is_checked_out_beside_and_removed_afterwards(repository: Path)
         assert (tree / "file.txt").read_text() == "first"
         assert (repository / "file.txt").read_text() == "second"
     assert not tree.exists()
-    listed = subprocess.run(
-        [GIT, "-C", str(repository), "worktree", "list"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert len(listed.splitlines()) == 1
+    assert len(run_git("worktree", "list", repository=repository).splitlines()) == 1
 
 
 def test_the_head_is_marked_when_the_working_tree_has_changes(repository: Path) -> None:

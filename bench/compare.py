@@ -8,8 +8,10 @@ that both answer as torch does, and loads them in turn, cell by cell, the order 
 every round so that drift favours neither. Per cell it reports the medians over the
 rounds of requests per second and of the server's CPU per request (its whole process, so
 both threads), and the ratio of this checkout to the base: the CPU per request moves
-less with foreign load than throughput does. Results: a table on stdout, JSON in
-``bench/results/``.
+less with foreign load than throughput does. Each round's two runs are back to back, so
+the lowest and highest of the rounds' own ratios show how far the machine's noise
+reaches, and a cell marked slower says in how many rounds it was. Results: a table on
+stdout, JSON in ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -95,26 +97,50 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             row[f"{side}_p99_ms"] = statistics.median(float(r["p99_ms"]) for r in sides[side])
         row["rps_ratio"] = row["head_rps"] / max(row["base_rps"], 1e-9)
         row["cpu_ratio"] = row["base_cpu_us"] / max(row["head_cpu_us"], 1e-9)
+        row["round_ratios"] = paired_ratios(sides["base"], sides["head"])
         row["slower"] = row["rps_ratio"] < SLOWER
+        row["slower_rounds"] = sum(ratio < SLOWER for ratio in row["round_ratios"])
         # NOTE: wrk counts an answer that is not a 2xx as served: a cell with any is suspect
         row["failed"] = sum(int(r["non2xx"]) + int(r["errors"]) for s in sides.values() for r in s)
         rows.append(row)
     return rows
 
 
+def paired_ratios(
+    base: Sequence[Mapping[str, Any]], head: Sequence[Mapping[str, Any]]
+) -> list[float]:
+    """Head ÷ base req/s of each round, whose two runs were back to back.
+
+    NOTE: a round's two runs share the machine's weather, so the spread of these says
+    whether a difference of medians stands out of the noise: a cell slower in every round
+    is slower; one slower in some is not shown to be.
+    """
+    bases = {run["round"]: float(run["rps"]) for run in base if "round" in run}
+    return [
+        float(run["rps"]) / max(bases[run["round"]], 1e-9)
+        for run in head
+        if run.get("round") in bases
+    ]
+
+
 def table(rows: Sequence[Mapping[str, Any]], base: str, head: str) -> str:
     lines = [
-        f"| model | c | base {base} req/s | head {head} req/s | head ÷ base | "
+        f"| model | c | base {base} req/s | head {head} req/s | head ÷ base (rounds) | "
         "CPU µs/request base | head | base ÷ head | p99 ms base | head |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        ratios = r["round_ratios"]
+        spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
         flag = " **slower**" if r["slower"] else ""
+        if ratios and (r["slower"] or r["slower_rounds"]):
+            flag += f", slower in {r['slower_rounds']} of {len(ratios)} rounds"
         if r["failed"]:
             flag += f" ({r['failed']} not 2xx or unanswered)"
         lines.append(
             f"| {r['model']} | {r['conc']} | {r['base_rps']:.0f} | {r['head_rps']:.0f} | "
-            f"{r['rps_ratio']:.2f}x{flag} | {r['base_cpu_us']:.0f} | {r['head_cpu_us']:.0f} | "
+            f"{r['rps_ratio']:.2f}x{spread}{flag} | "
+            f"{r['base_cpu_us']:.0f} | {r['head_cpu_us']:.0f} | "
             f"{r['cpu_ratio']:.2f}x | {r['base_p99_ms']:.2f} | {r['head_p99_ms']:.2f} |"
         )
     return "\n".join(lines)
@@ -173,7 +199,9 @@ def main() -> None:
                     order = SIDES if round_ % 2 == 0 else SIDES[::-1]
                     for side in order:
                         run = cell(servers[side], name, body, conc, args.duration)
-                        runs.append({"side": side, "model": name, "conc": conc} | run)
+                        runs.append(
+                            {"side": side, "model": name, "conc": conc, "round": round_} | run
+                        )
                         print(
                             f"  {side} {name:7} c={conc:<3} {run['rps']:9.1f} req/s  "
                             f"{run['cpu_us_per_request']:6.0f} µs CPU/request  "

@@ -23,8 +23,9 @@ def _runs(
             "p99_ms": 9.0,
             "non2xx": non2xx,
             "errors": 0,
+            "round": index,
         }
-        for r, c in zip(rps, cpu_us, strict=True)
+        for index, (r, c) in enumerate(zip(rps, cpu_us, strict=True))
     ]
 
 
@@ -38,7 +39,27 @@ def test_each_cell_compares_the_medians_of_the_rounds() -> None:
     assert (row["base_cpu_us"], row["head_cpu_us"]) == (90, 95)
     assert row["cpu_ratio"] == pytest.approx(90 / 95)
     assert row["slower"]
-    assert "0.90x **slower**" in table([row], "aaa", "bbb")
+    assert row["round_ratios"] == pytest.approx([0.99, 0.0, 1200 / 1100])
+    assert "0.90x (0.00-1.09) **slower**, slower in 1 of 3 rounds" in table([row], "aaa", "bbb")
+
+
+def test_each_round_compares_its_own_two_runs() -> None:
+    """The machine's weather moves both runs of a round: their ratio is steady while the
+    medians of each side would hide which rounds were slower."""
+    runs = _runs("base", [1000, 2000, 4000], [100] * 3) + _runs(
+        "head", [900, 1800, 3600], [100] * 3
+    )
+    (row,) = summarize(runs)
+    assert row["round_ratios"] == pytest.approx([0.9, 0.9, 0.9])
+    assert row["slower_rounds"] == 3
+    assert "0.90x (0.90-0.90) **slower**, slower in 3 of 3 rounds" in table([row], "a", "b")
+
+
+def test_a_round_that_ran_on_one_side_only_is_not_paired() -> None:
+    runs = _runs("base", [1000, 1000], [100] * 2) + _runs("head", [1000], [100])
+    (row,) = summarize(runs)
+    assert row["round_ratios"] == pytest.approx([1.0])
+    assert "1.00x |" in table([row], "a", "b")
 
 
 def test_a_cell_within_five_percent_is_not_marked() -> None:

@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -50,9 +52,10 @@ def launch(
 
     A process group because LitServe (and uvicorn with workers) start children: SIGTERM
     to the group, then SIGKILL, so no server outlives its cells and takes cores from the
-    next one.
+    next one. The same when the bench itself is sent SIGTERM (``timeout``, CI, ``kill``)
+    while the server runs.
     """
-    with log.open("wb") as out:
+    with log.open("wb") as out, _exit_on_sigterm():
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=out, stderr=out, start_new_session=True
         )
@@ -65,6 +68,25 @@ def launch(
             yield process.pid
         finally:
             _stop(process)
+
+
+@contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises ``SystemExit`` for as long as this lasts, so that the ``finally``
+    blocks around it run: by default it ends Python at once, leaving the servers behind,
+    and whatever else the caller set up (``bench.compare``'s ``git worktree``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # NOTE: only the main thread may set handlers, and only it receives signals
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

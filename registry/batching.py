@@ -26,7 +26,10 @@ keeps the cores busy. The first instance takes every batch it can; the others ta
 only while it is busy with one (``registry.instances`` says why). Before each pass the
 batcher says how many passes are running, counting waiting work as one more, and whether
 this pass may run on several threads (``share``); the model sets torch's threads from
-that: such a pass gets them all less one for each other pass, the others one each.
+that: such a pass gets them all less one for each other pass, the others one each. With
+one instance, work waiting counts the same: while requests queue behind a pass the event
+loop is busy reading them and answering the last batch, and a pass on every core would
+take the loop's.
 
 Only the first instance's passes may run on several threads, only once its thread's passes
 have shown they are long enough to gain from them (``PassWidth``: a short pass gains
@@ -285,10 +288,11 @@ class Batcher(Generic[In, Out]):
         # or there are none to hold; whether it does is PassWidth's to say, pass by pass
         permitted = first_instance and self._wide is None
         width = PassWidth(self._wide_after_s)
-        set_wide = permitted and width.several()  # what this thread's torch count is set for
+        # NOTE: what this thread's torch count is set for: ``share``'s two arguments
+        set_for = (1, permitted and width.several())
         if self._share is not None:
             # NOTE: a new thread would otherwise take what was set last
-            self._share(1, set_wide)
+            self._share(*set_for)
         queue = self._queue
         take: Callable[[], _Pending[In, Out] | None] = queue.get
         leader: FirstInstanceQueue[_Pending[In, Out]] | None = None
@@ -307,9 +311,14 @@ class Batcher(Generic[In, Out]):
             if several and not permitted:
                 permitted = self._take_permit()
             several = several and permitted
-            if self._share is not None and not self._shares_each_pass and several != set_wide:
-                self._share(1, several)  # NOTE: one instance: only when it changes
-                set_wide = several
+            if self._share is not None and not self._shares_each_pass:
+                # NOTE: one instance: work waiting counts as a pass, as with several (the
+                # loop reads and answers it meanwhile); told only when it changes
+                waiting = several and self._queue.qsize() > 0
+                wanted = (2 if waiting else 1, several)
+                if wanted != set_for:
+                    self._share(*wanted)
+                    set_for = wanted
             computing_from = time.thread_time()
             live, outcome = self._run(batch, several)
             width.ran(several, time.thread_time() - computing_from)

@@ -422,6 +422,42 @@ async def test_instances_run_passes_at_once_and_share_the_cores_between_them() -
     assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
 
 
+async def test_one_instance_leaves_a_thread_to_the_loop_while_work_waits() -> None:
+    """Work waiting is requests the event loop reads and answers meanwhile: a wide pass
+    then takes one thread fewer, as beside another instance's pass."""
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    def forward(inputs: Array) -> Array:
+        entered.release()
+        release.wait(timeout=10)
+        return inputs * 2
+
+    shares: list[tuple[int, bool]] = []
+    batcher: Batcher[Array, Array] = Batcher(
+        concatenated(forward),
+        BatchingSpec(max_batch_size=1),
+        key=VersionKey("m", "1"),
+        inline_max_s=0.0,
+        wide_after_s=0.0,
+        share=lambda *share: shares.append(share),
+    )
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit(rows(1)))
+        assert await asyncio.to_thread(entered.acquire, timeout=10)
+        waiting = [asyncio.create_task(batcher.submit(rows(i))) for i in (2, 3)]
+        await asyncio.sleep(0)  # NOTE: each task queues its request before it first waits
+        assert batcher.queue_depth == 2
+        release.set()
+        answers = await asyncio.gather(first, *waiting)
+    finally:
+        await batcher.stop()
+    for answer, i in zip(answers, (1, 2, 3), strict=True):
+        np.testing.assert_array_equal(answer, rows(2 * i))
+    # its start (nothing waits), the pass with one request behind it, the last alone
+    assert shares == [(1, True), (2, True), (1, True)]
+
+
 async def test_with_several_instances_a_lone_request_always_runs_on_the_first() -> None:
     names: list[str] = []
 

@@ -78,14 +78,16 @@ def _exit_on_sigterm() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # NOTE: only the main thread may set handlers, and only it receives signals
         return
-    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    previous = signal.signal(signal.SIGTERM, exit_on_signal)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+def exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    """A signal handler that raises ``SystemExit``, so that ``finally`` blocks stop what
+    the bench started."""
     raise SystemExit(f"stopped by signal {signum}")
 
 

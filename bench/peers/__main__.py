@@ -27,17 +27,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from bench.launch import exit_on_signal
 from bench.peers import BATCH_MS, MAX_BATCH, PEERS, ROOT, cache_dir
 from bench.peers.install import TORCH, setup
 from bench.peers.report import RESULTS, read, render
 from bench.peers.run import Options, run
-
-
-def _stop(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(f"stopped by signal {signum}")  # lets `finally` stop the server
 
 
 def _csv(text: str) -> list[str]:
@@ -101,8 +97,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    signal.signal(signal.SIGINT, exit_on_signal)
     args = parse(argv)
     cache = (args.cache or cache_dir()).resolve()
     started = time.monotonic()

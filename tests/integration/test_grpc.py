@@ -741,9 +741,12 @@ def test_sigterm_drains_grpc_and_http_calls_in_flight_and_refuses_new_grpc_calls
                     "both calls to be in flight",
                 )
             server.process.send_signal(signal.SIGTERM)
-            # NOTE: a new channel each time, so that a connection is attempted, not reused
+            # NOTE: a new channel each time, so that a connection is attempted, not reused.
+            # A call that reaches the server in the very instant its gRPC side begins to
+            # stop is CANCELLED by gRPC core, which no handler of ours sees (grpc/grpc#41785):
+            # one such may come before the refusal every later call gets.
             refusals: list[str] = []
-            while not on_grpc.done() and not refusals:
+            while not on_grpc.done() and "StatusCode.UNAVAILABLE" not in refusals:
                 fresh = running.client()
                 try:
                     fresh.is_server_live(client_timeout=5)
@@ -780,7 +783,8 @@ def test_sigterm_drains_grpc_and_http_calls_in_flight_and_refuses_new_grpc_calls
     finally:
         client.close()
         server.stop()
-    assert refusals == ["StatusCode.UNAVAILABLE"]
+    assert refusals[-1:] == ["StatusCode.UNAVAILABLE"], refusals
+    assert set(refusals) <= {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}, refusals
     assert refused_while_both_drained, "new calls were refused only once a drain ended"
     assert http_still_draining, "precondition: the HTTP request was still draining"
     assert late == "StatusCode.UNAVAILABLE", f"a gRPC call after SIGTERM was {late}"

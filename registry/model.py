@@ -95,6 +95,7 @@ class LoadedModel:
         self._decodes = overrides(self.handler, "decode", "decode_batch")
         self._decodes_batches = overrides(self.handler, "decode_batch")
         self._encodes = overrides(self.handler, "encode")
+        self._plain_outputs = not overrides(self.handler, "unbatch", "encode")
 
     @property
     def queue_depth(self) -> int:
@@ -130,8 +131,19 @@ class LoadedModel:
                     f"output {name!r} of shape {list(array.shape)} lacks the batch axis "
                     f"(expected {total} rows)"
                 )
-        for i, part, count in zip(live, handler.unbatch(outputs, rows), rows, strict=True):
-            answers[i] = self._encoded(part, count)
+        if self._plain_outputs:
+            # NOTE: each request's outputs are slices of the batch's: checked once for all
+            checked = self._encoded(outputs, total)
+            encoded: list[Tensors | Exception]
+            if isinstance(checked, Exception):
+                encoded = [checked] * len(live)
+            else:
+                encoded = list(handler.unbatch(outputs, rows))
+        else:
+            parts = handler.unbatch(outputs, rows)
+            encoded = [self._encoded(part, count) for part, count in zip(parts, rows, strict=True)]
+        for i, answer in zip(live, encoded, strict=True):
+            answers[i] = answer
         return answers
 
     def _decoded(self, requests: list[Tensors]) -> list[Tensors | Exception]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Iterator
@@ -135,6 +136,43 @@ def test_in_one_pass_each_failure_stays_with_its_own_request(directory: Path) ->
     np.testing.assert_array_equal(good["output"], [[2.0, 0.0]])
     np.testing.assert_array_equal(other["output"], [[6.0, 0.0]])
     assert model.handler.batches[-1] == 3  # NOTE: the three that decoded shared one pass
+
+
+def test_a_plain_models_batch_is_split_back_into_each_requests_rows(directory: Path) -> None:
+    (spec,) = [m for m in load_manifest(directory / "models.yaml").models if m.name == "pair"]
+    model = load_version(spec, spec.versions[0], directory / "weights")
+    requests: list[Tensors] = [
+        {"a": np.full((n, 2), n, np.float32), "b": np.ones((n, 2), np.float32)} for n in (1, 3, 2)
+    ]
+    for inputs, answer in zip(requests, model.run_blocking(requests), strict=True):
+        assert not isinstance(answer, Exception), answer
+        np.testing.assert_array_equal(answer["sum"], inputs["a"] + inputs["b"])
+        np.testing.assert_array_equal(answer["difference"], inputs["a"] - inputs["b"])
+
+
+def test_a_plain_models_outputs_are_checked_once_a_pass_and_fail_every_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without ``unbatch`` or ``encode`` hooks each request's outputs are rows of the
+    batch's, so the batch is checked against the declaration once: one log line a pass."""
+    weights = tmp_path / "weights"
+    liar = {
+        "name": "liar",
+        "inputs": [{"name": "a", "shape": [2]}, {"name": "b", "shape": [2]}],
+        "outputs": [{"name": "sum", "dtype": "float64"}, {"name": "difference"}],
+        "warmup": False,  # NOTE: a warm-up would refuse the version at load
+        "versions": [version(weights, "liar", "SumAndDifference")],
+    }
+    write_manifest(tmp_path, [liar])
+    (spec,) = load_manifest(tmp_path / "models.yaml").models
+    model = load_version(spec, spec.versions[0], weights)
+    requests: list[Tensors] = [
+        {"a": np.ones((n, 2), np.float32), "b": np.ones((n, 2), np.float32)} for n in (1, 2, 1)
+    ]
+    with caplog.at_level(logging.ERROR):
+        answers = model.run_blocking(requests)
+    assert all(isinstance(answer, ModelFailed) for answer in answers), answers
+    assert caplog.text.count("is float32, not float64") == 1, caplog.text
 
 
 def test_variable_lengths_are_padded_and_batched_answers_equal_lone_ones(

@@ -131,16 +131,13 @@ class LoadedModel:
                     f"output {name!r} of shape {list(array.shape)} lacks the batch axis "
                     f"(expected {total} rows)"
                 )
+        parts = handler.unbatch(outputs, rows)
+        encoded: Sequence[Tensors | Exception]
         if self._plain_outputs:
-            # NOTE: each request's outputs are slices of the batch's: checked once for all
+            # NOTE: each request's outputs are rows of the batch's: checked once for all
             checked = self._encoded(outputs, total)
-            encoded: list[Tensors | Exception]
-            if isinstance(checked, Exception):
-                encoded = [checked] * len(live)
-            else:
-                encoded = list(handler.unbatch(outputs, rows))
+            encoded = [checked] * len(live) if isinstance(checked, Exception) else parts
         else:
-            parts = handler.unbatch(outputs, rows)
             encoded = [self._encoded(part, count) for part, count in zip(parts, rows, strict=True)]
         for i, answer in zip(live, encoded, strict=True):
             answers[i] = answer

@@ -312,10 +312,9 @@ class Batcher(Generic[In, Out]):
                 permitted = self._take_permit()
             several = several and permitted
             if self._share is not None and not self._shares_each_pass:
-                # NOTE: one instance: work waiting counts as a pass, as with several (the
-                # loop reads and answers it meanwhile); told only when it changes
-                waiting = several and self._queue.qsize() > 0
-                wanted = (2 if waiting else 1, several)
+                # NOTE: one instance: told only when it changes, and a pass on one thread
+                # needs no count
+                wanted = (self._passes(1) if several else 1, several)
                 if wanted != set_for:
                     self._share(*wanted)
                     set_for = wanted
@@ -433,19 +432,23 @@ class Batcher(Generic[In, Out]):
 
     def _begin_pass(self, several: bool) -> None:
         """With several instances, tell ``share`` how many passes run now or are about to,
-        and whether this one may run on several threads.
-
-        NOTE: work waiting in the queue counts as a pass: under load the first instance
-        then runs on one thread beside the others instead of starting on all of them and
-        spinning at every region against the pass that starts next.
-        """
+        and whether this one may run on several threads."""
         if self._share is None or not self._shares_each_pass:
             return
         with self._running_lock:
             self._running += 1
             running = self._running
-        waiting = 1 if self._queue.qsize() else 0
-        self._share(running + waiting, several)
+        self._share(self._passes(running), several)
+
+    def _passes(self, running: int) -> int:
+        """``running`` passes, plus one while work waits in the queue.
+
+        NOTE: waiting work is requests the event loop reads and answers meanwhile, and
+        with several instances a pass about to start: under load the first instance then
+        runs on fewer threads, instead of on all of them, spinning at every region
+        against the loop and the pass that starts next.
+        """
+        return running + 1 if self._queue.qsize() else running
 
     def _end_pass(self) -> None:
         if self._shares_each_pass:

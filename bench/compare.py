@@ -115,11 +115,9 @@ def paired_ratios(
     whether a difference of medians stands out of the noise: a cell slower in every round
     is slower; one slower in some is not shown to be.
     """
-    bases = {run["round"]: float(run["rps"]) for run in base if "round" in run}
+    bases = {run["round"]: float(run["rps"]) for run in base}
     return [
-        float(run["rps"]) / max(bases[run["round"]], 1e-9)
-        for run in head
-        if run.get("round") in bases
+        float(run["rps"]) / max(bases[run["round"]], 1e-9) for run in head if run["round"] in bases
     ]
 
 

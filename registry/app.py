@@ -47,12 +47,12 @@ def create_app(
 ) -> FastAPI:
     """Build the application; ``on_fatal`` is called when strict start-up fails.
 
-    Its middleware, outermost first: Starlette's ``ServerErrorMiddleware`` (a last resort
-    that ``Observe`` leaves nothing for; FastAPI's two idle pass-throughs are left out, as
-    ``registry.api.application`` says), then ours: request ids, metrics and access log
-    (``Observe``), the streaming body limit and deadline (``BodySizeLimit``), the predict
-    fast path (which calls the routes' own dependencies and endpoints, so it reads each
-    body through the limit), then Starlette's ``ExceptionMiddleware`` and the router.
+    Its middleware, outermost first: request ids, metrics, the access log and the answer
+    to any exception (``Observe``; FastAPI's layers outside it are idle, and left out as
+    ``registry.api.application`` says), the streaming body limit and deadline
+    (``BodySizeLimit``), the predict fast path (which calls the routes' own dependencies
+    and endpoints, so it reads each body through the limit), then Starlette's
+    ``ExceptionMiddleware`` and the router.
 
     Logging is configured here from the settings unless something configured it first
     (``registry serve`` does, and so does a ``--log-config`` that sets up the root logger).

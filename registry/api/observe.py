@@ -5,11 +5,12 @@ request, and, for prediction routes, count it by model, version and status. Whic
 are predictions comes from the application's routes (the native predict routes and the V2
 ``infer`` routes), so a renamed or added one is counted without a change here.
 
-It is the outermost of the application's own middleware, inside Starlette's
-``ServerErrorMiddleware``, whose answer to an unexpected exception would carry no request
-id and reach no metric: so an exception that gets here is answered here, by the
-application's handler for ``Exception`` (a JSON 500 envelope, the traceback logged with
-the request id), and the connection is kept.
+It is the outermost of the application's own middleware. Starlette's
+``ServerErrorMiddleware``, which FastAPI puts outside it, would answer an unexpected
+exception with no request id and reach no metric: so an exception that gets here is
+answered here, by the application's handler for ``Exception`` (a JSON 500 envelope, the
+traceback logged with the request id), and the connection is kept. That leaves the
+middleware nothing to do, and ``registry.api.application`` serves requests without it.
 
 Two outcomes are not server faults and are never counted or logged as 5xx: a client that
 hangs up before its body arrived is recorded as nginx's 499 (``ClientClosedRequest``),

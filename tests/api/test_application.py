@@ -61,21 +61,39 @@ def served(settings: Settings) -> Iterator[tuple[FastAPI, TestClient]]:
         yield app, client
 
 
-def test_the_lean_stack_is_fastapis_without_the_two_idle_pass_throughs(
+def test_the_lean_stack_starts_at_observe_which_answers_what_fastapis_layers_would(
     served: tuple[FastAPI, TestClient],
 ) -> None:
     app, _ = served
     assert isinstance(app, Application)
-    idle: list[type] = [ExceptionTelemetryMiddleware]
+    idle: list[type] = [ServerErrorMiddleware, ExceptionTelemetryMiddleware]
     if AppBodyLimitMiddleware is not None:  # NOTE: FastAPI 0.164 and later
         idle.append(AppBodyLimitMiddleware)
-    assert _chain(app.middleware_stack) == [ServerErrorMiddleware, *idle]
+    assert _chain(app.middleware_stack) == idle
+    assert isinstance(app.lean_stack, Observe)
+
+
+def test_a_middleware_outside_observe_keeps_the_last_resort(settings: Settings) -> None:
+    app = create_app(settings)
+    assert isinstance(app, Application)
+    app.add_middleware(_PassThrough)
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.post("/models/lin/predict", json={"inputs": LIN_INPUT}).status_code == 200
     lean = app.lean_stack
-    assert _chain(lean) == [ServerErrorMiddleware]
     full = app.middleware_stack
     assert isinstance(lean, ServerErrorMiddleware)
     assert isinstance(full, ServerErrorMiddleware)
+    assert _chain(lean) == [ServerErrorMiddleware, _PassThrough]
     assert (lean.handler, lean.debug) == (full.handler, full.debug)
+
+
+class _PassThrough:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def test_requests_take_the_lean_stack_and_are_answered_as_before(

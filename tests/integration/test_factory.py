@@ -16,7 +16,9 @@ from tests.integration.server import REPOSITORY, Server, free_port
 
 
 @contextmanager
-def uvicorn_factory(directory: Path, env: dict[str, str]) -> Iterator[Server]:
+def uvicorn_factory(
+    directory: Path, env: dict[str, str], factory: str = "registry.app:create_app"
+) -> Iterator[Server]:
     write_manifest(directory, [affine_model(directory / "weights", "lin", ("1",))])
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
@@ -30,7 +32,7 @@ def uvicorn_factory(directory: Path, env: dict[str, str]) -> Iterator[Server]:
         sys.executable,
         "-m",
         "uvicorn",
-        "registry.app:create_app",
+        factory,
         "--factory",
         "--host",
         "127.0.0.1",
@@ -55,6 +57,17 @@ def test_uvicorn_factory_builds_the_same_app_from_the_environment(tmp_path: Path
         answer = client.post("/models/lin/predict", json={"inputs": LIN_INPUT})
     assert answer.status_code == 200
     assert answer.headers["x-model-version"] == "1"
+
+
+def test_an_exception_past_every_handler_costs_one_request_and_no_more(tmp_path: Path) -> None:
+    factory = "tests.failing_handler_app:create_app"
+    with uvicorn_factory(tmp_path, {}, factory) as server, server.client() as client:
+        failed = client.get("/raises")
+        assert failed.status_code == 500
+        answer = client.post("/models/lin/predict", json={"inputs": LIN_INPUT})
+        assert answer.status_code == 200
+        assert client.get("/raises").status_code == 500
+    assert "a bug in the handler for Exception" in server.output()
 
 
 def test_json_log_format_reaches_every_line_uvicorns_included(tmp_path: Path) -> None:

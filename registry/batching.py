@@ -370,8 +370,10 @@ class Batcher(Generic[In, Out]):
             target=self._work, args=(True, current), name=current.name, daemon=True
         )
         with self._threads_lock:
+            # NOTE: started under the lock: ``stop`` joins what it finds listed, and a
+            # thread not yet started cannot be joined
             self._threads[self._threads.index(current)] = successor
-        successor.start()
+            successor.start()
 
     def _gather(
         self, first: _Pending[In, Out]

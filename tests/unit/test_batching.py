@@ -581,6 +581,39 @@ async def test_a_holder_whose_passes_turn_short_hands_its_permit_on_while_busy(
         await b.stop()
 
 
+async def test_a_version_stopped_as_its_thread_hands_on_joins_the_successor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``stop`` may list the threads between a hand-on's listing its successor and
+    starting it: it must find the successor started, or ``join`` raises."""
+    monkeypatch.setattr(batching, "HAND_ON_AFTER_S", 0.05)
+    permits = SaysWhenGivenBack()
+    batcher = instances_batcher(lambda x: x * 2, 1, wide=permits)
+    batcher.start()
+    listed = threading.Event()
+    stopping = threading.Event()
+
+    class StartsLate(threading.Thread):
+        """A successor whose start is delayed until ``stop`` is under way."""
+
+        def start(self) -> None:
+            if self.name.startswith("infer-"):  # NOTE: not the executor's threads
+                listed.set()
+                stopping.wait(10)
+            super().start()
+
+    np.testing.assert_array_equal(await batcher.submit(rows(1)), rows(2))
+    assert not permits.try_take()  # NOTE: another version wants the permit: a hands on
+    monkeypatch.setattr(batching.threading, "Thread", StartsLate)
+    assert await asyncio.to_thread(listed.wait, 10)
+    monkeypatch.setattr(batching.threading, "Thread", threading.Thread)
+    # NOTE: from another thread: with the fix, ``stop`` waits on the loop for the start
+    threading.Timer(0.1, stopping.set).start()
+    await batcher.stop()
+    assert await asyncio.to_thread(permits.given_back.wait, 10)
+    assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
+
+
 async def test_a_version_stopped_gives_its_permit_back_once_its_thread_has_ended() -> None:
     permits = WideThreads(2, cores=2)
     batcher = instances_batcher(lambda x: x * 2, 2, wide=permits)

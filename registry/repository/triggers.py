@@ -64,10 +64,10 @@ class ReloadTriggers:
         applied. A refused reload is tried again at the next tick.
         """
         await self._repository.wait_loaded()
-        applied = previous = await asyncio.to_thread(self._signature)
+        applied = previous = await self._signature()
         while True:
             await asyncio.sleep(interval_s)
-            current = await asyncio.to_thread(self._signature)
+            current = await self._signature()
             settled, previous = current == previous, current
             if current == applied or not settled:
                 continue
@@ -78,12 +78,21 @@ class ReloadTriggers:
                 continue  # reload() has logged why
             applied = current
 
-    def _signature(self) -> tuple[Stamp | None, ...]:
-        """The stamps of the manifest and of every served weight file."""
+    async def _signature(self) -> tuple[Stamp | None, ...]:
+        """The stamps of the manifest and of every served weight file.
+
+        NOTE: which files is read on the event loop, whose state the registry is (from
+        another thread, a look could meet a set of versions being changed, and fail);
+        the stamps are taken off it.
+        """
         root = self._settings.weights_root
         paths = [self._settings.manifest]
         paths += [root / v.spec.path for v in self._repository.registry.status().versions()]
-        return tuple(_stamp(path) for path in paths)
+        return await asyncio.to_thread(_stamps, paths)
+
+
+def _stamps(paths: list[Path]) -> tuple[Stamp | None, ...]:
+    return tuple(_stamp(path) for path in paths)
 
 
 def _stamp(path: Path) -> Stamp | None:

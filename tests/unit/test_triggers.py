@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,7 +50,7 @@ async def poll_through(looks: list[str], failing: frozenset[str] = frozenset()) 
     script: Iterator[str] = iter(looks)
     done = asyncio.Event()
 
-    def signature() -> tuple[str]:
+    async def signature() -> tuple[str]:
         state = next(script, None)
         if state is None:
             done.set()
@@ -80,3 +82,25 @@ async def test_a_refused_reload_is_tried_again_until_the_file_changes() -> None:
     assert reloads[:2] == ["bad", "bad"]
     assert reloads[-1] == "v1"
     assert reloads.count("v1") == 1
+
+
+async def test_the_served_files_are_listed_on_the_event_loop(tmp_path: Path) -> None:
+    """The registry's state is the loop's: a look from a worker thread could meet a set
+    of versions being changed, fail, and end the poller for good."""
+    (tmp_path / "models.yaml").write_text("models: []\n")
+    (tmp_path / "a.pt").write_bytes(b"weights")
+    listed_on: list[threading.Thread] = []
+
+    class Registry:
+        def status(self) -> SimpleNamespace:
+            listed_on.append(threading.current_thread())
+            served = [SimpleNamespace(spec=SimpleNamespace(path="a.pt"))]
+            return SimpleNamespace(versions=lambda: served)
+
+    repository = SimpleNamespace(registry=Registry())
+    settings = Settings(manifest=tmp_path / "models.yaml", weights_dir=tmp_path)
+    triggers = ReloadTriggers(repository, settings, Background())  # type: ignore[arg-type]
+    manifest, weights = await triggers._signature()
+    assert listed_on == [threading.current_thread()]
+    assert manifest is not None
+    assert weights is not None

@@ -604,9 +604,9 @@ async def test_a_version_stopped_as_its_thread_hands_on_joins_the_successor(
 
     np.testing.assert_array_equal(await batcher.submit(rows(1)), rows(2))
     assert not permits.try_take()  # NOTE: another version wants the permit: a hands on
-    monkeypatch.setattr(batching.threading, "Thread", StartsLate)
+    monkeypatch.setattr(threading, "Thread", StartsLate)
     assert await asyncio.to_thread(listed.wait, 10)
-    monkeypatch.setattr(batching.threading, "Thread", threading.Thread)
+    monkeypatch.setattr(threading, "Thread", threading.Thread)
     # NOTE: from another thread: with the fix, ``stop`` waits on the loop for the start
     threading.Timer(0.1, stopping.set).start()
     await batcher.stop()

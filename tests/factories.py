@@ -177,6 +177,37 @@ class CountsBuilds(nn.Module):
         return x * 1
 
 
+class BuildsWhenReleased(nn.Module):
+    """Counts its builds in ``started[group]``, says so through ``began(group)``, then
+    waits for ``released(group)``: a load under way for as long as a test wants."""
+
+    started: ClassVar[dict[str, int]] = {}
+    _events: ClassVar[dict[tuple[str, str], threading.Event]] = {}
+
+    def __init__(self, group: str) -> None:
+        super().__init__()
+        with _BARRIERS_LOCK:
+            self.started[group] = self.started.get(group, 0) + 1
+        self.began(group).set()
+        self.released(group).wait(30)
+
+    @classmethod
+    def began(cls, group: str) -> threading.Event:
+        return cls._event(group, "began")
+
+    @classmethod
+    def released(cls, group: str) -> threading.Event:
+        return cls._event(group, "released")
+
+    @classmethod
+    def _event(cls, group: str, what: str) -> threading.Event:
+        with _BARRIERS_LOCK:
+            return cls._events.setdefault((group, what), threading.Event())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1
+
+
 class FailsToBuild(nn.Module):
     """Counts its attempts in ``attempts[group]``, then raises: a version that cannot load."""
 

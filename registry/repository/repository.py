@@ -13,8 +13,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 from registry.core import ModelRegistry
 from registry.errors import RegistryError, ReloadFailed, RemovesEveryModel, ShuttingDown
@@ -38,6 +40,7 @@ from registry.table import VersionSlot, VersionState, loading_table, slots
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,13 @@ class ModelRepository:
 
         async def load(key: VersionKey, slot: VersionSlot) -> None:
             spec, _ = planning.specs(manifest, key)
-            if spec.lazy(slot.spec):
-                done = await self._fingerprinted(key, slot, manifest)
-            else:
-                done = await self._loaded_slot(key, slot, manifest)
+            try:
+                if spec.lazy(slot.spec):
+                    done = await self._fingerprinted(key, slot, manifest)
+                else:
+                    done = await self._loaded_slot(key, slot, manifest)
+            except Abandoned:
+                return  # NOTE: shutdown began before a loader thread was free for it
             if self._closing and done.model is not None:
                 self._registry.discard(done.model)
             elif not self._closing:
@@ -145,6 +151,7 @@ class ModelRepository:
         try:
             found = await self._loader.on_thread(
                 partial(
+                    self._unless_closing,
                     fingerprint_version,
                     model,
                     version,
@@ -162,7 +169,7 @@ class ModelRepository:
     ) -> VersionSlot:
         """The slot once its version is loaded, or carrying why it failed."""
         try:
-            model = await self._loader.load(*planning.specs(manifest, key))
+            model = await self._loader.load(*planning.specs(manifest, key), self._open)
         except RegistryError as exc:
             log.error("failed to load %s: %s", key, exc.message)
             return VersionSlot(slot.spec, error=exc.message)
@@ -280,6 +287,17 @@ class ModelRepository:
         await asyncio.gather(*(load(key) for key in plan.to_load))
         in_plan_order = {key: fresh[key] for key in plan.to_load if key in fresh}
         return Loaded(in_plan_order, failed)
+
+    def _open(self) -> bool:
+        """Whether a start-up load may still begin: not once shutdown has (it waits for
+        the loads that have)."""
+        return not self._closing
+
+    def _unless_closing(self, work: Callable[..., T], *args: object) -> T:
+        """On a loader thread: ``work``, unless shutdown began while it waited for one."""
+        if self._closing:
+            raise Abandoned()
+        return work(*args)
 
     def _refuse_when_closing(self) -> None:
         if self._closing:

@@ -7,6 +7,7 @@ records how many of its versions were ever being built at once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ import pytest
 from registry.errors import ReloadFailed
 from registry.table import VersionState
 from tests.factories import (
+    BuildsWhenReleased,
     CountsBuilds,
     FailsToBuild,
     model_entry,
     parameterless_version,
     write_manifest,
 )
-from tests.support import Running, Start, make_settings
+from tests.support import Running, Start, make_settings, running
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +101,17 @@ async def test_a_reload_starts_no_load_after_the_first_failure(
     with pytest.raises(ReloadFailed):
         await serving.repository.reload(actor="test")
     assert FailsToBuild.attempts[group] == 1
+
+
+async def test_shutdown_during_start_up_begins_no_more_loads(tmp_path: Path) -> None:
+    """Shutdown waits for the load under way (it cannot be interrupted), and none of those
+    still waiting for a loader thread begins."""
+    group = uuid.uuid4().hex
+    write_manifest(tmp_path, models(tmp_path / "weights", "BuildsWhenReleased", 3, group=group))
+    async with running(make_settings(tmp_path, load_workers=1)) as serving:
+        assert await asyncio.to_thread(BuildsWhenReleased.began(group).wait, 30)
+        closing = asyncio.ensure_future(serving.repository.close())
+        await asyncio.sleep(0)  # NOTE: close has begun, and waits for start-up loading
+        BuildsWhenReleased.released(group).set()
+        await closing
+    assert BuildsWhenReleased.started[group] == 1

@@ -41,7 +41,7 @@ from registry.batching import Array, Tensors
 from registry.dtypes import DTYPES, MAX_AXES, NUMERIC
 from registry.errors import InvalidInput, InvalidJSON, TooManyRows
 from registry.manifest import OutputSpec, TensorSpec, fits_shape
-from registry.objects import json_type, json_value, to_objects
+from registry.objects import contiguous, json_type, json_value, to_objects
 
 _MAX_DIM = 2**63 - 1
 
@@ -247,7 +247,7 @@ def encode_prediction(
         spec = specs[0]
         array = outputs[spec.name]
         if array.dtype.kind != "O":  # NOTE: numbers, which orjson writes as they are
-            document["outputs"] = array if batched else array[0]
+            document["outputs"] = contiguous(array if batched else array[0])
         else:
             document["outputs"] = json_value(array, batched)
         if spec.labels is not None:

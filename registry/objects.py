@@ -85,8 +85,16 @@ def json_value(array: Array, batched: bool) -> Any:
     cannot) as strings and ``{"b64": ...}``."""
     value = array if batched else array[0]
     if array.dtype.kind != "O":
-        return value
+        return contiguous(value)
     return json_objects(value.tolist() if isinstance(value, np.ndarray) else value)
+
+
+def contiguous(value: Any) -> Any:
+    """``value``, in the one layout orjson writes: a model may answer with a view (``x[:,
+    :2]``, a transpose), which NumPy keeps strided, and orjson refuses."""
+    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
+    return value
 
 
 def json_objects(value: object) -> object:

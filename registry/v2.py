@@ -319,7 +319,7 @@ def encode_infer(
     for output in wanted:
         name = output.get("name") or specs[0].name
         array = outputs[name]
-        answer = array if batched else array[0]
+        answer = as_sent(array, batched)
         text = array.dtype.kind == "O"
         tensor: dict[str, Any] = {
             "name": name,
@@ -344,6 +344,16 @@ def encode_infer(
         return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), None
     head = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     return head + b"".join(parts), len(head)
+
+
+def as_sent(array: Array, batched: bool) -> Array:
+    """An output as the request's inputs came: all rows if batched, else the one row.
+
+    NOTE: ``[0, ...]``, not ``[0]``: an array even where the row is one element of an
+    object array (a ``string`` output of shape ``[]``), which ``[0]`` would give as a
+    bare ``str``.
+    """
+    return array if batched else array[0, ...]
 
 
 def elements_bytes(array: Array) -> bytes:

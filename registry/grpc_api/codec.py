@@ -21,7 +21,7 @@ from registry.errors import InvalidInput
 from registry.grpc_api import open_inference_pb2 as pb
 from registry.manifest import OutputSpec, TensorSpec
 from registry.named import Decoded
-from registry.v2 import decode_document, elements_bytes
+from registry.v2 import as_sent, decode_document, elements_bytes
 
 TYPED_CONTENTS = {
     "BOOL": "bool_contents",
@@ -111,7 +111,7 @@ def encode_response(
     )
     for name in wanted or [spec.name for spec in specs]:
         array = outputs[name]
-        answer = array if batched else array[0]
+        answer = as_sent(array, batched)
         text = array.dtype.kind == "O"
         response.outputs.add(
             name=name,

@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 from registry.app import create_app
 from registry.batching import Tensors
 from registry.errors import InvalidInput, ModelFailed
+from registry.grpc_api.codec import encode_response
 from registry.loaders import load_version
-from registry.manifest import load_manifest
+from registry.manifest import load_manifest, parse_manifest
 from tests.factories import parameterless_version, write_manifest
 from tests.handlers import BAD_INPUT, BAD_OUTPUT, CRASH, Picky
 from tests.support import make_settings
@@ -61,6 +62,18 @@ def models(weights: Path) -> list[dict[str, Any]]:
             "inputs": [{"name": "texts", "dtype": "string", "shape": [2]}],
             "handler": "registry.handlers.text:SentenceEmbedding",
             "versions": [version(weights, "two-texts", "Identity")],
+        },
+        {
+            "name": "labeller",
+            "input": {"shape": [4]},
+            "outputs": [{"name": "label", "dtype": "string", "shape": []}],
+            "handler": "tests.handlers:Labeller",
+            "versions": [version(weights, "labeller", "Identity")],
+        },
+        {
+            "name": "columns",
+            "input": {"shape": [4]},
+            "versions": [version(weights, "columns", "FirstColumns")],
         },
         {
             "name": "unsafe",
@@ -416,3 +429,50 @@ def test_a_handler_that_is_not_a_handler_is_never_called(client: TestClient) -> 
     assert "not a registry.handler.Handler subclass" in unsafe["versions"][0]["error"]
     failed = 'registry_loads_total{model="unsafe",outcome="failed"} 1.0'
     assert failed in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_one_v2_instance_of_a_one_text_output_is_answered(client: TestClient, binary: bool) -> None:
+    """A one-element ``string`` output, for a request without the batch axis."""
+    answer = client.post(
+        "/v2/models/labeller/infer",
+        json={
+            "inputs": [{"name": "input", "shape": [4], "datatype": "FP32", "data": [0, 0, 9, 0]}],
+            "parameters": {"binary_data_output": binary},
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    header = answer.content
+    if binary:
+        header = header[: int(answer.headers["inference-header-content-length"])]
+        assert answer.content[len(header) :] == struct.pack("<I", 7) + b"class-2"
+    (output,) = orjson.loads(header)["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("label", "BYTES", [])
+    assert output.get("data", ["class-2"]) == ["class-2"]
+    assert predict(client, "labeller", [0, 0, 9, 0]).json()["outputs"] == "class-2"
+
+
+def test_one_grpc_instance_of_a_one_text_output_is_answered() -> None:
+    labeller = {
+        "name": "labeller",
+        "input": {"shape": [4]},
+        "outputs": [{"name": "label", "dtype": "string", "shape": []}],
+        "handler": "tests.handlers:Labeller",
+        "versions": [{"version": "1", "format": "torchscript", "path": "labeller.pt"}],
+    }
+    (spec,) = parse_manifest({"models": [labeller]}).models
+    response = encode_response(
+        "labeller", "1", {}, {"label": np.array(["class-2"], dtype=object)}, False, spec.outputs
+    )
+    (output,) = response.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("label", "BYTES", [])
+    assert list(response.raw_output_contents) == [struct.pack("<I", 7) + b"class-2"]
+
+
+def test_a_strided_output_is_answered_in_json(client: TestClient) -> None:
+    """A model may answer with a view of its input (``x[:, :2]``), which stays strided."""
+    rows = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    answer = predict(client, "columns", rows)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [[1.0, 2.0], [5.0, 6.0]]
+    assert predict(client, "columns", rows[0]).json()["outputs"] == [1.0, 2.0]

@@ -119,3 +119,13 @@ def test_polling_reloads_on_change_and_survives_a_half_written_manifest(
             applied += 1
         assert client.get("/models/lin").json()["default_version"] == "2"
         assert "reload by poll applied" in caplog.text
+
+
+@pytest.mark.parametrize("ready", [None, "maybe", [1], {"a": 1}])
+def test_an_index_request_whose_ready_is_no_boolean_is_a_400(
+    client: TestClient, ready: object
+) -> None:
+    answer = client.post("/v2/repository/index", json={"ready": ready}, headers=AUTH)
+    assert answer.status_code == 400, answer.text
+    assert "ready" in answer.json()["error"]  # NOTE: V2's error: one message
+    assert client.post("/v2/repository/index", json={"ready": True}, headers=AUTH).json()

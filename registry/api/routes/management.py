@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from registry.api.deps import AdminDep, BodyDep, RegistryDep
 from registry.api.routes.models import model_info
@@ -89,7 +89,13 @@ def _refuse_configuration(body: bytes) -> None:
 async def repository_index(_: AdminDep, registry: RegistryDep, body: BodyDep) -> list[IndexEntry]:
     """Every version the manifest declares, with its state; ``{"ready": true}`` for only
     the ready ones."""
-    only_ready = IndexRequest.model_validate(_json_body(body)).ready
+    try:
+        only_ready = IndexRequest.model_validate(_json_body(body)).ready
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise BadRequest(f"the body is not an index request ({problems})") from None
     return [
         _index_entry(version)
         for version in registry.status().versions()

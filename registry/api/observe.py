@@ -168,6 +168,17 @@ def _log_request(scope: Scope, status: int, elapsed: float, model: str, version:
     if model != UNKNOWN:
         extra |= {"model": model, "version": version}
     level = logging.ERROR if status >= 500 else logging.INFO
+    path = _CONTROL.sub(_escaped, scope["path"])
     access_log.log(
-        level, "%s %s %d %.1f ms", scope["method"], scope["path"], status, duration_ms, extra=extra
+        level, "%s %s %d %.1f ms", scope["method"], path, status, duration_ms, extra=extra
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""In a path as decoded from ``%0A`` and the like: left as they are, a client could end the
+line it is logged on and write one of its own (uvicorn's CVE-2020-7694). JSON lines escape
+them already; ``extra`` keeps the path as it came."""
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return f"\\x{ord(found.group()):02x}"

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message
 
-from tests.support import call_app, status_of
+from registry.app import create_app
+from registry.settings import Settings
+from tests.support import call_app, status_of, wait_ready
 
 X = [1.0, 2.0, 3.0, 4.0]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -136,3 +139,24 @@ def test_a_client_that_hangs_up_mid_body_is_499_never_a_server_error(
     ]
     assert server_errors == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_path_cannot_write_an_access_log_line_of_its_own(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``%0A`` in the URL is decoded into the path: logged as it is, it would end the
+    line and start one the client wrote (uvicorn's CVE-2020-7694)."""
+    forged = "\n2026-01-01 00:00:00,000 INFO registry.access: POST /admin/reload 200 1.0 ms"
+    with TestClient(create_app(settings.model_copy(update={"access_log": True}))) as client:
+        wait_ready(client)
+        caplog.set_level(logging.INFO, logger="registry.access")
+        assert client.post("/nothing" + quote(forged), content=b"{}").status_code == 404
+    (record,) = [
+        r
+        for r in caplog.records
+        if r.name == "registry.access" and getattr(r, "path", "").startswith("/nothing")
+    ]
+    line = record.getMessage()
+    assert "\n" not in line
+    assert line.startswith("POST /nothing\\x0a2026-01-01 00:00:00,000 INFO registry.access")
+    assert record.path == "/nothing" + forged  # type: ignore[attr-defined]

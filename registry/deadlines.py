@@ -27,6 +27,7 @@ class Deadlines:
         self._waiting: dict[_Task, float] = {}
         self._expired: set[_Task] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0  # NOTE: when the timer fires, while there is one
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @staticmethod
@@ -44,6 +45,9 @@ class Deadlines:
             self._start_on(loop)
         self._waiting[task] = deadline
         if self._timer is None:
+            self._arm(loop, deadline)
+        elif deadline < self._armed_for:  # NOTE: a shorter wait than any so far
+            self._timer.cancel()
             self._arm(loop, deadline)
         return task
 
@@ -75,6 +79,7 @@ class Deadlines:
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         self._timer = loop.call_at(when, self._expire, loop)
+        self._armed_for = when
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

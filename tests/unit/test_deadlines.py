@@ -50,3 +50,20 @@ def test_deadlines_still_fire_on_the_next_event_loop() -> None:
     deadlines = Deadlines("test deadline")
     assert asyncio.run(_waited(deadlines, 60.0, 0.0)) == "finished"  # arms a 60 s timer
     assert asyncio.run(_waited(deadlines, 0.05, 5.0)) == "timed out"
+
+
+def test_a_shorter_deadline_after_a_longer_one_fires_first() -> None:
+    """The timer is always for the earliest deadline, whichever was registered first."""
+    deadlines = Deadlines("test deadline")
+    ended: list[str] = []
+
+    async def waited(timeout_s: float, wait_s: float) -> None:
+        ended.append(await _waited(deadlines, timeout_s, wait_s))
+
+    async def both() -> None:
+        longer = asyncio.create_task(waited(5.0, 0.5))  # NOTE: arms the timer, for 5 s
+        await asyncio.sleep(0)
+        await asyncio.gather(longer, waited(0.05, 5.0))
+
+    asyncio.run(both())
+    assert ended == ["timed out", "finished"]

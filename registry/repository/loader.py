@@ -9,6 +9,7 @@ least recently used first, until it fits), and is counted and timed for ``/metri
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from registry.threads import use_threads
 from registry.weightfiles import WeightDigests, resolve_weights, tensor_bytes
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Abandoned(Exception):
@@ -89,6 +91,16 @@ class Loader:
             except MemoryBudgetExceeded:
                 outcome = "refused"
                 raise
+            except RegistryError:
+                raise
+            except Exception as exc:
+                # NOTE: every caller settles a version's state on a RegistryError; anything
+                # else (a loader thread refused at shutdown, a device that cannot be asked)
+                # would leave it loading for good
+                if self._closing:
+                    raise ShuttingDown() from exc
+                log.exception("loading %s failed unexpectedly", key)
+                raise ModelLoadFailed(f"{type(exc).__name__}: {exc}", key, "loading") from exc
             finally:
                 self.tally.add(key.model, outcome, time.perf_counter() - started)
 

@@ -20,11 +20,13 @@ import pytest
 from registry.budget import EvictionReason
 from registry.errors import (
     MemoryBudgetExceeded,
+    ModelLoadFailed,
     ModelUnavailable,
     ModelUnloaded,
 )
 from registry.keys import VersionKey
 from registry.model import LoadedModel
+from registry.repository import loader
 from registry.table import VersionState
 from tests.factories import (
     FEATURES,
@@ -269,6 +271,29 @@ async def test_an_unloaded_eager_version_stays_unloaded_until_loaded(
         {"lin:1": VersionState.UNLOADED},
         {"lin:1": VersionState.EVICTING},
     )
+    await serving.repository.on_demand.load(key)
+    np.testing.assert_allclose(await predict(serving, "lin"), affine_outputs([LIN_INPUT], 1))
+
+
+async def test_an_unexpected_error_in_a_load_fails_that_load_and_no_more(
+    tmp_path: Path, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a ``RegistryError`` (a device that cannot be asked, say): the version is
+    failed, not left loading for good, and the next load, its cause gone, succeeds."""
+    write_manifest(tmp_path, [affine_model(tmp_path / "weights", "lin", ("1",))])
+    serving = await start(make_settings(tmp_path))
+    await serving.repository.wait_loaded()
+    key = VersionKey("lin", "1")
+    serving.repository.on_demand.unload(key)
+
+    def unanswerable(_: object) -> str:
+        raise RuntimeError("the device cannot be asked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loader, "device_key", unanswerable)
+        with pytest.raises(ModelLoadFailed, match="RuntimeError: the device cannot be asked"):
+            await serving.repository.on_demand.load(key)
+    assert states(serving) == {"lin:1": VersionState.FAILED}
     await serving.repository.on_demand.load(key)
     np.testing.assert_allclose(await predict(serving, "lin"), affine_outputs([LIN_INPUT], 1))
 

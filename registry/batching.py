@@ -43,6 +43,11 @@ For a tiny model those two hand-offs cost more than the forward pass itself, so 
 one-row request of a version whose passes have proven short runs inline, on the event
 loop, instead (``registry.inline`` says when). Both sides run ``_compute``, so a
 failure is the same ``ModelFailed``, logged the same way, wherever the pass ran.
+
+A pass of several requests that fails as a whole runs each of them again alone: one
+request's rows (an index out of range, say) must not fail the others that shared its
+pass. When they all fail alone too, the model fails whatever it is given, and its next
+failed passes are not split until one succeeds.
 """
 
 from __future__ import annotations
@@ -189,6 +194,7 @@ class Batcher(Generic[In, Out]):
         self._closed = False
         self._last_rows = 1  # inference threads' state: the size and cost of the last pass
         self._last_forward_s = 0.0
+        self._failing = False  # NOTE: a failed pass's requests all failed alone too
         self._wide_after_s = wide_after_s
         # NOTE: only the loop writes this one, so it needs no lock: +1 when a request is
         # handed to the thread, -1 when its answer (or its skipping) comes back.
@@ -473,13 +479,16 @@ class Batcher(Generic[In, Out]):
         traced_from = time.time_ns() if tracing.TRACER is not None else 0
         started = time.perf_counter()
         try:
-            outcome = self._run_batch(inputs)
-            if len(outcome) != len(inputs):
-                raise ValueError(f"{len(outcome)} answers for {len(inputs)} requests")
+            outcome = self._answers(inputs)
+            if not isinstance(outcome, ModelFailed):
+                self._failing = False
+            elif len(inputs) > 1 and not self._failing:
+                # NOTE: one request's rows may be what fails the pass: each runs alone, so
+                # that it fails alone. Should every one fail alone too, the model fails
+                # whatever it is given, and is not split again until a pass succeeds.
+                outcome = [self._alone(one) for one in inputs]
+                self._failing = all(isinstance(one, ModelFailed) for one in outcome)
             return outcome
-        except Exception:
-            log.exception("inference failed", extra={"model": str(self._key)})
-            return ModelFailed(self._key)
         finally:
             seconds = time.perf_counter() - started
             if rows == 1:
@@ -488,6 +497,22 @@ class Batcher(Generic[In, Out]):
                 self._on_pass(rows, seconds, waits)
             if traced_from:
                 tracing.record_pass(self._key, rows, traced, traced_from, time.time_ns())
+
+    def _answers(self, inputs: list[In]) -> Sequence[Out | Exception] | ModelFailed:
+        """The pass itself: an answer or an error per request, or the whole pass failed."""
+        try:
+            outcome = self._run_batch(inputs)
+            if len(outcome) != len(inputs):
+                raise ValueError(f"{len(outcome)} answers for {len(inputs)} requests")
+        except Exception:
+            log.exception("inference failed", extra={"model": str(self._key)})
+            return ModelFailed(self._key)
+        return outcome
+
+    def _alone(self, inputs: In) -> Out | Exception:
+        """One request of a failed pass, in a pass of its own: its answer, or its error."""
+        outcome = self._answers([inputs])
+        return outcome if isinstance(outcome, ModelFailed) else outcome[0]
 
     def _deliver(
         self,

@@ -99,17 +99,37 @@ async def test_batches_never_exceed_max_batch_size() -> None:
     await batcher.stop()
 
 
-async def test_a_failed_batch_fails_its_waiters_and_the_next_batch_succeeds() -> None:
+async def test_a_failed_pass_fails_only_the_request_that_fails_alone() -> None:
     forward = GatedForward(fail_on=-1)
     batcher = await started(forward, max_batch_size=8)
     blocker = await occupied(batcher, forward, rows(0))
-    doomed = [asyncio.create_task(batcher.submit(rows(v))) for v in (-1, 5)]
+    doomed = asyncio.create_task(batcher.submit(rows(-1)))
+    spared = asyncio.create_task(batcher.submit(rows(5)))
     await until_queued(batcher, 2)
     forward.gate.set()
     await blocker
-    for task in doomed:
-        with pytest.raises(ModelFailed, match="raised during inference"):
-            await task
+    with pytest.raises(ModelFailed, match="raised during inference"):
+        await doomed
+    np.testing.assert_array_equal(await spared, rows(10))
+    assert forward.batches == [1, 2, 1, 1]  # NOTE: the shared pass, then each alone
+    np.testing.assert_array_equal(await batcher.submit(rows(7)), rows(14))
+    await batcher.stop()
+
+
+async def test_a_model_that_fails_every_request_alone_is_not_split_again() -> None:
+    forward = GatedForward(fail_on=-1)
+    batcher = await started(forward, max_batch_size=8)
+    for _ in range(2):
+        blocker = await occupied(batcher, forward, rows(-1))
+        queued = [asyncio.create_task(batcher.submit(rows(-1))) for _ in range(2)]
+        await until_queued(batcher, 2)
+        forward.gate.set()
+        answers = await asyncio.gather(blocker, *queued, return_exceptions=True)
+        assert all(isinstance(answer, ModelFailed) for answer in answers), answers
+        forward.entered.clear()
+        forward.gate.clear()
+    assert forward.batches == [1, 2, 1, 1, 1, 2]  # NOTE: split once, then failed whole
+    forward.gate.set()
     np.testing.assert_array_equal(await batcher.submit(rows(7)), rows(14))
     await batcher.stop()
 

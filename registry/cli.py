@@ -116,7 +116,7 @@ def _server_class() -> type[uvicorn.Server]:
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    """The server's own limits, from settings: drain, connections, keep-alive.
+    """The server's own limits, from settings: drain, connections, keep-alive, headers.
 
     NOTE: slow request bodies are bounded by the app itself (``REGISTRY_BODY_TIMEOUT_S``),
     so through either door; these apply to ``registry serve`` (uvicorn's own flags, such
@@ -124,8 +124,11 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """
     import uvicorn
 
+    from registry.header_deadline import with_header_timeout
+
     return uvicorn.Config(
         app,
+        http=with_header_timeout(settings.header_timeout_s),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     Below the usual 1024 open-file limit, so excess clients get a 503 rather than a failed
     `accept`, and well above what one process can usefully serve at once."""
 
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest `registry serve` waits for a request's line and headers, from the connection
+    opening or from the first byte of a later request; the connection is closed beyond.
+    Without it, connections that never send a request would hold the connection limit."""
+
     keep_alive_timeout_s: int = Field(default=5, ge=1)
     """Seconds `registry serve` keeps an idle connection open for the client's next request
     (uvicorn's `timeout_keep_alive`). Behind a load balancer that reuses connections, set

@@ -240,3 +240,74 @@ def test_a_client_that_hangs_up_mid_body_is_counted_499_not_500(
             totals = requests_total(server)
     assert totals == {"499": len(ROUTES)}, server.output()
     assert "Traceback" not in server.output()
+
+
+def _closed_by_server(sock: socket.socket, trickle: bytes = b"") -> bool:
+    """Whether the server closes ``sock``: read until it does, sending a byte of
+    ``trickle`` at each tenth of a second that passes without an answer."""
+    sock.settimeout(0.1)
+    for index in range(600):
+        if trickle:
+            try:
+                sock.sendall(trickle[index % len(trickle) : index % len(trickle) + 1])
+            except OSError:
+                return True
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_connections_whose_headers_never_arrive_are_closed(tmp_path: Path) -> None:
+    """Silent sockets, and headers sent a byte at a time, would otherwise hold the
+    connection limit for good, and every other client would be answered 503."""
+    write_manifest(tmp_path, [affine_model(tmp_path / "weights", "lin", ("1",))])
+    args = ["--manifest", str(tmp_path / "models.yaml")]
+    env = {"REGISTRY_MAX_CONNECTIONS": "3", "REGISTRY_HEADER_TIMEOUT_S": "0.5"}
+    with serving(tmp_path, args, env) as server:
+        address = urlsplit(server.url)
+        where = (address.hostname or "", address.port or 0)
+        silent = [socket.create_connection(where, timeout=30) for _ in range(2)]
+        trickling = socket.create_connection(where, timeout=30)
+        trickling.sendall(b"POST /models/lin/predict HTTP/1.1\r\n")
+        try:
+            assert _closed_by_server(trickling, trickle=b"x-header-name-without-end")
+            assert all(_closed_by_server(sock) for sock in silent)
+        finally:
+            for sock in [*silent, trickling]:
+                sock.close()
+        with server.client() as client:
+            assert client.post("/models/lin/predict", content=NATIVE).status_code == 200
+
+
+def test_the_wait_between_kept_alive_requests_is_the_keep_alives(tmp_path: Path) -> None:
+    """The header timeout counts from a later request's first byte: a connection idle
+    between requests for longer than it, but within the keep-alive, is kept."""
+    write_manifest(tmp_path, [affine_model(tmp_path / "weights", "lin", ("1",))])
+    args = ["--manifest", str(tmp_path / "models.yaml")]
+    env = {"REGISTRY_HEADER_TIMEOUT_S": "0.5", "REGISTRY_KEEP_ALIVE_TIMEOUT_S": "30"}
+    with serving(tmp_path, args, env) as server:
+        address = urlsplit(server.url)
+        host = address.hostname or ""
+        headers = [("host", host), ("content-length", str(len(NATIVE)))]
+        http = h11.Connection(h11.CLIENT)
+        statuses = []
+        with socket.create_connection((host, address.port or 0), timeout=30) as sock:
+            for _ in range(2):
+                request = h11.Request(method="POST", target="/models/lin/predict", headers=headers)
+                sock.sendall(http.send(request) + http.send(h11.Data(data=NATIVE)))
+                sock.sendall(http.send(h11.EndOfMessage()))
+                while not isinstance(event := http.next_event(), h11.EndOfMessage):
+                    if event is h11.NEED_DATA:
+                        http.receive_data(sock.recv(65536))
+                    elif isinstance(event, h11.Response):
+                        statuses.append(event.status_code)
+                    elif isinstance(event, h11.ConnectionClosed):
+                        break
+                http.start_next_cycle()
+                time.sleep(1.5)  # NOTE: three header timeouts, well within the keep-alive
+        assert statuses == [200, 200]

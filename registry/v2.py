@@ -194,7 +194,9 @@ def _check_request(document: dict[str, Any], outputs: Sequence[OutputSpec]) -> N
             raise InvalidInput(f"each of 'outputs' needs a 'name': the model gives {names}")
         if name is not None and name not in names:
             raise InvalidInput(f"unknown output {name!r}; the model gives {names}")
-    if duplicates := sorted({n for n in asked if n is not None and asked.count(n) > 1}):
+    # NOTE: a nameless entry is the model's one output, by name or not
+    named = [names[0] if name is None else name for name in asked]
+    if duplicates := sorted({n for n in named if named.count(n) > 1}):
         raise InvalidInput(f"output {duplicates[0]!r} is asked for twice")
 
 
@@ -328,7 +330,8 @@ def encode_infer(
             "datatype": "BYTES" if text else of_array(answer.dtype).v2,
         }
         parameters = output.get("parameters") or {}
-        if parameters.get("binary_data", default):
+        binary = parameters.get("binary_data")  # NOTE: null counts as absent
+        if default if binary is None else binary:
             raw = elements_bytes(answer) if text else to_little_endian(answer)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             parts.append(raw)

@@ -377,6 +377,29 @@ def test_v2_outputs_of_a_model_of_several_are_named_once(
     assert fragment in answer.json()["error"]
 
 
+def test_v2_the_one_output_asked_by_name_and_without_one_is_asked_twice(
+    client: TestClient,
+) -> None:
+    tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}
+    outputs = [{"name": "total"}, {}]
+    answer = v2_infer(client, "lengths", {"inputs": [tensor], "outputs": outputs})
+    assert answer.status_code == 422
+    assert "'total' is asked for twice" in answer.json()["error"]
+
+
+def test_v2_an_outputs_binary_data_null_counts_as_absent(client: TestClient) -> None:
+    tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}
+    body = {
+        "inputs": [tensor],
+        "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "total", "parameters": {"binary_data": None}}],
+    }
+    answer = v2_infer(client, "lengths", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/octet-stream"  # NOTE: as asked
+    assert answer.content.endswith(struct.pack("<f", float(ord("a"))))
+
+
 def test_v2_asks_for_an_output_the_model_lacks(client: TestClient) -> None:
     tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}
     answer = v2_infer(client, "lengths", {"inputs": [tensor], "outputs": [{"name": "nope"}]})

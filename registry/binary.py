@@ -102,6 +102,8 @@ def decode_npy(body: bytes, spec: TensorSpec, *, max_rows: int) -> Instances:
             f"{len(data)} follow it",
             expected_shape=list(spec.shape),
         )
+    if source.kind == "b":
+        _only_zeros_and_ones(data, spec, "the .npy array")
     flat = np.frombuffer(data, dtype=source)
     array = fit_dtype(flat.reshape(shape, order="F" if fortran_order else "C"), spec)
     return Instances(array if batched else array[np.newaxis], batched)
@@ -114,13 +116,19 @@ def tensor_from_bytes(data: bytes, spec: TensorSpec, what: str = "'inputs'") -> 
     finite and bools 0 or 1, like everywhere else (``registry.codec.fit_dtype``).
     """
     dtype = DTYPES[spec.dtype].numpy
-    if dtype.kind == "b" and data and np.frombuffer(data, np.uint8).max() > 1:
+    if dtype.kind == "b":
+        _only_zeros_and_ones(data, spec, what)
+    return fit_dtype(np.frombuffer(data, dtype=dtype.newbyteorder("<")), spec, what)
+
+
+def _only_zeros_and_ones(data: bytes | memoryview, spec: TensorSpec, what: str) -> None:
+    """NumPy takes any byte as a bool, and torch keeps the byte: 5 would reach the model."""
+    if data and np.frombuffer(data, np.uint8).max() > 1:
         raise InvalidInput(
             f"{what} holds bytes other than 0 and 1 for bool",
             expected_shape=list(spec.shape),
             expected_dtype=spec.dtype,
         )
-    return fit_dtype(np.frombuffer(data, dtype=dtype.newbyteorder("<")), spec, what)
 
 
 def encode_raw(outputs: Array) -> tuple[bytes, dict[str, str]]:

@@ -519,6 +519,7 @@ NON_FITTING_BINARY = [
         id="raw-f16-inf",
     ),
     pytest.param("bool", bytes([0, 1, 2, 0]), RAW | {"x-shape": "4"}, id="raw-bool-byte-2"),
+    pytest.param("bool", npy_header((4,), "|b1") + bytes([0, 5, 1, 0]), NPY, id="npy-bool-byte-5"),
 ]
 
 

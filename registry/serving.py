@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from registry import tracing
-from registry.batching import Tensors
+from registry.batching import Array, Tensors
 from registry.binary import NPY, RAW, decode_npy, decode_raw, encode_npy, encode_raw
 from registry.codec import encode_prediction
-from registry.errors import UnsupportedMediaType
+from registry.errors import InvalidInput, UnsupportedMediaType
 from registry.images import ACCEPTED as IMAGES
-from registry.manifest import TensorSpec
+from registry.manifest import TensorSpec, fits_shape
 from registry.model import LoadedModel
 from registry.named import Decoded, decode_inputs
 
@@ -96,13 +96,25 @@ def decode(
         return decode_inputs(body, specs, max_rows=max_rows)
     (spec,) = specs if len(specs) == 1 else (None,)
     if spec is not None and spec.dtype == "bytes" and media in IMAGES:
-        return Decoded({spec.name: np.array([body], dtype=object)}, batched=False)
+        return Decoded({spec.name: _one_image(body, spec)}, batched=False)
     if spec is not None and not spec.text:
         if media == RAW:
             return Decoded.of(spec, decode_raw(body, shape, spec, max_rows=max_rows))
         if media == NPY:
             return Decoded.of(spec, decode_npy(body, spec, max_rows=max_rows))
     return _unsupported(media, spec)
+
+
+def _one_image(body: bytes, spec: TensorSpec) -> Array:
+    """The body as the one instance of an input that holds one image an instance."""
+    one = (1,) * len(spec.shape)
+    if not fits_shape(one, spec.shape):
+        raise InvalidInput(
+            f"an image body is one image; input {spec.name!r} takes {list(spec.shape)} "
+            "of them an instance: send them in JSON",
+            expected_shape=list(spec.shape),
+        )
+    return np.array([body], dtype=object).reshape(1, *one)
 
 
 def _unsupported(media: str, spec: TensorSpec | None) -> Decoded:

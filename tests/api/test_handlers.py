@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from registry.app import create_app
 from registry.batching import Tensors
@@ -74,6 +76,13 @@ def models(weights: Path) -> list[dict[str, Any]]:
             "name": "columns",
             "input": {"shape": [4]},
             "versions": [version(weights, "columns", "FirstColumns")],
+        },
+        {
+            "name": "two-images",
+            "inputs": [{"name": "image", "dtype": "bytes", "shape": [2]}],
+            "handler": "registry.handlers.image:ImageTensor",
+            "handler_args": {"size": [4, 4], "mode": "L"},
+            "versions": [version(weights, "two-images", "Identity")],
         },
         {
             "name": "unsafe",
@@ -444,6 +453,20 @@ def test_a_text_model_names_json_as_what_it_reads(client: TestClient) -> None:
     )
     assert answer.status_code == 415
     assert answer.json()["error"]["message"] == "cannot read 'image/png'; send application/json"
+
+
+def test_an_image_body_is_refused_by_an_input_of_two_images_an_instance(
+    client: TestClient,
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, "PNG")
+    answer = client.post(
+        "/models/two-images/predict",
+        content=buffer.getvalue(),
+        headers={"content-type": "image/png"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert "input 'image' takes [2] of them" in answer.json()["error"]["message"]
 
 
 def test_a_handler_that_is_not_a_handler_is_never_called(client: TestClient) -> None:

@@ -56,6 +56,16 @@ _LIMITS: dict[np.dtype[Any], tuple[float, float]] = {
     if dtype.kind != "b"
 }
 
+_ROUNDS_TO_INFINITY: dict[np.dtype[Any], float] = {
+    dtype: float(top) + float(top - np.nextafter(top, dtype.type(0))) / 2
+    for dtype in _LIMITS
+    if dtype.kind == "f"
+    for top in [np.finfo(dtype).max]
+}
+"""The magnitude from which a value rounds to infinity in each float dtype: its largest
+value and half a step beyond (infinity for float64). Below it a value rounds to a finite
+one: ``3.4028235e+38``, float32's largest as a JSON encoder writes it, included."""
+
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -208,14 +218,17 @@ def _fits(array: Array, dtype: np.dtype[Any]) -> bool:
     source = array.dtype
     if source.kind == "b":
         return True
-    low, high = _LIMITS[dtype]
     if source.kind == "f":
-        # NOTE: False for NaN; float() so that NumPy never casts ``high`` to a narrower type
-        return float(np.abs(array).max()) <= high
+        # NOTE: False for NaN; float() so that NumPy never casts the bound to a narrower type
+        return float(np.abs(array).max()) < _ROUNDS_TO_INFINITY[dtype]  # NOTE: floats only
     if source == dtype or (dtype.kind == "f" and dtype.itemsize >= 4):
         return True  # NOTE: every int64 and uint64 is finite in float32
     if np.can_cast(source, dtype, "safe"):
         return True
+    if dtype.kind == "f":
+        bound = _ROUNDS_TO_INFINITY[dtype]
+        return bool(-bound < float(array.min()) and float(array.max()) < bound)
+    low, high = _LIMITS[dtype]
     return bool(low <= int(array.min()) and int(array.max()) <= high)
 
 

@@ -117,9 +117,15 @@ def post_scope(
     }
 
 
-def call_app(client: TestClient, path: str, body: bytes, receive: Receive) -> list[Message]:
+def call_app(
+    client: TestClient,
+    path: str,
+    body: bytes,
+    receive: Receive,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> list[Message]:
     """What the application sends for one POST whose body ``receive`` hands out."""
-    json = [(b"content-type", b"application/json")]
+    json = [(b"content-type", b"application/json"), *headers]
     scope = post_scope(path, body, client.app_state, json)
     sent: list[Message] = []
 

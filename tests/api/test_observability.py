@@ -160,3 +160,23 @@ def test_a_path_cannot_write_an_access_log_line_of_its_own(
     assert "\n" not in line
     assert line.startswith("POST /nothing\\x0a2026-01-01 00:00:00,000 INFO registry.access")
     assert record.path == "/nothing" + forged  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("incoming", [b"abc\n", b"abc\xe9", b"x" * 129, b""])
+def test_a_request_id_that_is_not_plain_ascii_whole_is_replaced(
+    client: TestClient, incoming: bytes
+) -> None:
+    """Echoed and logged as it came, an id must be letters, digits and a few marks, all of
+    it: a final newline, or a byte the client's encoding and ours read differently, is not."""
+    body = b'{"inputs": [1, 2, 3, 4]}'
+    messages: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    sent = call_app(client, "/models/lin/predict", body, receive, [(b"x-request-id", incoming)])
+    assert status_of(sent) == 200
+    (start,) = [m for m in sent if m["type"] == "http.response.start"]
+    echoed = dict(start["headers"])[b"x-request-id"]
+    assert echoed != incoming
+    assert len(echoed) == 32

@@ -25,17 +25,25 @@ if TYPE_CHECKING:
     import socket
 
     import uvicorn
+    from pydantic import ValidationError
     from starlette.types import ASGIApp
 
 EXIT_OK, EXIT_INVALID, EXIT_MODELS_FAILED, EXIT_STARTUP_FAILED = 0, 1, 1, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        _print_problems(_setting_problems(exc))
+        return EXIT_INVALID
     if args.command == "serve":
-        return serve(args)
-    return validate(args)
+        return serve(settings)
+    return validate(settings, load=args.load)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,12 +80,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**{key: value for key, value in flags.items() if value is not None})
 
 
-def serve(args: argparse.Namespace) -> int:
+def _setting_problems(error: ValidationError) -> list[str]:
+    """One line per setting that does not hold, named as the environment names it (a flag
+    of the same name sets it too), instead of pydantic's traceback."""
+    return [
+        f"setting REGISTRY_{'_'.join(map(str, problem['loc'])).upper()}: {problem['msg']} "
+        f"(got {problem['input']!r})"
+        for problem in error.errors(include_url=False)
+    ]
 
+
+def serve(settings: Settings) -> int:
     from registry.app import create_app
     from registry.logs import configure_logging
 
-    settings = _settings(args)
     if problems := manifest_problems(settings.manifest):
         _print_problems(problems)
         return EXIT_INVALID
@@ -174,11 +190,10 @@ def _signals_end_cleanly() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def validate(args: argparse.Namespace) -> int:
+def validate(settings: Settings, *, load: bool) -> int:
     from registry.validation import validate_manifest
 
-    settings = _settings(args)
-    problems = validate_manifest(settings, load=args.load)
+    problems = validate_manifest(settings, load=load)
     _print_problems(problems)
     if problems:
         return EXIT_INVALID

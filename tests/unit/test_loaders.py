@@ -239,5 +239,16 @@ class TestValidateCommand:
         assert main(["validate", str(tmp_path / "models.yaml"), "--load"]) == 1
         assert "size mismatch" in capsys.readouterr().err
 
+    def test_a_setting_that_does_not_hold_is_one_line_not_a_traceback(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setenv("REGISTRY_MAX_BODY_BYTES", "abc")
+        assert main(["serve", "--manifest", str(tmp_path / "models.yaml"), "--port", "70000"]) == 1
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("error: setting REGISTRY_PORT: ")
+        assert lines[0].endswith("(got 70000)")
+        assert lines[1].startswith("error: setting REGISTRY_MAX_BODY_BYTES: ")
+
     def test_repository_manifest_and_weights_are_valid(self) -> None:
         assert main(["validate", str(PACKAGE.parent / "models.yaml"), "--load"]) == 0

@@ -241,10 +241,10 @@ class ModelRepository:
                 return report()
             with self._registry.loading(plan.to_load):
                 loaded = await self._load_plan(plan)
-            self._refuse_when_closing()
-            if loaded.failed:
+            if loaded.failed or self._closing:
                 for model in loaded.fresh.values():
                     self._registry.discard(model)  # NOTE: never started nor served
+                self._refuse_when_closing()
                 raise ReloadFailed(report(loaded).model_dump())
             for model in loaded.fresh.values():
                 model.start(self._registry.wide)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from registry.errors import ReloadFailed
+from registry.errors import ReloadFailed, ShuttingDown
+from registry.model import LoadedModel
 from registry.table import VersionState
 from tests.factories import (
     BuildsWhenReleased,
@@ -115,3 +116,33 @@ async def test_shutdown_during_start_up_begins_no_more_loads(tmp_path: Path) -> 
         BuildsWhenReleased.released(group).set()
         await closing
     assert BuildsWhenReleased.started[group] == 1
+
+
+async def test_a_reload_that_shutdown_overtakes_keeps_nothing_it_loaded(
+    tmp_path: Path, start: Start
+) -> None:
+    group = uuid.uuid4().hex
+    weights = tmp_path / "weights"
+    kept = models(weights, "CountsBuilds", 1, group=uuid.uuid4().hex)
+    write_manifest(tmp_path, kept)
+    serving = await start(make_settings(tmp_path, load_workers=1))
+    await serving.repository.wait_loaded()
+    discarded: list[str] = []
+    discard = serving.registry.discard
+
+    def recorded(model: LoadedModel) -> None:
+        discarded.append(str(model.key))
+        discard(model)
+
+    serving.registry.discard = recorded  # type: ignore[method-assign]
+    added = models(weights, "BuildsWhenReleased", 2, group=group)[1:]  # NOTE: m1
+    write_manifest(tmp_path, kept + added)
+    reload = asyncio.ensure_future(serving.repository.reload(actor="test"))
+    assert await asyncio.to_thread(BuildsWhenReleased.began(group).wait, 30)
+    closing = asyncio.ensure_future(serving.repository.close())
+    await asyncio.sleep(0)  # NOTE: close has begun, and waits for the reload's load
+    BuildsWhenReleased.released(group).set()
+    with pytest.raises(ShuttingDown):
+        await reload
+    await closing
+    assert discarded == ["m1:1"]

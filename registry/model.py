@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +78,7 @@ class LoadedModel:
     queue_seconds: Buckets = field(default_factory=lambda: Buckets(TIME_BUCKETS))
     """How long each request waited before its pass began: how busy the version is."""
     _batcher: Batcher[Tensors, Tensors] | None = field(default=None, repr=False)
+    _stopping: asyncio.Future[None] | None = field(default=None, repr=False)
     _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """Held while a pass is counted: several instances may finish passes at once."""
     # NOTE: plain attributes, not properties: every request reads them, some more than once.
@@ -305,9 +307,15 @@ class LoadedModel:
             tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
 
     async def stop(self) -> None:
-        if self._batcher is not None:
+        """End the version's inference threads. A second caller (shutdown while an eviction
+        stops it) waits for the same stop to end, so that neither releases the weights
+        while a pass may still run on them."""
+        if self._stopping is None:
+            if self._batcher is None:
+                return
             batcher, self._batcher = self._batcher, None
-            await batcher.stop()
+            self._stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.shield(self._stopping)
 
 
 def _released(*_: torch.Tensor) -> object:

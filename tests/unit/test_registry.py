@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from pathlib import Path
@@ -121,3 +122,29 @@ async def test_close_releases_every_model(settings: Settings) -> None:
     assert registry.table == {}
     with pytest.raises(ShuttingDown):
         registry.lease("lin").__enter__()
+
+
+async def test_a_second_stop_waits_for_the_first_to_end(settings: Settings, start: Start) -> None:
+    """Shutdown may stop a version that an eviction is stopping: neither may go on to
+    release its weights while the threads may still run a pass on them."""
+    serving = await start(settings)
+    await serving.repository.wait_loaded()
+    model = serving.registry.table["lin"].versions["1"].model
+    assert model is not None
+    ended = asyncio.Event()
+    batcher = model._batcher
+    assert batcher is not None
+
+    class SlowToStop:
+        async def stop(self) -> None:
+            await ended.wait()
+            await batcher.stop()
+
+    model._batcher = SlowToStop()  # type: ignore[assignment]
+    first = asyncio.ensure_future(model.stop())
+    second = asyncio.ensure_future(model.stop())
+    await asyncio.sleep(0)
+    assert not first.done()
+    assert not second.done()
+    ended.set()
+    await asyncio.gather(first, second)

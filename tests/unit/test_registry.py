@@ -132,13 +132,14 @@ async def test_a_second_stop_waits_for_the_first_to_end(settings: Settings, star
     model = serving.registry.table["lin"].versions["1"].model
     assert model is not None
     ended = asyncio.Event()
-    batcher = model._batcher
-    assert batcher is not None
+    real = model._batcher
+    assert real is not None
 
     class SlowToStop:
         async def stop(self) -> None:
             await ended.wait()
-            await batcher.stop()
+            assert real is not None
+            await real.stop()
 
     model._batcher = SlowToStop()  # type: ignore[assignment]
     first = asyncio.ensure_future(model.stop())

@@ -19,9 +19,8 @@ from PIL import Image
 from registry.app import create_app
 from registry.batching import Tensors
 from registry.errors import InvalidInput, ModelFailed
-from registry.grpc_api.codec import encode_response
 from registry.loaders import load_version
-from registry.manifest import load_manifest, parse_manifest
+from registry.manifest import load_manifest
 from tests.factories import parameterless_version, write_manifest
 from tests.handlers import BAD_INPUT, BAD_OUTPUT, CRASH, Picky
 from tests.support import make_settings
@@ -496,23 +495,6 @@ def test_one_v2_instance_of_a_one_text_output_is_answered(client: TestClient, bi
     assert (output["name"], output["datatype"], output["shape"]) == ("label", "BYTES", [])
     assert output.get("data", ["class-2"]) == ["class-2"]
     assert predict(client, "labeller", [0, 0, 9, 0]).json()["outputs"] == "class-2"
-
-
-def test_one_grpc_instance_of_a_one_text_output_is_answered() -> None:
-    labeller = {
-        "name": "labeller",
-        "input": {"shape": [4]},
-        "outputs": [{"name": "label", "dtype": "string", "shape": []}],
-        "handler": "tests.handlers:Labeller",
-        "versions": [{"version": "1", "format": "torchscript", "path": "labeller.pt"}],
-    }
-    (spec,) = parse_manifest({"models": [labeller]}).models
-    response = encode_response(
-        "labeller", "1", {}, {"label": np.array(["class-2"], dtype=object)}, False, spec.outputs
-    )
-    (output,) = response.outputs
-    assert (output.name, output.datatype, list(output.shape)) == ("label", "BYTES", [])
-    assert list(response.raw_output_contents) == [struct.pack("<I", 7) + b"class-2"]
 
 
 def test_a_strided_output_is_answered_in_json(client: TestClient) -> None:

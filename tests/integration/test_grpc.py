@@ -124,7 +124,14 @@ def toy_models(weights: Path, flip_version: str) -> list[dict[str, Any]]:
         "outputs": [{"name": "sum"}, {"name": "difference"}],
         "versions": [parameterless_version(weights, "pair", "tests.handlers:SumAndDifference")],
     }
-    return [affine_model(weights, "flip", (flip_version,)), sleepy, pair]
+    labeller = {
+        "name": "labeller",
+        "input": {"shape": [4]},
+        "outputs": [{"name": "label", "dtype": "string", "shape": []}],
+        "handler": "tests.handlers:Labeller",
+        "versions": [parameterless_version(weights, "labeller", "tests.handlers:Identity")],
+    }
+    return [affine_model(weights, "flip", (flip_version,)), sleepy, pair, labeller]
 
 
 @pytest.fixture(scope="module")
@@ -473,6 +480,16 @@ def test_similarity_over_grpc_is_the_dot_product_of_minilm_embeddings(
         ],
     )
     np.testing.assert_allclose(result.as_numpy("score"), (ea * eb).sum(axis=1), atol=1e-5)
+
+
+def test_one_instance_of_a_one_text_output_is_answered(
+    toy_grpc: grpcclient.InferenceServerClient,
+) -> None:
+    """A request without the batch axis, and a ``string`` output of one element."""
+    scores = Tensor("input", "FP32", np.array([0.0, 0.0, 9.0, 0.0], dtype=np.float32))
+    ((datatype, shape, label),) = grpc_outputs(grpc_infer(toy_grpc, "labeller", [scores])).values()
+    assert (datatype, shape) == ("BYTES", [])
+    assert label.reshape(-1).tolist() == [b"class-2"]
 
 
 def test_outputs_picks_one_of_two(

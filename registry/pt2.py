@@ -6,7 +6,8 @@ sample inputs whose safe load fails (it retries unsafely), and the whole legacy 
 layout; it also loads AOTInductor shared libraries found in the archive. Any of these runs
 code chosen by whoever wrote the file. So the archive is checked against an allow-list
 first: only JSON, raw tensor bytes and sample inputs whose pickle names nothing but
-tensor rebuilding pass, which leaves torch nothing to unpickle unsafely. The check reads
+tensor rebuilding pass, which leaves torch nothing to unpickle unsafely; and the graph
+may name only torch's own ops and shape expressions (``registry.pt2_graph``). The check reads
 the archive without running any of it, and without importing torch.
 """
 
@@ -17,9 +18,11 @@ import json
 import pickletools
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 from registry.errors import UnsafeWeights
+from registry.pt2_graph import check_graph
 
 _FIXED = frozenset(
     {
@@ -61,7 +64,7 @@ def check_exported_archive(data: bytes) -> None:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             entries = {info.filename: info for info in archive.infolist() if not info.is_dir()}
             _check(archive, _strip_root(list(entries)))
-    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError) as exc:
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError, zlib.error) as exc:
         raise UnsafeWeights(f"not a readable torch.export archive: {exc}") from exc
 
 
@@ -81,7 +84,10 @@ def _check(archive: zipfile.ZipFile, records: Mapping[str, str]) -> None:
         )
     referenced: set[str] = set()
     for record, full_name in records.items():
-        if record in _FIXED or _MODEL.fullmatch(record) or _EXTRA.fullmatch(record):
+        if record in _FIXED or _EXTRA.fullmatch(record):
+            continue
+        if _MODEL.fullmatch(record):
+            check_graph(json.loads(archive.read(full_name)), record)
             continue
         if _SAMPLE_INPUTS.fullmatch(record):
             _check_sample_inputs(archive.read(full_name), record)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -113,6 +114,20 @@ def exported_opaque_constant(root: Path, relative: str, marker: Path) -> Path:
     return _exported(root, relative, change)
 
 
+def exported_shape_expression(root: Path, relative: str, marker: Path) -> Path:
+    """Python in a symbolic shape: torch's deserializer ``sympify``s it, which ``eval``s."""
+
+    def change(records: dict[str, bytes]) -> None:
+        graph_name = next(n for n in records if "/models/" in n and n.endswith(".json"))
+        graph = records[graph_name].decode()
+        symbol = re.search(r"Symbol\('\w+'[^)]*\)", graph)
+        assert symbol is not None, "the exported graph has no symbolic batch size"
+        payload = f"__import__('os').system('touch {marker}') * 0 + {symbol[0]}"
+        records[graph_name] = graph.replace(symbol[0], payload, 1).encode()
+
+    return _exported(root, relative, change)
+
+
 def exported_shared_library(root: Path, relative: str, _: Path) -> Path:
     """An AOTInductor entry: torch would load a shared library from the archive."""
 
@@ -161,6 +176,7 @@ HOSTILE_FILES: dict[str, tuple[str, str, Crafter]] = {
     "exported-sample-inputs-archive": ("exported", ".pt2", exported_sample_inputs_archive),
     "exported-opaque-constant": ("exported", ".pt2", exported_opaque_constant),
     "exported-shared-library": ("exported", ".pt2", exported_shared_library),
+    "exported-shape-expression": ("exported", ".pt2", exported_shape_expression),
     "torchscript-pickle": ("torchscript", ".pt", torchscript_pickle),
     "state-dict-pickle": ("state_dict", ".pt", state_dict_pickle),
     "safetensors-pickle": ("state_dict", ".safetensors", safetensors_pickle),

@@ -18,6 +18,7 @@ from registry.errors import RegistryError, UnsafeArchitecture, UnsafeWeights
 from registry.loaders import load_version, redact_paths
 from registry.manifest import ModelSpec, parse_manifest
 from registry.pt2 import check_exported_archive
+from registry.pt2_graph import check_graph, is_shape_expression
 from registry.weightfiles import WeightDigests, file_sha256
 from tests.factories import (
     FEATURES,
@@ -68,7 +69,9 @@ def test_the_crafted_archives_are_live(weights: Path, tmp_path: Path, name: str)
 @pytest.mark.parametrize("name", EXPORTED)
 def test_the_archive_check_names_what_it_refuses(weights: Path, tmp_path: Path, name: str) -> None:
     version = hostile_version(weights, name, tmp_path / "marker")
-    with pytest.raises(UnsafeWeights, match=r"pickled|never unpickled|unexpected record"):
+    with pytest.raises(
+        UnsafeWeights, match=r"pickled|never unpickled|unexpected record|shape expression"
+    ):
         check_exported_archive((weights / str(version["path"])).read_bytes())
 
 
@@ -77,6 +80,42 @@ def test_a_plain_exported_archive_passes_the_check(weights: Path) -> None:
     check_exported_archive((weights / "m/1/model.pt2").read_bytes())
     shipped = Path(__file__).parents[2] / "weights/digits-cnn/1/model.pt2"
     check_exported_archive(shipped.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.serialization.os.system",
+        "torch.ops.aten.__class__",
+        "builtins.eval",
+        "#custom.op",
+        "torch.ops.aten.linear.default.__call__",
+    ],
+)
+def test_a_graph_that_calls_anything_but_torch_ops_is_refused(target: str) -> None:
+    """Torch resolves a node's target by ``getattr`` and calls it when the model runs."""
+    node = {"target": target, "inputs": [], "outputs": [], "metadata": {}}
+    with pytest.raises(UnsafeWeights, match="not a torch op"):
+        check_graph({"graph_module": {"graph": {"nodes": [node]}}}, "models/model.json")
+
+
+@pytest.mark.parametrize(
+    ("expression", "safe"),
+    [
+        ("Symbol('s77', positive=True, integer=True)", True),
+        ("FloorDiv(s0, 2) + Max(1, s1) - 3*s2", True),
+        ("Eq(Mod(s0, 8), 0)", True),
+        ("s0.__class__", False),
+        ("__import__('os').system('id')", False),
+        ("open('x')", False),
+        ("Symbol('s0')**2**99", False),
+        ("(lambda: 1)()", False),
+        ("s0[0]", False),
+        ("'a' + 'b'", False),
+    ],
+)
+def test_only_shape_expressions_reach_sympify(expression: str, safe: bool) -> None:
+    assert is_shape_expression(expression) is safe
 
 
 @pytest.mark.parametrize(

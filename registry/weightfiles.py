@@ -10,7 +10,9 @@ stamp that an overwrite cannot keep: ``st_ctime`` moves on every write and on ev
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -79,13 +81,15 @@ class WeightDigests:
         self._known: dict[Path, tuple[Stamp, str]] = {}
         self._lock = threading.Lock()
 
-    def digest(self, path: Path) -> str:
+    def digest(self, path: Path, shown: str) -> str:
+        """The sha256 of the confined file at ``path`` (``shown`` names it in errors)."""
         current = stamp(path)
         with self._lock:
             known = self._known.get(path)
         if known is not None and known[0] == current:
             return known[1]
-        digest = file_sha256(path)
+        with open_confined(path, shown) as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
         self.remember(path, current, digest)
         return digest
 
@@ -108,18 +112,15 @@ def read_weights(
 ) -> WeightBytes:
     """Read a confined weight file whole and check its declared sha256 on what was read.
 
-    NOTE: the file is opened without following a final symlink, so one swapped in after
-    ``resolve_weights`` cannot lead outside the root. Holding the bytes costs the file's
-    size once more during a load; it is what makes the checksum cover what is loaded. The
-    digest goes into ``digests`` under the stamp taken before the read, so the next
-    reload's fingerprinting does not hash the file again (any write since moves the stamp).
+    NOTE: ``open_confined`` checks the file it opened, not the path it was given, so
+    nothing swapped in after ``resolve_weights`` leads outside the root. Holding the bytes
+    costs the file's size once more during a load; it is what makes the checksum cover
+    what is loaded. The digest goes into ``digests`` under the stamp taken before the
+    read, so the next reload's fingerprinting does not hash the file again (any write
+    since moves the stamp).
     """
     path = resolve_weights(root, version)
-    try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise WeightsNotFound(str(version.path), cause=exc.strerror) from exc
-    with os.fdopen(descriptor, "rb") as file:
+    with open_confined(path, str(version.path)) as file:
         before = stamp_of(os.fstat(file.fileno()))
         data = file.read()
     weights = WeightBytes(data, hashlib.sha256(data).hexdigest())
@@ -127,6 +128,34 @@ def read_weights(
     if digests is not None:
         digests.remember(path, before, weights.sha256)
     return weights
+
+
+def open_confined(path: Path, shown: str) -> io.BufferedReader:
+    """Open the file ``resolve_weights`` found, and check what was opened: a regular file
+    still under the root it was resolved in.
+
+    NOTE: between the check and the open, a folder on the way may have been swapped for a
+    symlink out of the root, or the file for a FIFO (an open that never returns) or a
+    device (a read that never ends). The last component is not followed, a FIFO opens
+    without waiting, and the open file's own path (``/proc/self/fd``) must still be
+    ``path``. An unreadable file is ``WeightsNotFound`` with the reason.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as exc:
+        raise WeightsNotFound(shown, cause=exc.strerror) from exc
+    file = os.fdopen(descriptor, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise WeightsNotFound(shown, cause="not a regular file")
+        opened = Path(f"/proc/self/fd/{descriptor}")
+        if opened.is_symlink() and Path(os.readlink(opened)) != path:
+            raise WeightsOutsideRoot(shown)
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 def check_sha256(version: VersionSpec, actual: str) -> None:

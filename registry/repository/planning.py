@@ -55,7 +55,8 @@ def fingerprint_version(
     model: ModelSpec, version: VersionSpec, weights_root: Path, digests: WeightDigests
 ) -> str:
     """One version's fingerprint; raises ``WeightsError`` when its file cannot be read."""
-    return fingerprint(model, version, digests.digest(resolve_weights(weights_root, version)))
+    path = resolve_weights(weights_root, version)
+    return fingerprint(model, version, digests.digest(path, str(version.path)))
 
 
 def loaded_fingerprint(model: LoadedModel) -> str:

@@ -7,19 +7,25 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 import torch
 
 from registry.cli import main
-from registry.errors import RegistryError, UnsafeArchitecture, UnsafeWeights
+from registry.errors import (
+    RegistryError,
+    UnsafeArchitecture,
+    UnsafeWeights,
+    WeightsNotFound,
+    WeightsOutsideRoot,
+)
 from registry.loaders import load_version, redact_paths
 from registry.manifest import ModelSpec, parse_manifest
 from registry.pt2 import check_exported_archive
 from registry.pt2_graph import check_graph, is_shape_expression
-from registry.weightfiles import WeightDigests, file_sha256
+from registry.weightfiles import WeightDigests, confined_file, file_sha256, open_confined
 from tests.factories import (
     FEATURES,
     Affine,
@@ -188,14 +194,14 @@ def test_the_digest_cache_sees_an_overwrite_that_restores_mtime(weights: Path) -
     path = weights / "model.bin"
     path.write_bytes(b"a" * 64)
     digests = WeightDigests()
-    before = digests.digest(path)
+    before = digests.digest(path, "m.pt")
     status = path.stat()
     with path.open("r+b") as file:
         file.write(b"b" * 64)
     os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
     assert path.stat().st_size == status.st_size
     assert path.stat().st_mtime_ns == status.st_mtime_ns
-    assert digests.digest(path) == file_sha256(path) != before
+    assert digests.digest(path, "m.pt") == file_sha256(path) != before
 
 
 def test_the_bytes_checked_are_the_bytes_loaded(
@@ -287,3 +293,30 @@ def test_validate_without_load_names_a_missing_handler_module(
     manifest = write_manifest(tmp_path, [entry])
     assert main(["validate", str(manifest)]) == 1
     assert "handler 'no_such_package.handlers:Text': no module" in capsys.readouterr().err
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_check_leads_nowhere(tmp_path: Path) -> None:
+    """Between ``resolve_weights`` and the open, a folder on the way becomes a symlink
+    out of the root: what was opened is checked, not the path."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "m").mkdir(parents=True)
+    (outside / "m").mkdir(parents=True)
+    (root / "m" / "model.pt").write_bytes(b"inside")
+    (outside / "m" / "model.pt").write_bytes(b"outside")
+    path = confined_file(root, PurePosixPath("m/model.pt"))
+    (root / "m" / "model.pt").unlink()
+    (root / "m").rmdir()
+    (root / "m").symlink_to(outside / "m")
+    with pytest.raises(WeightsOutsideRoot):
+        open_confined(path, "m/model.pt")
+
+
+def test_a_fifo_swapped_in_after_the_check_is_refused_not_waited_on(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    path = confined_file(tmp_path, PurePosixPath("model.pt"))
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(WeightsNotFound, match="not a regular file"):
+        open_confined(path, "model.pt")
+    with pytest.raises(WeightsNotFound, match="not a regular file"):
+        WeightDigests().digest(path, "model.pt")

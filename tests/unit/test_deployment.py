@@ -129,7 +129,8 @@ def test_compose_mounts_read_only_publishes_loopback_and_keeps_no_secret() -> No
     volumes = service["volumes"]
     assert volumes
     assert all(volume.endswith(":ro") for volume in volumes)
-    assert {v.split(":")[1] for v in volumes} == {"/app/models.yaml", "/app/weights"}
+    # NOTE: not ./weights: on a fresh clone it lacks the minilm files the image bakes in
+    assert {v.split(":")[1] for v in volumes} == {"/app/models.yaml"}
     assert service["ports"]
     assert all(port.startswith("127.0.0.1:") for port in service["ports"])
     assert service["environment"]["REGISTRY_ADMIN_TOKEN"].startswith("${")

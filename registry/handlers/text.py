@@ -23,7 +23,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 
 from registry.batching import Tensors
-from registry.handler import Handler, HandlerContext, InputError
+from registry.handler import Handler, HandlerContext, InputError, placeholders
 
 IDS, MASK = "input_ids", "attention_mask"
 
@@ -58,6 +58,27 @@ class SentenceEncoder(Handler):
             self.tokenizer.no_truncation()
         else:
             self.tokenizer.enable_truncation(max_tokens)
+
+    def warmup_inputs(self, rows: int) -> Tensors | None:
+        """Texts as long as this handler lets through (``max_tokens`` tokens).
+
+        NOTE: an encoder with fewer positions than ``max_tokens`` (MiniLM has 512) then
+        fails its warm-up, and so its load, with the reason; warmed up on short texts it
+        would load, and fail every pass that holds a long one.
+        """
+        made = placeholders(self.context.inputs, rows)
+        longest = self._longest_text()
+        for name in self.texts:
+            made[name] = np.full(made[name].shape, longest, dtype=object)
+        return made
+
+    def _longest_text(self) -> str:
+        words = max(self.max_tokens, 1)
+        text = " ".join(["a"] * words)
+        excess = len(self.tokenizer.encode(text).ids) - self.max_tokens
+        if excess > 0:  # NOTE: refusing, the tokenizer cuts nothing: leave room for [CLS]...
+            text = " ".join(["a"] * max(words - excess, 1))
+        return text
 
     def decode_batch(self, requests: Sequence[Tensors]) -> list[Tensors]:
         """Every text of every request in one ``encode_batch`` call (parallel, in Rust);

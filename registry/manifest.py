@@ -16,6 +16,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -27,7 +28,21 @@ from pydantic import (
 from registry.errors import ManifestError
 
 ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
-VersionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _not_a_decimal(value: object) -> object:
+    """YAML reads ``version: 1.10`` as the number 1.1: a version that clients would ask
+    for as ``1.10`` and never find. Integers are left alone (``version: 2`` is "2")."""
+    if isinstance(value, float):
+        raise ValueError(f"reads as the number {value!r}; write the version in quotes")
+    return value
+
+
+VersionName = Annotated[
+    str,
+    BeforeValidator(_not_a_decimal),
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
 ArchitectureRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 HandlerRef = ArchitectureRef
@@ -138,6 +153,8 @@ class VersionSpec(BaseModel):
     def _relative_inside_root(cls, path: PurePosixPath) -> PurePosixPath:
         if path.is_absolute() or ".." in path.parts or not path.parts:
             raise ValueError("must be a relative path inside the weights root (no '..')")
+        if "\0" in str(path):
+            raise ValueError("must not hold a NUL character")
         return path
 
     @model_validator(mode="after")
@@ -299,11 +316,15 @@ def load_manifest(path: Path) -> Manifest:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {str(path)!r} is not UTF-8 text: {exc.reason}") from exc
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         where = " ".join(str(exc).split())  # NOTE: one line, so a log entry stays one line
         raise ManifestError(f"manifest {str(path)!r} is not valid YAML: {where}") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"manifest {str(path)!r} nests too deep to read") from exc
     return parse_manifest(raw, source=str(path))
 
 

@@ -139,10 +139,11 @@ class Settings(BaseSettings):
     `nn.Module` subclasses, as a JSON list. Anything else named there is refused before it
     is called, so that write access to the manifest is not code execution."""
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "otel_endpoint", mode="before")
     @classmethod
-    def _empty_token_means_off(cls, value: object) -> object:
-        # NOTE: compose's `${REGISTRY_ADMIN_TOKEN:-}` yields ""; that must not be a password.
+    def _empty_means_unset(cls, value: object) -> object:
+        # NOTE: compose's `${REGISTRY_ADMIN_TOKEN:-}` yields ""; that must not be a password,
+        # nor an empty endpoint a collector at "/v1/traces".
         if isinstance(value, str) and not value.strip():
             return None
         return value

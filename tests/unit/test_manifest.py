@@ -252,6 +252,32 @@ def test_unreadable_and_unparsable_files(tmp_path: Path) -> None:
         load_manifest(broken)
 
 
+def test_a_manifest_that_is_not_utf8_or_nests_too_deep_is_one_clear_error(
+    tmp_path: Path,
+) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("models: []  # café\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="not UTF-8 text"):
+        load_manifest(latin)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("models: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="nests too deep"):
+        load_manifest(deep)
+
+
+def test_a_decimal_version_must_be_quoted() -> None:
+    """YAML reads ``1.10`` as 1.1: clients asking for 1.10 would never find it."""
+    raw = with_change("models.0.versions.0.version", 1.1)
+    with pytest.raises(ManifestError, match="write the version in quotes"):
+        parse_manifest(raw)
+
+
+def test_a_path_with_a_nul_is_refused_by_the_schema() -> None:
+    raw = with_change("models.0.versions.0.path", "digits/1/mo\0del.pt")
+    with pytest.raises(ManifestError, match="NUL"):
+        parse_manifest(raw)
+
+
 def test_yaml_tags_that_construct_objects_are_refused(tmp_path: Path) -> None:
     hostile = tmp_path / "hostile.yaml"
     hostile.write_text("models: !!python/object/apply:os.system ['true']\n", encoding="utf-8")

@@ -69,6 +69,14 @@ def test_an_empty_admin_token_leaves_admin_off(monkeypatch: pytest.MonkeyPatch, 
     assert Settings().admin_token is None
 
 
+@pytest.mark.parametrize("endpoint", ["", "   "])
+def test_an_empty_otel_endpoint_leaves_tracing_off(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    monkeypatch.setenv("REGISTRY_OTEL_ENDPOINT", endpoint)
+    assert Settings().otel_endpoint is None
+
+
 def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("REGISTRY_PORT=9100\nREGISTRY_ADMIN_TOKEN=s3cret\n")
     monkeypatch.setenv("REGISTRY_MANIFEST", "/srv/models.yaml")

@@ -221,8 +221,12 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
     through RGBA first gives the same colours without the warning.
     """
     if image.mode in _SIXTEEN_BIT_MODES:
-        wide = np.asarray(image).astype(np.int64)
-        image = Image.fromarray((np.clip(wide, 0, 0xFFFF) >> 8).astype(np.uint8))
+        # NOTE: in the array's own width (uint16, or int32 for mode I): an int64 copy
+        # of a 16-megapixel image was 128 MB, three times over
+        pixels = np.asarray(image)
+        if pixels.dtype.kind != "u":
+            pixels = np.clip(pixels, 0, 0xFFFF)
+        image = Image.fromarray((pixels >> 8).astype(np.uint8))
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image if image.mode == mode else image.convert(mode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -312,3 +313,18 @@ def test_limits_must_allow_a_pixel() -> None:
 def test_render_refuses_what_is_not_a_digit(bad: npt.NDArray[np.float64]) -> None:
     with pytest.raises(ValueError, match="digit"):
         render_png(bad)
+
+
+def test_a_16_bit_image_is_narrowed_in_its_own_width() -> None:
+    """Memory, not time: a 16-bit greyscale PNG at 4 megapixels is narrowed without an
+    int64 copy (17 bytes a pixel of temporaries before, about 5 now)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((2048, 2048), 0x1234, np.uint16)).save(buffer, "PNG")
+    tracemalloc.start()
+    try:
+        grey = decode_image(buffer.getvalue(), limits=ImageLimits(), mode="L", size=(8, 8))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (grey == 0x12).all()
+    assert peak < 8 * 2048 * 2048

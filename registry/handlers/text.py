@@ -15,6 +15,8 @@ limit (``overflow: refuse``), as the manifest's ``handler_args`` say.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from registry.batching import Tensors
 from registry.handler import Handler, HandlerContext, InputError, placeholders
 
 IDS, MASK = "input_ids", "attention_mask"
+_WORD = re.compile(r"\S+")
 
 
 class SentenceEncoder(Handler):
@@ -83,7 +86,12 @@ class SentenceEncoder(Handler):
     def decode_batch(self, requests: Sequence[Tensors]) -> list[Tensors]:
         """Every text of every request in one ``encode_batch`` call (parallel, in Rust);
         each request's token ids and mask per text input, padded to its longest text."""
-        texts = [str(text) for inputs in requests for name in self.texts for text in inputs[name]]
+        texts = [
+            self._within_reach(str(text))
+            for inputs in requests
+            for name in self.texts
+            for text in inputs[name]
+        ]
         encodings = iter(self.tokenizer.encode_batch(texts, add_special_tokens=True))
         decoded = []
         for inputs in requests:
@@ -93,6 +101,23 @@ class SentenceEncoder(Handler):
                 tokens |= self._arrays(name, rows)
             decoded.append(tokens)
         return decoded
+
+    def _within_reach(self, text: str) -> str:
+        """``text`` up to its ``max_tokens``-th word: every word is a token at least, so
+        what follows is cut anyway (or refused), and tokenizing a megabyte of it would
+        hold the pass for a second. Refusing, more words than that are a 422 at once."""
+        if len(text) <= self.max_tokens:  # NOTE: too short for that many words
+            return text
+        words = _WORD.finditer(text)
+        last = next(itertools.islice(words, self.max_tokens - 1, None), None)
+        if last is None or next(words, None) is None:
+            return text
+        if self.refuse:
+            raise InputError(
+                f"a text has more than {self.max_tokens} words; this model takes at most "
+                f"{self.max_tokens} tokens (longer text is refused, not cut)"
+            )
+        return text[: last.end()]
 
     def _arrays(self, name: str, rows: list[Encoding]) -> Tensors:
         longest = max(len(row.ids) for row in rows)

@@ -16,6 +16,7 @@ from tokenizers import Encoding, Tokenizer
 from registry.errors import ModelLoadFailed
 from registry.examples import minilm_files
 from registry.examples.minilm import MiniLMEncoder
+from registry.handler import InputError
 from registry.loaders import load_version
 from registry.manifest import ModelSpec, parse_manifest
 from registry.weightfiles import file_sha256
@@ -182,3 +183,25 @@ def test_more_tokens_than_the_encoder_has_positions_fails_the_load_not_a_request
     spec, weights = _minilm_spec(max_tokens=1024)
     with pytest.raises(ModelLoadFailed, match="warm-up"):
         load_version(spec, spec.versions[0], weights)
+
+
+def test_a_huge_text_is_cut_to_its_reach_before_it_is_tokenized() -> None:
+    """Words past ``max_tokens`` are cut by truncation anyway: the same tokens come out,
+    without tokenizing the rest (a megabyte takes the tokenizer about a second)."""
+    spec, weights = _minilm_spec()
+    handler = load_version(spec, spec.versions[0], weights).handler
+    words = [f"w{i % 50}" for i in range(200_000)]
+    huge, head = " ".join(words), " ".join(words[:MAX_TOKENS])
+    (cut,), (whole,) = (
+        handler.decode_batch([{"text": np.array([t], dtype=object)}]) for t in (huge, head)
+    )
+    assert cut.keys() == whole.keys()
+    for name in cut:
+        np.testing.assert_array_equal(cut[name], whole[name])
+
+
+def test_refusing_more_words_than_tokens_is_a_422_before_tokenizing() -> None:
+    spec, weights = _minilm_spec(overflow="refuse")
+    handler = load_version(spec, spec.versions[0], weights).handler
+    with pytest.raises(InputError, match=f"more than {MAX_TOKENS} words"):
+        handler.decode_batch([{"text": np.array(["word " * 100_000], dtype=object)}])

@@ -39,6 +39,8 @@ _CONFIG = re.compile(r"data/(?P<kind>weights|constants)/(?P<name>[\w.-]+)_(?P=ki
 _PAYLOAD = re.compile(r"data/(?P<kind>weights|constants)/(?P<file>[\w.-]+)")
 _EXTRA = re.compile(r"extra/.+")
 _TENSOR_FILE = {"weights": "weight_", "constants": "tensor_"}
+_LARGEST_READ = 256 * 1024 * 1024
+"""The most the check unpacks of one record it reads (graph, configs, sample inputs)."""
 
 # NOTE: what a pickle of tensors in tuples, lists and dicts may name (a small part of what
 # torch.load(weights_only=True) allows); an opcode that names its callable any other way
@@ -87,12 +89,12 @@ def _check(archive: zipfile.ZipFile, records: Mapping[str, str]) -> None:
         if record in _FIXED or _EXTRA.fullmatch(record):
             continue
         if _MODEL.fullmatch(record):
-            check_graph(json.loads(archive.read(full_name)), record)
+            check_graph(json.loads(_read(archive, full_name)), record)
             continue
         if _SAMPLE_INPUTS.fullmatch(record):
-            _check_sample_inputs(archive.read(full_name), record)
+            _check_sample_inputs(_read(archive, full_name), record)
         elif match := _CONFIG.fullmatch(record):
-            config = json.loads(archive.read(full_name))
+            config = json.loads(_read(archive, full_name))
             referenced |= _check_payload_config(config, match["kind"], record)
         elif not _PAYLOAD.fullmatch(record):
             raise UnsafeWeights(f"unexpected record {record!r} in the archive (not loaded)")
@@ -100,6 +102,17 @@ def _check(archive: zipfile.ZipFile, records: Mapping[str, str]) -> None:
         match = _PAYLOAD.fullmatch(record)
         if match and not _CONFIG.fullmatch(record) and record not in referenced:
             raise UnsafeWeights(f"record {record!r} is not a plain tensor of the archive")
+
+
+def _read(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A record the check reads whole, if its size is one a model's graph or configs
+    could have: a small file that unpacks to gigabytes never gets that far."""
+    size = archive.getinfo(name).file_size
+    if size > _LARGEST_READ:
+        raise UnsafeWeights(
+            f"record {name!r} unpacks to {size} bytes; the check reads at most {_LARGEST_READ}"
+        )
+    return archive.read(name)
 
 
 def _check_payload_config(config: object, kind: str, record: str) -> set[str]:

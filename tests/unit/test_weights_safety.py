@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from registry import pt2
 from registry.cli import main
 from registry.errors import (
     RegistryError,
@@ -320,3 +321,15 @@ def test_a_fifo_swapped_in_after_the_check_is_refused_not_waited_on(tmp_path: Pa
         open_confined(path, "model.pt")
     with pytest.raises(WeightsNotFound, match="not a regular file"):
         WeightDigests().digest(path, "model.pt")
+
+
+def test_a_record_that_unpacks_beyond_what_the_check_reads_is_refused(
+    weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few kilobytes of zeros can unpack to gigabytes: the size in the archive's
+    directory is checked before anything is unpacked."""
+    write_exported(weights, "m/1/model.pt2", Affine(seed=1))
+    data = (weights / "m/1/model.pt2").read_bytes()
+    monkeypatch.setattr(pt2, "_LARGEST_READ", 64)
+    with pytest.raises(UnsafeWeights, match="unpacks to"):
+        check_exported_archive(data)

@@ -67,13 +67,20 @@ def check_without_loading(
     else:
         resolve_weights(weights_root, version)  # confined and present: nothing to read
     for kind, reference in (("architecture", version.architecture), ("handler", handler)):
-        if reference is not None and not _module_exists(reference.partition(":")[0]):
-            module = reference.partition(":")[0]
-            raise UnsafeArchitecture(f"{kind} {reference!r}: no module {module!r}")
+        if reference is not None and (missing := _module_missing(reference.partition(":")[0])):
+            raise UnsafeArchitecture(f"{kind} {reference!r}: {missing}")
 
 
-def _module_exists(module: str) -> bool:
+def _module_missing(module: str) -> str | None:
+    """Why ``module`` cannot be found, or None when it can.
+
+    NOTE: finding ``a.b.c`` imports ``a.b``, and a package's ``__init__`` may raise
+    anything: that is the version's problem to report, not a crash of ``validate``.
+    """
     try:
-        return importlib.util.find_spec(module) is not None
+        found = importlib.util.find_spec(module)
     except (ImportError, ValueError):
-        return False
+        found = None
+    except Exception as exc:  # NOTE: any error of a parent package's import
+        return f"module {module!r} cannot be found: {type(exc).__name__}: {exc}"
+    return None if found is not None else f"no module {module!r}"

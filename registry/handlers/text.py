@@ -87,7 +87,7 @@ class SentenceEncoder(Handler):
         """Every text of every request in one ``encode_batch`` call (parallel, in Rust);
         each request's token ids and mask per text input, padded to its longest text."""
         texts = [
-            self._within_reach(str(text))
+            self._within_reach(name, str(text))
             for inputs in requests
             for name in self.texts
             for text in inputs[name]
@@ -102,7 +102,7 @@ class SentenceEncoder(Handler):
             decoded.append(tokens)
         return decoded
 
-    def _within_reach(self, text: str) -> str:
+    def _within_reach(self, name: str, text: str) -> str:
         """``text`` up to its ``max_tokens``-th word: every word is a token at least, so
         what follows is cut anyway (or refused), and tokenizing a megabyte of it would
         hold the pass for a second. Refusing, more words than that are a 422 at once."""
@@ -114,8 +114,8 @@ class SentenceEncoder(Handler):
             return text
         if self.refuse:
             raise InputError(
-                f"a text has more than {self.max_tokens} words; this model takes at most "
-                f"{self.max_tokens} tokens (longer text is refused, not cut)"
+                f"input {name!r} has more than {self.max_tokens} words; this model takes at "
+                f"most {self.max_tokens} tokens (longer text is refused, not cut)"
             )
         return text[: last.end()]
 

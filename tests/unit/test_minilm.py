@@ -203,5 +203,5 @@ def test_a_huge_text_is_cut_to_its_reach_before_it_is_tokenized() -> None:
 def test_refusing_more_words_than_tokens_is_a_422_before_tokenizing() -> None:
     spec, weights = _minilm_spec(overflow="refuse")
     handler = load_version(spec, spec.versions[0], weights).handler
-    with pytest.raises(InputError, match=f"more than {MAX_TOKENS} words"):
+    with pytest.raises(InputError, match=f"input 'text' has more than {MAX_TOKENS} words"):
         handler.decode_batch([{"text": np.array(["word " * 100_000], dtype=object)}])

@@ -274,15 +274,34 @@ def test_validate_without_load_never_imports_torch() -> None:
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
 
 
-def test_validate_without_load_names_a_missing_architecture_module(
-    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("architecture", "reason"),
+    [
+        ("no_such_package.models:Net", "no module 'no_such_package.models'"),
+        ("broken_package.models:Net", "cannot be found: RuntimeError: the package is broken"),
+    ],
+    ids=["missing", "package-raises"],
+)
+def test_validate_without_load_names_an_architecture_module_it_cannot_find(
+    weights: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    architecture: str,
+    reason: str,
 ) -> None:
+    """Finding ``broken_package.models`` imports ``broken_package`` first, which raises."""
+    package = tmp_path / "packages" / "broken_package"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('the package is broken')\n")
+    (package / "models.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "packages"))
     write_state_dict(weights, "m/1/model.pt", Affine())
     version = state_dict_version("1", "m/1/model.pt", "Affine")
-    version["architecture"] = "no_such_package.models:Net"
+    version["architecture"] = architecture
     manifest = write_manifest(tmp_path, [model_entry("m", [version])])
     assert main(["validate", str(manifest)]) == 1
-    assert "no module 'no_such_package.models'" in capsys.readouterr().err
+    assert reason in capsys.readouterr().err
 
 
 def test_validate_without_load_names_a_missing_handler_module(
@@ -294,26 +313,6 @@ def test_validate_without_load_names_a_missing_handler_module(
     manifest = write_manifest(tmp_path, [entry])
     assert main(["validate", str(manifest)]) == 1
     assert "handler 'no_such_package.handlers:Text': no module" in capsys.readouterr().err
-
-
-def test_validate_names_a_module_whose_package_fails_to_import(
-    weights: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Finding ``broken_package.models`` imports ``broken_package`` first."""
-    package = tmp_path / "packages" / "broken_package"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("raise RuntimeError('the package is broken')\n")
-    (package / "models.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path / "packages"))
-    write_state_dict(weights, "m/1/model.pt", Affine())
-    version = state_dict_version("1", "m/1/model.pt", "Affine")
-    version["architecture"] = "broken_package.models:Net"
-    manifest = write_manifest(tmp_path, [model_entry("m", [version])])
-    assert main(["validate", str(manifest)]) == 1
-    assert "cannot be found: RuntimeError: the package is broken" in capsys.readouterr().err
 
 
 def test_a_folder_swapped_for_a_symlink_after_the_check_leads_nowhere(tmp_path: Path) -> None:

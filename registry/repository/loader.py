@@ -67,6 +67,20 @@ class Loader:
         """Run blocking work (hashing, deserialising, warm-up) on a loader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
+    async def unless_stopped(self, function: Callable[..., T], *args: object) -> T:
+        """``on_thread``, but ``ShuttingDown`` if ``stop_starting`` came while the work
+        waited for a thread: at shutdown, queued work never starts."""
+        return await self.on_thread(self._refused_once_stopped, function, *args)
+
+    def _refused_once_stopped(self, function: Callable[..., T], *args: object) -> T:
+        if self._closing:
+            raise ShuttingDown()
+        return function(*args)
+
+    def stop_starting(self) -> None:
+        """Start no more loads, nor work sent by ``unless_stopped``; what runs finishes."""
+        self._closing = True
+
     async def load(
         self, model: ModelSpec, version: VersionSpec, wanted: Callable[[], bool] = _always
     ) -> LoadedModel:
@@ -181,7 +195,7 @@ class Loader:
 
     async def close(self) -> None:
         """Start no more loads; wait for those running (they cannot be interrupted)."""
-        self._closing = True
+        self.stop_starting()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
 

@@ -13,10 +13,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
 
 from registry.core import ModelRegistry
 from registry.errors import RegistryError, ReloadFailed, RemovesEveryModel, ShuttingDown
@@ -40,7 +38,6 @@ from registry.table import VersionSlot, VersionState, loading_table, slots
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ class ModelRepository:
                     done = await self._fingerprinted(key, slot, manifest)
                 else:
                     done = await self._loaded_slot(key, slot, manifest)
-            except Abandoned:
+            except ShuttingDown:
                 return  # NOTE: shutdown began before a loader thread was free for it
             if self._closing and done.model is not None:
                 self._registry.discard(done.model)
@@ -149,9 +146,8 @@ class ModelRepository:
         """A lazy version, unloaded, once its weight file is found and hashed."""
         model, version = planning.specs(manifest, key)
         try:
-            found = await self._loader.on_thread(
+            found = await self._loader.unless_stopped(
                 partial(
-                    self._unless_closing,
                     fingerprint_version,
                     model,
                     version,
@@ -159,6 +155,8 @@ class ModelRepository:
                     self._loader.digests,
                 )
             )
+        except ShuttingDown:
+            raise
         except RegistryError as exc:
             log.error("cannot load %s when asked: %s", key, exc.message)
             return VersionSlot(slot.spec, error=exc.message, on_demand=True)
@@ -169,7 +167,9 @@ class ModelRepository:
     ) -> VersionSlot:
         """The slot once its version is loaded, or carrying why it failed."""
         try:
-            model = await self._loader.load(*planning.specs(manifest, key), self._open)
+            model = await self._loader.load(*planning.specs(manifest, key))
+        except ShuttingDown:
+            raise
         except RegistryError as exc:
             log.error("failed to load %s: %s", key, exc.message)
             return VersionSlot(slot.spec, error=exc.message)
@@ -288,17 +288,6 @@ class ModelRepository:
         in_plan_order = {key: fresh[key] for key in plan.to_load if key in fresh}
         return Loaded(in_plan_order, failed)
 
-    def _open(self) -> bool:
-        """Whether a start-up load may still begin: not once shutdown has (it waits for
-        the loads that have)."""
-        return not self._closing
-
-    def _unless_closing(self, work: Callable[..., T], *args: object) -> T:
-        """On a loader thread: ``work``, unless shutdown began while it waited for one."""
-        if self._closing:
-            raise Abandoned()
-        return work(*args)
-
     def _refuse_when_closing(self) -> None:
         if self._closing:
             raise ShuttingDown()
@@ -307,6 +296,7 @@ class ModelRepository:
         """Stop loading: wait for a load in progress (it cannot be interrupted), then end
         the loader thread, so that no model is created after this returns."""
         self._closing = True
+        self._loader.stop_starting()  # NOTE: what waits for a loader thread never starts
         async with self._lock:
             pass
         await self._loader.close()

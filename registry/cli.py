@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from registry import __version__
 from registry.settings import Settings
 
@@ -25,15 +27,12 @@ if TYPE_CHECKING:
     import socket
 
     import uvicorn
-    from pydantic import ValidationError
     from starlette.types import ASGIApp
 
 EXIT_OK, EXIT_INVALID, EXIT_MODELS_FAILED, EXIT_STARTUP_FAILED = 0, 1, 1, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pydantic import ValidationError
-
     parser = _parser()
     args = parser.parse_args(argv)
     try:

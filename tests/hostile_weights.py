@@ -11,7 +11,9 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import re
+import struct
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +95,31 @@ def exported_sample_inputs_archive(root: Path, relative: str, marker: Path) -> P
         records[name] = saved.getvalue()
 
     return _exported(root, relative, change)
+
+
+def exported_oversized_sample_input(root: Path, relative: str, elements: int) -> Path:
+    """Sample inputs whose storage claims ``elements`` floats but whose record holds a few:
+    a loader that trusted the claim would allocate it."""
+
+    def change(records: dict[str, bytes]) -> None:
+        name = next(n for n in records if "/data/sample_inputs/" in n)
+        saved = io.BytesIO(records[name])
+        _rewrite_zip_in(saved, lambda inner: _claim_elements(inner, elements))
+        records[name] = saved.getvalue()
+
+    return _exported(root, relative, change)
+
+
+def _claim_elements(records: dict[str, bytes], elements: int) -> None:
+    """Rewrite the element count of the first storage in ``data.pkl`` (the last item of
+    the persistent id tuple, just before its ``TUPLE``) as a 4-byte ``BININT``."""
+    name = next(n for n in records if n.endswith("/data.pkl"))
+    data = records[name]
+    ops = list(pickletools.genops(data))
+    closing = next(i for i, (op, _, _) in enumerate(ops) if op.name == "TUPLE")
+    _, _, start = ops[closing - 1]
+    _, _, end = ops[closing]
+    records[name] = data[:start] + b"J" + struct.pack("<i", elements) + data[end:]
 
 
 def _swap_data_pkl(records: dict[str, bytes], marker: Path) -> None:

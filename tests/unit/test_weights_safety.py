@@ -37,7 +37,11 @@ from tests.factories import (
     write_manifest,
     write_state_dict,
 )
-from tests.hostile_weights import HOSTILE_FILES, hostile_version
+from tests.hostile_weights import (
+    HOSTILE_FILES,
+    exported_oversized_sample_input,
+    hostile_version,
+)
 
 EXPORTED = [name for name, (fmt, _, _) in HOSTILE_FILES.items() if fmt == "exported"]
 
@@ -352,3 +356,14 @@ def test_a_record_that_unpacks_beyond_what_the_check_reads_is_refused(
     monkeypatch.setattr(pt2, "_LARGEST_READ", 64)
     with pytest.raises(UnsafeWeights, match="unpacks to"):
         check_exported_archive(data)
+
+
+def test_a_sample_input_that_claims_more_than_its_record_holds_is_refused(
+    weights: Path,
+) -> None:
+    """The claim (a gigabyte) is not trusted: torch compares it with the record's size
+    before allocating (torch >= 2.10), so the load fails at once; a torch that stopped
+    comparing would allocate the claim and load this file."""
+    exported_oversized_sample_input(weights, "m/1/model.pt2", elements=1 << 28)
+    with pytest.raises(RegistryError, match="failed during loading"):
+        load(weights, {"version": "1", "format": "exported", "path": "m/1/model.pt2"})

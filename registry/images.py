@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 
 from registry.errors import ImageTooLarge, InvalidInput
 
@@ -102,13 +102,16 @@ def decode_image(
     limits: ImageLimits,
     mode: str = "L",
     size: tuple[int, int] | None = None,
+    upright: bool = False,
 ) -> npt.NDArray[np.uint8]:
     """The first frame of a PNG or JPEG as uint8, (H, W) for ``"L"``, else (H, W, C).
 
     ``mode`` is the Pillow mode to convert to (one of ``OUTPUT_MODES``); ``size`` is
     (width, height), reached with a box (area) filter, which averages every source pixel
     into its target pixel: downscaling by an integer factor recovers the original
-    exactly. EXIF orientation is not applied: pixels are taken as stored.
+    exactly. ``upright`` turns the pixels as the EXIF orientation tag says (a phone
+    stores a portrait photo sideways and tags it) before resizing; off, pixels are taken
+    as stored, which is what training pipelines that open files with Pillow saw.
 
     Raises ``InvalidInput`` for anything but PNG or JPEG and for a file that does not
     decode, ``ImageTooLarge`` for one whose header claims more than
@@ -119,7 +122,7 @@ def decode_image(
     image = _open_header(data)
     try:
         _check_size(image.size, limits)
-        return _decode(image, limits, mode, size)
+        return _decode(image, limits, mode, size, upright)
     finally:
         image.close()
 
@@ -184,12 +187,16 @@ def _decode(
     limits: ImageLimits,
     mode: str,
     size: tuple[int, int] | None,
+    upright: bool,
 ) -> npt.NDArray[np.uint8]:
-    """Decode, convert and resize inside the guard: every failure past the header is the
-    file's fault (truncated, corrupt), so a client error, never a 500."""
+    """Decode, turn, convert and resize inside the guard: every failure past the header
+    is the file's fault (truncated, corrupt, a malformed EXIF block), so a client error,
+    never a 500. Turning keeps the pixel count the header's check bounded."""
     try:
         with _decoding():
             image.load()
+            if upright:
+                ImageOps.exif_transpose(image, in_place=True)
             converted = _convert(image, mode)
             if size is not None and converted.size != size:
                 converted = converted.resize(size, Image.Resampling.BOX)

@@ -5,7 +5,8 @@ raw ``image/png`` or ``image/jpeg`` body, or as V2 ``BYTES``. Each is checked an
 by ``registry.images`` (a header that claims more than ``max_pixels`` is refused, 413,
 before a pixel is decoded), converted to ``mode``, resized to ``size`` with an area
 filter, scaled by ``scale`` and laid out channels first: ``[rows, channels, height,
-width]``, the model's input under the same name.
+width]``, the model's input under the same name. With ``exif_orientation`` the pixels are
+first turned as the image's EXIF orientation tag says.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ImageTensor(Handler):
         mode: str = "RGB",
         scale: float = 1 / 255,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        exif_orientation: bool = False,
     ) -> None:
         super().__init__(context)
         self.images = [spec.name for spec in context.inputs if spec.dtype == "bytes"]
@@ -42,6 +44,9 @@ class ImageTensor(Handler):
         self.mode = mode
         self.scale = np.float32(scale)
         self.limits = ImageLimits(max_pixels=max_pixels)
+        if not isinstance(exif_orientation, bool):
+            raise ValueError(f"exif_orientation must be true or false, not {exif_orientation!r}")
+        self.upright = exif_orientation
 
     def decode(self, inputs: Tensors) -> Tensors:
         """Each image as ``[channels, height, width]`` floats, in place of its bytes."""
@@ -53,7 +58,9 @@ class ImageTensor(Handler):
         return decoded
 
     def _pixels(self, data: bytes) -> Array:
-        image = decode_image(data, limits=self.limits, mode=self.mode, size=self.size)
+        image = decode_image(
+            data, limits=self.limits, mode=self.mode, size=self.size, upright=self.upright
+        )
         scaled = image.astype(np.float32) * self.scale
         return scaled[np.newaxis] if scaled.ndim == 2 else scaled.transpose(2, 0, 1)
 

@@ -84,6 +84,20 @@ def models(weights: Path) -> list[dict[str, Any]]:
             "versions": [version(weights, "two-images", "Identity")],
         },
         {
+            "name": "upright",
+            "inputs": [{"name": "image", "dtype": "bytes", "shape": []}],
+            "handler": "registry.handlers.image:ImageTensor",
+            "handler_args": {"size": [3, 4], "mode": "L", "scale": 1, "exif_orientation": True},
+            "versions": [version(weights, "upright", "Identity")],
+        },
+        {
+            "name": "upright-quoted",
+            "inputs": [{"name": "image", "dtype": "bytes", "shape": []}],
+            "handler": "registry.handlers.image:ImageTensor",
+            "handler_args": {"size": [3, 4], "exif_orientation": "false"},
+            "versions": [version(weights, "upright-quoted", "Identity")],
+        },
+        {
             "name": "unsafe",
             "input": {"shape": [2]},
             "handler": "os:system",
@@ -504,3 +518,26 @@ def test_a_strided_output_is_answered_in_json(client: TestClient) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"] == [[1.0, 2.0], [5.0, 6.0]]
     assert predict(client, "columns", rows[0]).json()["outputs"] == [1.0, 2.0]
+
+
+def test_an_image_model_can_turn_a_tagged_photo_upright(client: TestClient) -> None:
+    """Stored 4 wide and 3 high, tagged 6 (turn clockwise): the model sees it 3 wide and
+    4 high, as a viewer shows it, because its manifest asks for ``exif_orientation``."""
+    stored = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    exif = Image.Exif()
+    exif[274] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG", exif=exif.tobytes())
+    answer = client.post(
+        "/models/upright/predict", content=buffer.getvalue(), headers={"content-type": "image/png"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [np.rot90(stored, -1).tolist()]  # [channels, h, w]
+
+
+def test_a_quoted_boolean_handler_argument_fails_the_load_rather_than_reading_as_true(
+    client: TestClient,
+) -> None:
+    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "upright-quoted"]
+    assert failed["state"] == "failed"
+    assert "exif_orientation must be true or false, not 'false'" in failed["versions"][0]["error"]

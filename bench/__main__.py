@@ -81,12 +81,21 @@ def main() -> None:
         help="minilm, on a shared machine: wait (<= 90 s) until other processes use fewer "
         "cores than this before each cell, redo a disturbed cell at most twice (0: off)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="minilm: every cell this many times, the servers taking turns; the report "
+        "gives each cell's median round and the median ratio (1)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     requested = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = set(requested) - {*MODELS, *SECTIONS}
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; known: {[*MODELS, *SECTIONS]}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     names = [n for n in requested if n in MODELS]
     concurrencies = [int(c) for c in args.conc.split(",")]
 
@@ -133,6 +142,7 @@ def main() -> None:
                 args.litserve_workers,
                 args.quiet,
                 args.instances,
+                args.rounds,
             )
             encoder = minilm.run(work, encoder_opts)
             results += encoder["results"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -68,13 +69,16 @@ def make_settings(directory: Path, **overrides: object) -> Settings:
 
 
 class FatalRecorder:
-    """Stands in for the process-ending reaction to a strict start-up failure."""
+    """Stands in for the process-ending reaction to a strict start-up failure; ``called``
+    is set at the first call."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.called = threading.Event()
 
     def __call__(self) -> None:
         self.calls += 1
+        self.called.set()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,10 +117,8 @@ def client(directory: Path) -> Iterator[TestClient]:
     settings = make_settings(directory, weights_dir=directory / "weights", strict_startup=False)
     with TestClient(create_app(settings)) as client:
         # NOTE: not /readyz, which waits for every model: ``unsafe`` is meant to fail.
-        deadline = time.monotonic() + 60
-        while any(m["state"] == "loading" for m in client.get("/models").json()["models"]):
-            assert time.monotonic() < deadline, "the models did not load"
-            time.sleep(0.02)
+        assert client.portal is not None
+        client.portal.call(client.app_state["repository"].wait_loaded)
         yield client
 
 

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind
 from registry import tracing
 from registry.app import create_app
 from tests.factories import FEATURES, LIN_INPUT, affine_model, echo_model, write_manifest
-from tests.support import make_settings, wait_ready
+from tests.support import make_settings, wait_for, wait_ready
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -107,9 +107,11 @@ def test_requests_batched_together_link_to_one_forward_span(
     first_started = threading.Event()
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(_predict_then, traced, row, first_started)
-        first_started.wait(10)
-        while traced.get("/models/slow").json()["versions"][0]["in_flight"] < 1:
-            pass  # NOTE: until the first request holds the model
+        assert first_started.wait(10)
+        wait_for(
+            lambda: traced.get("/models/slow").json()["versions"][0]["in_flight"] >= 1,
+            "the first request to hold the model",
+        )
         rest = [pool.submit(traced.post, "/models/slow/predict", json=row) for _ in range(3)]
         answers = [first.result(), *(f.result() for f in rest)]
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ import httpx2
 import numpy as np
 import orjson
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message
@@ -28,6 +31,7 @@ from starlette.types import Message
 import registry.serving
 from registry.api.routes import predict
 from registry.app import create_app
+from registry.model import LoadedModel
 from registry.settings import Settings
 from tests.factories import TRIPWIRE, affine_model, echo_model, model_entry, write_manifest
 from tests.support import call_app, make_settings, post_scope, status_of, wait_ready
@@ -284,26 +288,51 @@ def test_slow_and_vanishing_bodies_are_answered_alike(
     assert without_request_id(sent["fast-path"]) == without_request_id(sent["fastapi-path"])
 
 
-def test_queue_full_is_the_same_503_through_both_doors(doors: dict[str, TestClient]) -> None:
+def test_queue_full_is_the_same_503_through_both_doors(
+    doors: dict[str, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``busy`` runs one request and queues one; a third is refused at once."""
-    body = orjson.dumps({"inputs": X})
     answers = {}
     for door, client in doors.items():
-
-        async def burst(app: Any, state: dict[str, Any]) -> list[Message]:
-            first = asyncio.ensure_future(asgi_post(app, state, "/models/busy/predict", body))
-            await asyncio.sleep(0.1)  # NOTE: its forward pass is running
-            second = asyncio.ensure_future(asgi_post(app, state, "/models/busy/predict", body))
-            await asyncio.sleep(0.05)  # NOTE: and this one waits in the queue
-            third = await asgi_post(app, state, "/models/busy/predict", body)
-            await asyncio.gather(first, second)
-            return third
-
+        busy: LoadedModel = client.app_state["registry"].table["busy"].versions["1"].model
+        began = passes_begun(busy, monkeypatch)
         assert client.portal is not None
-        answers[door] = without_request_id(client.portal.call(burst, client.app, client.app_state))
+        third = client.portal.call(burst, client.app, client.app_state, busy, began)
+        answers[door] = without_request_id(third)
     assert status_of(answers["fast-path"]) == 503
     assert b"queue_full" in answers["fast-path"][-1]["body"]
     assert answers["fast-path"] == answers["fastapi-path"]
+
+
+def passes_begun(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set as each of ``model``'s forward passes begins, on its inference thread."""
+    began = threading.Event()
+    module = model.module
+
+    def signalled(*inputs: torch.Tensor) -> object:
+        began.set()
+        return module(*inputs)
+
+    monkeypatch.setattr(model, "module", signalled)
+    return began
+
+
+async def burst(
+    app: Any, state: dict[str, Any], busy: LoadedModel, began: threading.Event
+) -> list[Message]:
+    """Three requests to ``busy``, each sent once the one before runs or waits in the
+    queue: what the third is answered."""
+    body = orjson.dumps({"inputs": X})
+    first = asyncio.ensure_future(asgi_post(app, state, "/models/busy/predict", body))
+    assert await asyncio.to_thread(began.wait, 10)  # NOTE: its forward pass is running
+    second = asyncio.ensure_future(asgi_post(app, state, "/models/busy/predict", body))
+    deadline = time.monotonic() + 10
+    while busy.queue_depth < 1:  # NOTE: until this one waits in the queue
+        assert time.monotonic() < deadline, "the second request never queued"
+        await asyncio.sleep(0.001)
+    third = await asgi_post(app, state, "/models/busy/predict", body)
+    await asyncio.gather(first, second)
+    return third
 
 
 async def asgi_post(app: Any, state: dict[str, Any], path: str, body: bytes) -> list[Message]:

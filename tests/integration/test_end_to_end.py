@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -139,14 +138,14 @@ def test_a_signal_lets_in_flight_requests_finish_then_exits_zero(
         ]
         # NOTE: one pass running and two queued behind it when the signal comes
         wait_for(lambda: in_flight(client, "sleepy") == 3, "three requests in flight")
-        started = time.monotonic()
         server.process.send_signal(sig)
         responses = [future.result() for future in pending]
         code = server.stop()
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert sorted(r.json()["outputs"][0] for r in responses) == [0, 1, 2]
     assert code == 0, server.output()
-    assert time.monotonic() - started < 30
+    # NOTE: the drain ended with the requests, not at its deadline (uvicorn's words for that)
+    assert "timeout graceful shutdown exceeded" not in server.output()
     assert "every model released" in server.output()
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -82,17 +83,18 @@ async def test_the_first_reload_hashes_no_file_start_up_already_read(
 ) -> None:
     import registry.weightfiles as weightfiles
 
-    hashed: list[Path] = []
-    real = weightfiles.file_sha256
+    # NOTE: every read of a weight file, to hash it or to load it, opens it through here
+    opened: list[Path] = []
+    real = weightfiles.open_confined
 
-    def counted(path: Path) -> str:
-        hashed.append(path)
-        return real(path)
+    def counted(path: Path, shown: str) -> io.BufferedReader:
+        opened.append(path)
+        return real(path, shown)
 
-    monkeypatch.setattr(weightfiles, "file_sha256", counted)
+    monkeypatch.setattr(weightfiles, "open_confined", counted)
     report = await serving.repository.reload(actor="test")
     assert sorted(report.unchanged) == ["lin:1", "lin:2"]
-    assert hashed == []
+    assert opened == []
 
 
 async def test_changed_weights_reload_that_version_only(

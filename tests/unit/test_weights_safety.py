@@ -180,11 +180,17 @@ def test_an_architecture_that_is_not_a_module_class_is_never_called(
 
 def test_a_factory_is_called_only_when_the_operator_allows_it(weights: Path) -> None:
     digest = write_state_dict(weights, "m/1/model.safetensors", Affine(seed=1))
-    version = state_dict_version("1", "m/1/model.safetensors", "build_affine", digest, seed=1)
+    # NOTE: the factory builds Affine(seed=2); the file's weights (seed 1) must replace its own
+    version = state_dict_version("1", "m/1/model.safetensors", "build_affine", digest, seed=2)
     with pytest.raises(UnsafeArchitecture, match="REGISTRY_ARCHITECTURE_FACTORIES"):
         load(weights, version)
     model = load(weights, version, factories={"tests.factories:build_affine"})
-    assert model is not None
+    inputs = np.ones((2, FEATURES), dtype=np.float32)
+    np.testing.assert_allclose(
+        model.forward_blocking(inputs),  # type: ignore[attr-defined]
+        affine_outputs(inputs, 1),
+        rtol=1e-6,
+    )
 
 
 def test_an_architecture_that_cannot_be_imported_is_named(weights: Path) -> None:

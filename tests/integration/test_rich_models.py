@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +25,6 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.examples import minilm_files
 from registry.examples.data import digits_split
 from registry.examples.digit_images import pixels_from_image, render_jpeg, render_png
 from registry.images import ImageLimits, decode_image
@@ -38,7 +36,6 @@ pytestmark = pytest.mark.integration
 Floats = npt.NDArray[np.float32]
 
 MANIFEST = REPOSITORY / "models.yaml"
-WEIGHTS = REPOSITORY / "weights"
 MAX_TOKENS = 256  # both text models' handler_args, sentence-transformers' max_seq_length
 MAX_PIXELS = 1048576  # digits-image's handler_args
 BURST = 32
@@ -74,15 +71,6 @@ OVER_LONG = "The quick brown fox jumps over the lazy dog. " * 34  # ~300 words, 
 
 
 # --- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights_root() -> Path:
-    """MiniLM's files are built at set-up, not committed: build them on a fresh clone."""
-    target = WEIGHTS / minilm_files.TARGET
-    if not all((target / name).is_file() for name in minilm_files.FILES):
-        assert minilm_files.main([str(WEIGHTS)]) == 0
-    return WEIGHTS
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_valid_manifest_parses_with_defaults() -> None:
     manifest = parse_manifest(valid())
     (model,) = manifest.models
     assert model.resolved_default == "2"
-    assert model.batching.max_batch_size >= 1
+    assert model.batching.max_batch_size == 32
     assert model.device == "cpu"
     assert model.warmup is True
     assert model.resolve("stable") == "1"

@@ -84,9 +84,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="minilm: every cell this many times, the servers taking turns; the report "
-        "gives each cell's median round and the median ratio (1)",
+        "gives each cell's median round and the median ratio (3)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

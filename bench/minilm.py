@@ -285,7 +285,7 @@ class Options:
     workers: int = 1  # LitServe's workers_per_device
     quiet: float = 0.0  # > 0: wait for foreign load below this many cores before a cell
     instances: int | None = None  # this project's ``instances``; None: models.yaml's
-    rounds: int = 1  # every cell this many times, the two servers taking turns
+    rounds: int = 3  # every cell this many times, the two servers taking turns
 
 
 @contextmanager

@@ -87,24 +87,25 @@ def exported_sample_inputs(root: Path, relative: str, marker: Path) -> Path:
 
 def exported_sample_inputs_archive(root: Path, relative: str, marker: Path) -> Path:
     """Sample inputs kept a real torch.save archive, its ``data.pkl`` swapped for a payload."""
-
-    def change(records: dict[str, bytes]) -> None:
-        name = next(n for n in records if "/data/sample_inputs/" in n)
-        saved = io.BytesIO(records[name])
-        _rewrite_zip_in(saved, lambda inner: _swap_data_pkl(inner, marker))
-        records[name] = saved.getvalue()
-
-    return _exported(root, relative, change)
+    return _exported_sample_inputs(root, relative, lambda inner: _swap_data_pkl(inner, marker))
 
 
 def exported_oversized_sample_input(root: Path, relative: str, elements: int) -> Path:
     """Sample inputs whose storage claims ``elements`` floats but whose record holds a few:
     a loader that trusted the claim would allocate it."""
+    return _exported_sample_inputs(root, relative, lambda inner: _claim_elements(inner, elements))
+
+
+def _exported_sample_inputs(
+    root: Path, relative: str, change_saved: Callable[[dict[str, bytes]], None]
+) -> Path:
+    """An exported archive whose sample inputs (a torch.save archive of their own) have
+    ``change_saved`` applied to their records."""
 
     def change(records: dict[str, bytes]) -> None:
         name = next(n for n in records if "/data/sample_inputs/" in n)
         saved = io.BytesIO(records[name])
-        _rewrite_zip_in(saved, lambda inner: _claim_elements(inner, elements))
+        _rewrite_zip_in(saved, change_saved)
         records[name] = saved.getvalue()
 
     return _exported(root, relative, change)

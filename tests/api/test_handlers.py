@@ -438,18 +438,23 @@ def test_metadata_names_every_tensor(client: TestClient) -> None:
     assert lengths["outputs"] == [{"name": "total", "datatype": "FP32", "shape": [-1, 1]}]
 
 
-def test_a_warm_up_that_fails_fails_its_version_with_the_reason(client: TestClient) -> None:
-    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "no-warmup"]
-    assert failed["state"] == "failed"
-    assert "no warm-up inputs today" in failed["versions"][0]["error"]
-
-
-def test_the_sentence_encoder_refuses_texts_it_cannot_read_one_by_one(
-    client: TestClient,
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        # a warm-up that fails fails its version
+        ("no-warmup", "no warm-up inputs today"),
+        # the sentence encoder refuses texts it cannot read one by one
+        ("two-texts", "of shape [] (one text per instance)"),
+        # a quoted boolean handler argument is refused rather than read as true
+        ("upright-quoted", "exif_orientation must be true or false, not 'false'"),
+    ],
+)
+def test_a_version_that_cannot_serve_fails_with_the_reason(
+    client: TestClient, name: str, reason: str
 ) -> None:
-    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "two-texts"]
+    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == name]
     assert failed["state"] == "failed"
-    assert "of shape [] (one text per instance)" in failed["versions"][0]["error"]
+    assert reason in failed["versions"][0]["error"]
 
 
 def test_a_list_of_named_instances_is_a_batch_for_one_input_too(client: TestClient) -> None:
@@ -530,11 +535,3 @@ def test_an_image_model_can_turn_a_tagged_photo_upright(client: TestClient) -> N
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"] == [np.rot90(stored, -1).tolist()]  # [channels, h, w]
-
-
-def test_a_quoted_boolean_handler_argument_fails_the_load_rather_than_reading_as_true(
-    client: TestClient,
-) -> None:
-    (failed,) = [m for m in client.get("/models").json()["models"] if m["name"] == "upright-quoted"]
-    assert failed["state"] == "failed"
-    assert "exif_orientation must be true or false, not 'false'" in failed["versions"][0]["error"]

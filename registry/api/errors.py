@@ -1,7 +1,8 @@
 """The exception handlers; every error leaves as ``{"error": {code, message, ...}}``.
 
 Except under ``/v2/``: the Open Inference Protocol fixes its error body as
-``{"error": "<message>"}``, so the path decides the shape, in ``error_response`` alone.
+``{"error": "<message>"}``, so the path decides the shape, in ``error_response`` alone:
+the path the routes match, below any prefix the app is mounted under.
 
 The handlers are the application's (``create_app`` installs ``EXCEPTION_HANDLERS``), and
 every layer that answers an error itself (the body limit, the fast path, ``Observe``)
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from registry.api.asgi import get_route_path
 from registry.codec import dumps
 from registry.errors import (
     PayloadTooLarge,
@@ -54,7 +56,7 @@ def error_response(
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-def render_registry_error(exc: RegistryError, method: str, path: str) -> Response:
+def render_registry_error(exc: RegistryError, request: Request) -> Response:
     """The envelope for a domain error; a server fault is also logged with the request id.
 
     503s (loading, queue full, draining) are expected states, not faults: not logged.
@@ -70,17 +72,23 @@ def render_registry_error(exc: RegistryError, method: str, path: str) -> Respons
     if exc.status_code >= 500 and not isinstance(exc, Unavailable):
         log.error(
             "%s %s failed: %s: %s",
-            method,
-            path,
+            request.method,
+            request.url.path,
             exc.code,
             exc.message,
             extra={"request_id": request_id.get()},
         )
-    return error_response(exc.status_code, exc.code, exc.message, headers, path=path, **exc.details)
+    return error_response(
+        exc.status_code, exc.code, exc.message, headers, path=_routed(request), **exc.details
+    )
+
+
+def _routed(request: Request) -> str:
+    return get_route_path(request.scope)
 
 
 async def _registry_error(request: Request, exc: RegistryError) -> Response:
-    return render_registry_error(exc, request.method, request.url.path)
+    return render_registry_error(exc, request)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -88,7 +96,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
         {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
     ]
     return error_response(
-        422, "invalid_request", "the request is invalid", path=request.url.path, problems=problems
+        422, "invalid_request", "the request is invalid", path=_routed(request), problems=problems
     )
 
 
@@ -96,20 +104,19 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
-    return error_response(exc.status_code, code, message, exc.headers, path=request.url.path)
+    return error_response(exc.status_code, code, message, exc.headers, path=_routed(request))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     """A bug: 500 ``internal``, the traceback in the log (with the request id), not sent."""
-    path = request.url.path
     log.error(
         "%s %s failed unexpectedly",
         request.method,
-        path,
+        request.url.path,
         exc_info=exc,
         extra={"request_id": request_id.get()},
     )
-    return error_response(500, "internal", "internal server error", path=path)
+    return error_response(500, "internal", "internal server error", path=_routed(request))
 
 
 ExceptionHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]

@@ -177,6 +177,12 @@ def test_mounted_in_another_app_that_runs_its_lifespan_it_serves_through_either_
         assert answer.headers["x-request-id"]
         assert client.get("/hello").json() == "hi"
         assert "/models/{name}/predict" in client.get("/ml/openapi.json").json()["paths"]
+        # NOTE: errors keep each protocol's shape below the prefix: V2's is a bare message
+        v2 = client.post("/ml/v2/models/nope/infer", json={"inputs": []})
+        assert v2.status_code == 404
+        assert isinstance(v2.json()["error"], str), v2.text
+        native = client.post("/ml/models/nope/predict", json=BODY)
+        assert native.json()["error"]["code"] == "model_not_found"
     assert (predict.predict in solved) is not fast_path
     with TestClient(create_app(settings)) as alone:
         wait_ready(alone)

@@ -99,7 +99,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         tracer = tracing.TRACER
         if tracer is None:
-            return await self._infer(request, context)
+            return await self._infer(request, context, None)
         carrier = {
             item.key: item.value
             for item in context.invocation_metadata() or ()
@@ -109,12 +109,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             tracer,
             "inference.GRPCInferenceService/ModelInfer",
             carrier,
-            {"rpc.system": "grpc", "registry.model": request.model_name},
+            {
+                "rpc.system": "grpc",
+                "rpc.service": "inference.GRPCInferenceService",
+                "rpc.method": "ModelInfer",
+            },
         )
         with trace.use_span(span, end_on_exit=True, record_exception=False):
-            return await self._infer(request, context)
+            return await self._infer(request, context, span)
 
-    async def _infer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: Context, span: trace.Span | None
+    ) -> Any:
+        """The call, counted in the request metrics and, when traced, described on
+        ``span`` as an HTTP request's span is: who answered, and with what status."""
         started = time.perf_counter()
         served, status = (UNKNOWN, UNKNOWN), 200
         try:
@@ -158,12 +166,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise  # NOTE: abort raises; this line only tells the type checker
         finally:
             self._metrics.observe(*served, status, time.perf_counter() - started)
+            if span is not None:
+                _describe(span, served, status)
 
     def _timeout_s(self, context: Context) -> float:
         """``REGISTRY_REQUEST_TIMEOUT_S``, or what is left of the client's deadline."""
         left = context.time_remaining()
         timeout = self._settings.request_timeout_s
         return timeout if left is None else max(0.0, min(timeout, left))
+
+
+def _describe(span: trace.Span, served: tuple[str, str], status: int) -> None:
+    if served != (UNKNOWN, UNKNOWN):
+        span.set_attribute("registry.model", served[0])
+        span.set_attribute("registry.version", served[1])
+    code = grpc.StatusCode.OK if status == 200 else STATUS.get(status, grpc.StatusCode.INTERNAL)
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    span.set_attribute("registry.status", status)  # NOTE: the HTTP status it stands for
+    if status >= 500:
+        span.set_status(trace.Status(trace.StatusCode.ERROR))
 
 
 async def _abort(context: Context, error: RegistryError) -> NoReturn:

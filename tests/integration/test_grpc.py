@@ -848,4 +848,9 @@ def test_a_grpc_call_is_traced_under_the_callers_trace(
     assert {"inference.GRPCInferenceService/ModelInfer", "decode", "forward", "encode"} <= names
     (call,) = [s for s in mine if s.name == "inference.GRPCInferenceService/ModelInfer"]
     assert call.parent_span_id.hex() == parent
+    attributes = {a.key: a.value for a in call.attributes}
+    assert attributes["registry.model"].string_value == "flip"
+    assert attributes["registry.version"].string_value == "1"
+    assert attributes["rpc.grpc.status_code"].int_value == 0
+    assert attributes["registry.status"].int_value == 200
     assert all(s.parent_span_id == call.span_id for s in mine if s.name in ("decode", "encode"))

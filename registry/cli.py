@@ -46,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="registry", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="registry",
+        description="Serve the models a manifest lists, or check a manifest and its weights.",
+    )
     parser.add_argument("--version", action="version", version=f"registry {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -62,7 +62,7 @@ bench: install
 bench-compare: install
 	$(PY) -m bench.compare --base '$(BASE)' $(BENCH_COMPARE_ARGS)
 
-# Many versions: start-up by REGISTRY_LOAD_WORKERS, loads on demand, a 3x-memory-budget run (~3 min).
+# Many versions: start-up by REGISTRY_LOAD_WORKERS, loads on demand, a 3x-memory-budget run (~1.5 min).
 bench-many: install
 	$(PY) -m bench.many $(BENCH_MANY_ARGS)
 

@@ -198,6 +198,14 @@ def _check_request(document: dict[str, Any], outputs: Sequence[OutputSpec]) -> N
     named = [names[0] if name is None else name for name in asked]
     if duplicates := sorted({n for n in named if named.count(n) > 1}):
         raise InvalidInput(f"output {duplicates[0]!r} is asked for twice")
+    for output, name in zip(wanted, named, strict=True):
+        if "classification" in (output.get("parameters") or {}):
+            # NOTE: answering the whole tensor instead would hand the client another
+            # datatype and shape than it asked for
+            raise InvalidInput(
+                f"output {name!r} asks for the classification extension, which this server "
+                "does not offer: ask for the output itself"
+            )
 
 
 def _is_output(wanted: object) -> bool:

@@ -61,6 +61,11 @@ def decode_request(
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
+        if raw and tensor.contents.ByteSize():
+            raise InvalidInput(
+                f"input {tensor.name!r} is sent both in contents and in raw_input_contents: "
+                "with raw_input_contents, no input may have contents"
+            )
         part = raw[index] if raw else _typed_part(tensor)
         if part is None:
             entry["data"] = _typed_data(tensor)
@@ -72,9 +77,17 @@ def decode_request(
     if request.id:
         document["id"] = request.id
     if request.outputs:
-        document["outputs"] = [{"name": output.name} for output in request.outputs]
+        document["outputs"] = [_output(output) for output in request.outputs]
     decoded = decode_document(document, b"".join(parts), specs, outputs, max_rows=max_rows)
     return document, decoded
+
+
+def _output(wanted: pb.ModelInferRequest.InferRequestedOutputTensor) -> dict[str, Any]:
+    """An output asked for, as the REST document names it: only the parameter that
+    changes what is answered (``classification``) goes along, for the same refusal."""
+    if "classification" in wanted.parameters:
+        return {"name": wanted.name, "parameters": {"classification": True}}
+    return {"name": wanted.name}
 
 
 def _typed_part(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes | None:

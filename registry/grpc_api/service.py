@@ -19,7 +19,7 @@ from opentelemetry import trace
 from registry import __version__, tracing
 from registry.api.routes.v2 import metadata
 from registry.core import ModelRegistry
-from registry.errors import NotFound, RegistryError, Unavailable
+from registry.errors import RegistryError, Unavailable
 from registry.grpc_api import open_inference_pb2 as pb
 from registry.grpc_api import open_inference_pb2_grpc as pb_grpc
 from registry.grpc_api.codec import decode_request, encode_response
@@ -65,13 +65,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, _request: pb.ServerMetadataRequest, _context: Context) -> Any:
         return pb.ServerMetadataResponse(name="registry", version=__version__)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
-        """Ready when the version (or the default) serves now; NOT_FOUND for what the
-        manifest lacks. A readiness call never loads a lazy version."""
+    async def ModelReady(self, request: pb.ModelReadyRequest, _context: Context) -> Any:
+        """Ready when the version (or the default) serves now. Not ready, as Triton
+        answers, for what the manifest lacks too: a client polling for a model that is
+        not there yet gets False, as over HTTP, not an error. A readiness call never
+        loads a lazy version."""
         try:
             self._registry.status().serving(request.name, request.version or None)
-        except NotFound as exc:
-            await _abort(context, exc)
         except RegistryError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)

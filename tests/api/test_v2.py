@@ -21,6 +21,8 @@ def infer_body(data: object, shape: list[int], datatype: str = "FP32") -> dict[s
 
 def test_health_and_metadata(client: TestClient) -> None:
     assert client.get("/v2").json()["name"] == "registry"
+    # NOTE: what tritonclient-based tools check before using an extension
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
     metadata = client.get("/v2/models/lin").json()

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import grpc as grpc_lib
 import httpx
 import numpy as np
 import numpy.typing as npt
 import orjson
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from bench.protocols import Sink
@@ -318,15 +320,15 @@ def test_model_ready_as_over_http(
     [("nope", "", ["'nope'"]), ("digits", "9", ["'digits'", "'9'"])],
     ids=["unknown-model", "unknown-version"],
 )
-def test_model_ready_and_metadata_of_what_the_manifest_lacks_are_not_found(
+def test_what_the_manifest_lacks_is_not_ready_and_its_metadata_not_found(
     grpc: grpcclient.InferenceServerClient, model: str, version: str, names: list[str]
 ) -> None:
-    for error in (
-        refused(lambda: grpc.is_model_ready(model, version)),
-        refused(lambda: grpc.get_model_metadata(model, version)),
-    ):
-        assert error.status() == "StatusCode.NOT_FOUND", error
-        assert all(name in error.message() for name in names), error.message()
+    """Not ready rather than an error, as Triton answers and as HTTP's client reads a 404:
+    a client polling for a model that is not there yet gets False."""
+    assert grpc.is_model_ready(model, version) is False
+    error = refused(lambda: grpc.get_model_metadata(model, version))
+    assert error.status() == "StatusCode.NOT_FOUND", error
+    assert all(name in error.message() for name in names), error.message()
     assert grpc.is_server_ready()
 
 
@@ -578,6 +580,39 @@ def test_a_bad_request_is_refused_with_its_status_and_fails_alone(
     assert all(name in message for name in names), message
     # NOTE: both protocols read a request through the same checks: the same words.
     assert message == http_error(http, model, tensors, **options)
+    good_digits(grpc)
+
+
+def test_the_classification_extension_is_refused_not_ignored(
+    grpc: grpcclient.InferenceServerClient,
+) -> None:
+    """Answering the whole tensor would give the client another datatype and shape than
+    it asked for; the same refusal as over HTTP (test_v2_tritonclient)."""
+    tensor = grpc_inputs([Tensor("input", "FP32", digits(2))])
+    wanted = [grpcclient.InferRequestedOutput("output", class_count=3)]
+    error = refused(lambda: grpc.infer("digits", tensor, outputs=wanted))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+    assert "classification extension" in error.message()
+    good_digits(grpc)
+
+
+def test_an_input_in_contents_and_in_raw_input_contents_is_refused(
+    grpc: grpcclient.InferenceServerClient, examples: Examples
+) -> None:
+    """The protocol forbids contents beside raw_input_contents; taking one silently would
+    answer for data the client may not have meant."""
+    x = digits(2)
+    # NOTE: tritonclient's own messages: never registry.grpc_api's in this process
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    tensor.contents.fp32_contents.extend(x.reshape(-1).tolist())
+    request.raw_input_contents.append(x.tobytes())
+    with grpc_lib.insecure_channel(examples.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc_lib.RpcError) as caught:
+            stub.ModelInfer(request, timeout=30)
+    assert caught.value.code() == grpc_lib.StatusCode.INVALID_ARGUMENT
+    assert "both in contents and in raw_input_contents" in str(caught.value.details())
     good_digits(grpc)
 
 

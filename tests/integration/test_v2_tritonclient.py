@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from registry.examples.data import digits_split
 from tests.integration.conftest import Examples
@@ -38,3 +39,18 @@ def test_tritonclient_infers_digits(server: Server, binary: bool) -> None:
         client.close()
     assert result.get_response()["model_version"] == "2"
     np.testing.assert_allclose(outputs, in_process("digits", "2", x), rtol=1e-4, atol=1e-6)
+
+
+def test_the_classification_extension_is_refused_not_ignored(server: Server) -> None:
+    """Not offered (``GET /v2`` does not list it): answering the whole tensor instead would
+    give the client another datatype and shape than it asked for."""
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        assert "classification" not in client.get_server_metadata()["extensions"]
+        tensor = triton.InferInput("input", [1, 64], "FP32")
+        tensor.set_data_from_numpy(digits_split().x_test[:1])
+        wanted = triton.InferRequestedOutput("output", class_count=3)
+        with pytest.raises(InferenceServerException, match="classification extension"):
+            client.infer("digits", [tensor], outputs=[wanted])
+    finally:
+        client.close()

@@ -45,7 +45,9 @@ _MODEL_ERRORS = errors(404, 422, 503)
 
 @router.get("")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="registry", version=__version__, extensions=["binary_tensor_data"])
+    # NOTE: model_repository's routes always exist; they answer 403 until a token is set
+    extensions = ["binary_tensor_data", "model_repository"]
+    return ServerMetadata(name="registry", version=__version__, extensions=extensions)
 
 
 @router.get("/health/live")

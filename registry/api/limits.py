@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.api.asgi import header
+from registry.api.encoding import Inflater, coding_of
 from registry.api.errors import answer_error
 from registry.codec import parse_count
 from registry.deadlines import Deadlines
@@ -52,10 +52,22 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = declared_length(scope)
+        length, encoding = framing(scope)
+        declared = parse_count(length) if length is not None else None
         if declared is not None and declared > limit:
             await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
+        inflater: Inflater | None = None
+        if encoding is not None:
+            try:
+                coding = coding_of(encoding)
+            except RegistryError as exc:
+                await self._refuse(exc, scope, receive, send)
+                return
+            if coding is not None:
+                inflater = Inflater(coding, limit)
+                # NOTE: what the routes read is the body inflated, of a length unknown yet
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in _FRAMING]
         settings: Settings | None = scope.get("state", {}).get("settings")
         timeout_s = settings.body_timeout_s if settings is not None else None
         deadlines = self.deadlines
@@ -89,6 +101,13 @@ class BodySizeLimit:
                     refusal = PayloadTooLarge(limit)
                     raise _Refused
                 complete = not message.get("more_body", False)
+                if inflater is not None:
+                    try:
+                        body = inflater.feed(message.get("body", b""), last=complete)
+                    except RegistryError as exc:
+                        refusal = exc
+                        raise _Refused from None
+                    message = {**message, "body": body}
             return message
 
         def guarded_send(message: Message) -> Awaitable[None]:
@@ -116,7 +135,17 @@ class BodySizeLimit:
             raise error
 
 
-def declared_length(scope: Scope) -> int | None:
-    """The declared ``Content-Length``, if it is a count (else the body is counted as read)."""
-    value = header(scope, b"content-length")
-    return parse_count(value) if value is not None else None
+_FRAMING = (b"content-length", b"content-encoding")
+
+
+def framing(scope: Scope) -> tuple[str | None, str | None]:
+    """The request's ``Content-Length`` and ``Content-Encoding`` (the first of each), in
+    one pass over its headers. The length is trusted only if it is a count
+    (``parse_count``); else the body is counted as it is read."""
+    length = encoding = None
+    for key, value in scope["headers"]:
+        if key == b"content-length" and length is None:
+            length = value.decode("latin-1")
+        elif key == b"content-encoding" and encoding is None:
+            encoding = value.decode("latin-1")
+    return length, encoding

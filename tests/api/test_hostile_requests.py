@@ -6,12 +6,16 @@ answering good requests afterwards.
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from registry.api.limits import declared_length
+from registry.api.limits import framing
+from registry.codec import parse_count
 
 GOOD = [0.5, -1.0, 2.0, 0.25]
 
@@ -96,4 +100,80 @@ def test_chunked_bodies_over_the_limit_are_413_on_every_route(
 def test_a_content_length_that_is_not_ascii_digits_is_not_trusted(value: str) -> None:
     """No server error for a header Python's ``isdigit`` accepts and ``int`` refuses."""
     scope = {"type": "http", "headers": [(b"content-length", value.encode())]}
-    assert declared_length(scope) is None
+    length, _ = framing(scope)
+    assert length is not None
+    assert parse_count(length) is None
+
+
+# --- compressed bodies ---------------------------------------------------------------------
+
+
+def compressed(body: bytes, coding: str) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(body)
+    return zlib.compress(body)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_body_is_read_inflated_through_either_route(
+    client: TestClient, coding: str
+) -> None:
+    """What tritonclient's ``request_compression_algorithm`` sends (an integration test
+    sends it with tritonclient itself)."""
+    native = orjson.dumps({"inputs": GOOD})
+    v2 = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [4], "datatype": "FP32", "data": GOOD}]}
+    )
+    headers = {"content-type": "application/json", "content-encoding": coding}
+    plain = client.post("/models/lin/predict", json={"inputs": GOOD}).json()
+    answer = client.post("/models/lin/predict", content=compressed(native, coding), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == plain
+    answer = client.post("/v2/models/lin/infer", content=compressed(v2, coding), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == plain["outputs"]
+
+
+def test_a_body_that_inflates_past_the_limit_is_413_without_inflating_it_all(
+    small_body_client: TestClient,
+) -> None:
+    """A few kilobytes of zeros that would inflate to 64 MB; the limit is far smaller."""
+    bomb = gzip.compress(b" " * (64 << 20))
+    assert len(bomb) < 100_000
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    for path, v2 in (("/models/lin/predict", False), ("/v2/models/lin/infer", True)):
+        assert_error(small_body_client.post(path, content=bomb, headers=headers), 413, v2)
+    assert small_body_client.post("/models/lin/predict", json={"inputs": GOOD}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"not gzip at all", "not valid gzip"),
+        (gzip.compress(b'{"inputs": [1, 2, 3, 4]}')[:-6], "ends before its gzip data does"),
+        (gzip.compress(b"{}") + b"trailing", "goes on past the end"),
+    ],
+    ids=["garbage", "truncated", "trailing"],
+)
+def test_a_broken_compressed_body_is_400_naming_why(
+    client: TestClient, body: bytes, fragment: str
+) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    answer = client.post("/models/lin/predict", content=body, headers=headers)
+    assert_error(answer, 400)
+    assert fragment in answer.json()["error"]["message"]
+    assert client.post("/models/lin/predict", json={"inputs": GOOD}).status_code == 200
+
+
+def test_a_coding_the_server_does_not_read_is_415_naming_those_it_does(client: TestClient) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "br"}
+    answer = client.post(
+        "/models/lin/predict", content=orjson.dumps({"inputs": GOOD}), headers=headers
+    )
+    assert_error(answer, 415)
+    assert answer.json()["error"]["supported"] == ["gzip", "deflate"]
+    identity = {"content-type": "application/json", "content-encoding": "identity"}
+    plain = client.post(
+        "/models/lin/predict", content=orjson.dumps({"inputs": GOOD}), headers=identity
+    )
+    assert plain.status_code == 200, plain.text

@@ -54,3 +54,23 @@ def test_the_classification_extension_is_refused_not_ignored(server: Server) -> 
             client.infer("digits", [tensor], outputs=[wanted])
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_may_compress_its_requests(server: Server, algorithm: str) -> None:
+    """``request_compression_algorithm``: the body inflated before it is read, JSON and
+    the binary extension alike (whose header length counts the inflated JSON)."""
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    x = digits_split().x_test[:4]
+    try:
+        for binary in (False, True):
+            tensor = triton.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            result = client.infer(
+                "digits", [tensor], model_version="2", request_compression_algorithm=algorithm
+            )
+            np.testing.assert_allclose(
+                result.as_numpy("output"), in_process("digits", "2", x), rtol=1e-4, atol=1e-6
+            )
+    finally:
+        client.close()

@@ -14,8 +14,10 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from registry.api.encoding import Inflater
 from registry.api.limits import framing
 from registry.codec import parse_count
+from registry.errors import PayloadTooLarge
 
 GOOD = [0.5, -1.0, 2.0, 0.25]
 
@@ -134,16 +136,32 @@ def test_a_compressed_body_is_read_inflated_through_either_route(
     assert answer.json()["outputs"][0]["data"] == plain["outputs"]
 
 
-def test_a_body_that_inflates_past_the_limit_is_413_without_inflating_it_all(
-    small_body_client: TestClient,
-) -> None:
-    """A few kilobytes of zeros that would inflate to 64 MB; the limit is far smaller."""
-    bomb = gzip.compress(b" " * (64 << 20))
-    assert len(bomb) < 100_000
+def test_a_body_that_inflates_past_the_limit_is_413(small_body_client: TestClient) -> None:
+    """133 bytes sent, under the 200-byte limit, that would inflate to 100 kB."""
+    bomb = gzip.compress(b" " * 100_000)
+    assert len(bomb) < 200
     headers = {"content-type": "application/json", "content-encoding": "gzip"}
     for path, v2 in (("/models/lin/predict", False), ("/v2/models/lin/infer", True)):
         assert_error(small_body_client.post(path, content=bomb, headers=headers), 413, v2)
     assert small_body_client.post("/models/lin/predict", json={"inputs": GOOD}).status_code == 200
+
+
+def test_a_bomb_is_never_inflated_past_the_limit() -> None:
+    """64 MB of zeros in 65 kB: inflation stops one byte past the 1 MB limit."""
+    inflater = Inflater("gzip", limit=1 << 20)
+    with pytest.raises(PayloadTooLarge):
+        inflater.feed(gzip.compress(bytes(64 << 20)), last=True)
+    assert inflater.inflated == (1 << 20) + 1
+
+
+def test_a_body_inflates_whole_across_chunks() -> None:
+    body = orjson.dumps({"inputs": GOOD * 1000})
+    sent = zlib.compress(body)
+    inflater = Inflater("deflate", limit=len(body))
+    pieces = [
+        inflater.feed(sent[i : i + 7], last=i + 7 >= len(sent)) for i in range(0, len(sent), 7)
+    ]
+    assert b"".join(pieces) == body
 
 
 @pytest.mark.parametrize(

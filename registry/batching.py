@@ -499,12 +499,18 @@ class Batcher(Generic[In, Out]):
                 tracing.record_pass(self._key, rows, traced, traced_from, time.time_ns())
 
     def _answers(self, inputs: list[In]) -> Sequence[Out | Exception] | ModelFailed:
-        """The pass itself: an answer or an error per request, or the whole pass failed."""
+        """The pass itself: an answer or an error per request, or the whole pass failed.
+
+        NOTE: ``SystemExit`` too: model code that calls ``sys.exit`` would otherwise end the
+        inference thread without a word (``threading`` drops it), leaving its requests
+        unanswered and every later one to time out. (``KeyboardInterrupt`` is the main
+        thread's, which uvicorn's signal handlers keep from being raised.)
+        """
         try:
             outcome = self._run_batch(inputs)
             if len(outcome) != len(inputs):
                 raise ValueError(f"{len(outcome)} answers for {len(inputs)} requests")
-        except Exception:
+        except (Exception, SystemExit):
             log.exception("inference failed", extra={"model": str(self._key)})
             return ModelFailed(self._key)
         return outcome

@@ -258,14 +258,19 @@ class LoadedModel:
             self.spec.batching,
             key=self.key,
             rows_of=rows_of,
-            # NOTE: a handler's code never runs on the event loop, however fast
-            inline_max_s=None if type(self.handler) is Handler else 0.0,
+            # NOTE: a handler's code never runs on the event loop, however fast; nor does
+            # a pass of an input with a variable axis, where one row may be as long as the
+            # body limit allows, so that short rows' passes prove nothing of the next
+            inline_max_s=None if type(self.handler) is Handler and self._fixed_inputs() else 0.0,
             on_pass=self._passed,
             instances=self.spec.instances,
             share=lambda passes, many: use_threads(max(1, threads - passes + 1) if many else 1),
             wide=wide,
         )
         self._batcher.start()
+
+    def _fixed_inputs(self) -> bool:
+        return all(-1 not in spec.shape for spec in self.spec.inputs)
 
     def _passed(self, rows: int, seconds: float, waits: Sequence[float]) -> None:
         """On whichever thread ran the pass: count it."""

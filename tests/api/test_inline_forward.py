@@ -17,12 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from registry.app import create_app
 from registry.inline import INLINE_EVIDENCE
 from tests.factories import LIN_INPUT, model_entry, parameterless_version, write_manifest
 from tests.integration.server import serving
 from tests.slow_model import passes
+from tests.support import make_settings, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +126,23 @@ def test_healthz_is_answered_while_a_handler_decodes_slowly(tmp_path: Path) -> N
     assert answer.json()["outputs"] == LIN_INPUT
     threads = (gate / "entered").read_text(encoding="utf-8").split()
     assert threads == ["infer-slow-decode:1"]
+
+
+@pytest.mark.parametrize(("shape", "inline"), [([4], True), ([-1], False)])
+def test_a_variable_axis_never_runs_inline_however_fast_its_rows(
+    tmp_path: Path, shape: list[int], inline: bool
+) -> None:
+    """One row of a ``-1`` axis may be as long as the body limit allows: the fast short
+    rows before it prove nothing. A fixed shape is the control: the same fast passes
+    send it inline, so the test can tell."""
+    weights = tmp_path / "weights"
+    version = parameterless_version(weights, "where", "tests.handlers:OnWhichThread")
+    write_manifest(tmp_path, [model_entry("where", [version], shape)])
+    with TestClient(create_app(make_settings(tmp_path, weights_dir=weights))) as client:
+        wait_ready(client)
+        threads = {
+            client.post("/models/where/predict", json={"inputs": LIN_INPUT}).json()["outputs"][0]
+            for _ in range(4 * INLINE_EVIDENCE)
+        }
+    assert (0.0 in threads) is inline, threads
+    assert 1.0 in threads  # NOTE: the first passes, before the evidence, ran on the thread

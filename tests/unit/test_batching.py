@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -645,3 +646,23 @@ async def test_a_version_stopped_gives_its_permit_back_once_its_thread_has_ended
         await batcher.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
     assert permits.try_take()  # a reload that retires a version leaves it to the next
+
+
+async def test_model_code_that_calls_sys_exit_fails_its_request_and_the_thread_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``threading`` drops ``SystemExit`` without a word: caught as any failure, or the
+    thread would end and every later request wait until it timed out."""
+
+    def forward(batch: Array) -> Array:
+        if (batch == -1).any():
+            sys.exit(3)
+        return batch * 2
+
+    batcher = Batcher(concatenated(forward), BatchingSpec(), key=VersionKey("m", "1"))
+    batcher.start()
+    with pytest.raises(ModelFailed, match="raised during inference"):
+        await batcher.submit(rows(-1), timeout_s=30)
+    np.testing.assert_array_equal(await batcher.submit(rows(1), timeout_s=30), rows(2))
+    assert [r.getMessage() for r in caplog.records].count("inference failed") == 1
+    await batcher.stop()

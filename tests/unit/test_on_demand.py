@@ -409,3 +409,49 @@ def _rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["operator-load", "request-load"])
+async def test_a_reload_that_only_changes_residence_leaves_a_load_under_way_its_slot(
+    tmp_path: Path, start: Start, monkeypatch: pytest.MonkeyPatch, lazy: bool
+) -> None:
+    """The reload carries the loading slot into a copy with the new ``resident``; the
+    load that finishes swaps into that copy, rather than leaving it ``loading`` with no
+    load under way, for good (an operator's load), or giving its waiting request up
+    (a request's load)."""
+    weights = tmp_path / "weights"
+    load = {"load": "lazy"} if lazy else {}
+    write_manifest(tmp_path, [affine_model(weights, "lin", ("1",), **load)])
+    serving = await start(make_settings(tmp_path))
+    assert await serving.repository.wait_loaded() == []
+    key, on_demand = VersionKey("lin", "1"), serving.repository.on_demand
+    if not lazy:
+        on_demand.unload(key)
+    entered, gate, real = asyncio.Event(), asyncio.Event(), serving.repository._loader.load
+
+    async def gated(*args: Any, **kwargs: Any) -> LoadedModel:
+        entered.set()
+        await gate.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(serving.repository._loader, "load", gated)
+    loading = asyncio.ensure_future(predict(serving, "lin") if lazy else on_demand.load(key))
+    await entered.wait()
+    assert states(serving)["lin:1"] is VersionState.LOADING
+    entry = affine_model(weights, "lin", ("1",), **load)
+    entry["versions"][0]["resident"] = True
+    write_manifest(tmp_path, [entry])
+    assert (await serving.repository.reload(actor="test")).unchanged == ["lin:1"]
+    gate.set()
+
+    answer = await loading
+
+    if lazy:
+        assert answer is not None  # NOTE: a request's answer; an operator's load gives none
+        np.testing.assert_allclose(answer, affine_outputs([LIN_INPUT], 1), rtol=1e-6)
+    assert states(serving) == {"lin:1": VersionState.READY}
+    (slot,) = serving.registry.table["lin"].versions.values()
+    assert slot.spec.resident
+    np.testing.assert_allclose(
+        await predict(serving, "lin"), affine_outputs([LIN_INPUT], 1), rtol=1e-6
+    )

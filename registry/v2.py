@@ -49,7 +49,15 @@ def decode_infer(
     try:
         document = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"the inference request is not valid JSON: {exc}") from exc
+        hint = ""
+        if header_length is None and head.lstrip()[:1] == b"{":
+            # NOTE: JSON, then something else: most likely binary tensors sent without
+            # the header that says where the JSON ends (orjson reports bad UTF-8 at char 0)
+            hint = (
+                "; if binary tensors follow the JSON, send Inference-Header-Content-Length, "
+                "the JSON's length in bytes"
+            )
+        raise InvalidJSON(f"the inference request is not valid JSON: {exc}{hint}") from exc
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object")
     return document, decode_document(document, binary, specs, outputs, max_rows=max_rows)

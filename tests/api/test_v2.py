@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 from fastapi.testclient import TestClient
 
 from registry.app import create_app
@@ -59,6 +60,20 @@ def test_errors_follow_the_protocol(client: TestClient) -> None:
     assert wrong_shape.status_code == 422
     bad_data = client.post("/v2/models/lin/infer", json=infer_body([1, 2, 3], [4]))
     assert bad_data.status_code == 422
+    # NOTE: binary tensors after the JSON, without the header that says where it ends
+    head = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [4], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 16}}]}
+    )  # fmt: skip
+    headerless = client.post(
+        "/v2/models/lin/infer",
+        content=head + np.asarray(X[0], np.float32).tobytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert headerless.status_code == 400
+    assert "send Inference-Header-Content-Length" in headerless.json()["error"]
+    not_json = client.post("/v2/models/lin/infer", content=b"nonsense")
+    assert "Inference-Header-Content-Length" not in not_json.json()["error"]
     assert client.post("/v2/models/lin/infer", json=infer_body(X[0], [4])).status_code == 200
 
 

@@ -23,7 +23,16 @@ from registry.errors import ShuttingDown
 from registry.keys import VersionKey
 from registry.model import LoadedModel
 from registry.status import RegistryStatus, snapshot
-from registry.table import Table, VersionSlot, live_models, not_serving, resolve, with_slot
+from registry.table import (
+    CARRIED,
+    Table,
+    VersionSlot,
+    live_models,
+    not_serving,
+    resolve,
+    same_place,
+    with_slot,
+)
 from registry.tasks import Background
 from registry.threads import WideThreads
 
@@ -105,14 +114,22 @@ class ModelRegistry:
     def put(self, key: VersionKey, expected: VersionSlot, slot: VersionSlot) -> bool:
         """Swap ``slot`` in for ``key`` where ``expected`` still is, starting its model.
 
+        A reload that changed only what needs no load leaves ``expected`` carried into a
+        copy (``table.same_place``): ``slot`` goes there, with the copy's spec. Without
+        that, a load under way would find its place gone and leave the copy ``loading``,
+        with no load, for good.
+
         ``False`` when an unload, a reload or close replaced ``expected`` meanwhile: what
         the slot holds is then given back, unserved (a load that finished too late).
         """
         entry = self._table.get(key.model)
-        if self._closing or entry is None or entry.versions.get(key.version) is not expected:
+        current = entry.versions.get(key.version) if entry is not None else None
+        if self._closing or current is None or not same_place(current, expected):
             if slot.model is not None:
                 self.discard(slot.model)
             return False
+        if current is not expected:
+            slot = replace(slot, **{name: getattr(current, name) for name in CARRIED})
         if slot.model is not None:
             slot.model.start(self.wide)
         self.swap(with_slot(self._table, key, slot))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
@@ -69,6 +69,21 @@ class VersionSlot:
         if self.error is not None:
             return VersionState.FAILED
         return VersionState.UNLOADED if self.unloaded else VersionState.LOADING
+
+
+CARRIED = ("spec", "on_demand")
+"""What a reload changes in a slot without a load: its version's ``load`` and ``resident``
+(``planning``'s ``_carried``)."""
+
+
+def same_place(current: VersionSlot, expected: VersionSlot) -> bool:
+    """Whether ``current`` is ``expected``, or ``expected`` as a reload carried it (equal
+    in all but ``CARRIED``): either way, work begun on ``expected`` still belongs there."""
+    return current is expected or all(
+        getattr(current, f.name) == getattr(expected, f.name)
+        for f in fields(VersionSlot)
+        if f.name not in CARRIED
+    )
 
 
 @dataclass(frozen=True, eq=False, slots=True)

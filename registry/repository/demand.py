@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 from registry.core import Lease, ModelRegistry
@@ -26,7 +25,7 @@ from registry.errors import (
 from registry.keys import VersionKey
 from registry.repository.loader import Loader
 from registry.repository.planning import loaded_fingerprint
-from registry.table import VersionSlot, VersionState, not_serving, resolve, with_slot
+from registry.table import VersionState, not_serving, resolve, with_slot
 from registry.tasks import Background
 
 log = logging.getLogger(__name__)
@@ -124,31 +123,6 @@ class OnDemand:
             raise ModelLoading(key)  # NOTE: start-up loads it; start-up wins
         self._registry.unload(key, on_demand=lazy)
 
-    def _settle(
-        self, key: VersionKey, loading: VersionSlot, build: Callable[[VersionSlot], VersionSlot]
-    ) -> VersionSlot | None:
-        """Swap in ``build(loading)`` where this load's slot still is: the slot swapped in,
-        or ``None`` when an unload, a reload that changed the version, or close replaced it
-        (what the built slot holds is then given back, unserved).
-
-        A reload that changed only what needs no load (``load``, ``resident``) carries the
-        slot into a copy (``planning``'s ``_carried``), still loading the same fingerprint:
-        that copy is this load's slot too, and the slot built takes its spec. Without this,
-        the copy would stay ``loading`` with no load under way, for good.
-        """
-        entry = self._registry.table.get(key.model)
-        current = entry.versions.get(key.version) if entry else None
-        if (
-            current is not None
-            and current is not loading
-            and current.state is VersionState.LOADING
-            and current.model is None
-            and current.fingerprint == loading.fingerprint
-        ):
-            loading = current
-        settled = build(loading)
-        return settled if self._registry.put(key, loading, settled) else None
-
     def _flight(self, key: VersionKey, *, on_request: bool) -> asyncio.Task[RegistryError | None]:
         flight = self._flights.get(key)
         if flight is None:
@@ -178,30 +152,19 @@ class OnDemand:
         try:
             model = await self._loader.load(entry.spec, slot.spec)
         except (MemoryBudgetExceeded, ShuttingDown) as exc:
-            # NOTE: not the version's fault: no back-off
-            self._settle(
-                key, loading, lambda now: replace(slot, spec=now.spec, on_demand=now.on_demand)
-            )
+            self._registry.put(key, loading, slot)  # NOTE: not the version's fault: no back-off
             return exc
         except RegistryError as exc:
             failures = slot.failures + 1
             wait = backoff_s(failures)
             log.error("failed to load %s: %s (on demand again in %.0f s)", key, exc.message, wait)
-            retry_at, message = time.monotonic() + wait, exc.message
-            failed = self._settle(
-                key,
-                loading,
-                lambda now: replace(now, error=message, failures=failures, retry_at=retry_at),
+            failed = replace(
+                loading, error=exc.message, failures=failures, retry_at=time.monotonic() + wait
             )
-            return not_serving(key, failed) if on_request and failed is not None else exc
-        settled = self._settle(
-            key,
-            loading,
-            lambda now: replace(
-                now, model=model, fingerprint=loaded_fingerprint(model), failures=0
-            ),
-        )
-        if settled is None:
+            self._registry.put(key, loading, failed)
+            return not_serving(key, failed) if on_request else exc
+        ready = replace(loading, model=model, fingerprint=loaded_fingerprint(model), failures=0)
+        if not self._registry.put(key, loading, ready):
             return ModelLoading(key)
         log.info(
             "loaded %s on %s in %.0f ms (warm-up %.0f ms, %d bytes)",

@@ -219,7 +219,8 @@ def unloaded_slot(version: VersionSpec, fingerprint: str) -> VersionSlot:
 
 def _carried(slot: VersionSlot, model: ModelSpec, version: VersionSpec) -> VersionSlot:
     """An unchanged version's slot, with what may change without a load: its ``load`` and
-    ``resident``. The same slot when nothing did, so a load under way still finds it."""
+    ``resident`` (``table.CARRIED``). The same slot when nothing did; a load under way
+    finds its place in the copy too (``table.same_place``)."""
     on_demand = slot.on_demand or model.lazy(version)
     if slot.spec == version and slot.on_demand == on_demand:
         return slot

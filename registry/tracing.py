@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -78,6 +78,16 @@ def server_span(
     return tracer.start_span(
         name, context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
     )
+
+
+def request_ended(span: Span, served: tuple[str, str] | None, status: int) -> None:
+    """What both doors' request spans say of how a request ended: the model and version
+    that answered, where one did, and an error status for a server error (5xx)."""
+    if served is not None:
+        span.set_attribute("registry.model", served[0])
+        span.set_attribute("registry.version", served[1])
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def step(name: str, function: Callable[[*Ts], R], /, *args: *Ts) -> R:

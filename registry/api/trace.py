@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.trace import Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import tracing
@@ -59,8 +59,4 @@ def _describe(span: Any, scope: Scope, status: int) -> None:
         span.set_attribute("http.route", route)
     span.set_attribute("http.response.status_code", status)
     served = scope.get("state", {}).get("served")
-    if isinstance(served, tuple):
-        span.set_attribute("registry.model", served[0])
-        span.set_attribute("registry.version", served[1])
-    if status >= 500:
-        span.set_status(Status(StatusCode.ERROR))
+    tracing.request_ended(span, served if isinstance(served, tuple) else None, status)

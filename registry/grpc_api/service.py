@@ -177,14 +177,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _describe(span: trace.Span, served: tuple[str, str], status: int) -> None:
-    if served != (UNKNOWN, UNKNOWN):
-        span.set_attribute("registry.model", served[0])
-        span.set_attribute("registry.version", served[1])
     code = grpc.StatusCode.OK if status == 200 else STATUS.get(status, grpc.StatusCode.INTERNAL)
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     span.set_attribute("registry.status", status)  # NOTE: the HTTP status it stands for
-    if status >= 500:
-        span.set_status(trace.Status(trace.StatusCode.ERROR))
+    tracing.request_ended(span, None if served == (UNKNOWN, UNKNOWN) else served, status)
 
 
 async def _abort(context: Context, error: RegistryError) -> NoReturn:

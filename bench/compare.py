@@ -33,6 +33,7 @@ from bench import MODELS
 from bench.__main__ import build, check
 from bench.launch import free_port, launch, registry_serve
 from bench.peers.run import measure
+from bench.rounds import in_turns, paired_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("base", "head")
@@ -104,21 +105,6 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["failed"] = sum(int(r["non2xx"]) + int(r["errors"]) for s in sides.values() for r in s)
         rows.append(row)
     return rows
-
-
-def paired_ratios(
-    base: Sequence[Mapping[str, Any]], head: Sequence[Mapping[str, Any]]
-) -> list[float]:
-    """Head ÷ base req/s of each round, whose two runs were back to back.
-
-    NOTE: a round's two runs share the machine's weather, so the spread of these says
-    whether a difference of medians stands out of the noise: a cell slower in every round
-    is slower; one slower in some is not shown to be.
-    """
-    bases = {run["round"]: float(run["rps"]) for run in base}
-    return [
-        float(run["rps"]) / max(bases[run["round"]], 1e-9) for run in head if run["round"] in bases
-    ]
 
 
 def table(rows: Sequence[Mapping[str, Any]], base: str, head: str) -> str:
@@ -193,19 +179,15 @@ def main() -> None:
                 check(f"{servers[side].url}/models/{name}/predict", body, name, work)
                 cell(servers[side], name, body, 8, args.warmup)
             for conc in concurrencies:
-                for round_ in range(args.rounds):
-                    order = SIDES if round_ % 2 == 0 else SIDES[::-1]
-                    for side in order:
-                        run = cell(servers[side], name, body, conc, args.duration)
-                        runs.append(
-                            {"side": side, "model": name, "conc": conc, "round": round_} | run
-                        )
-                        print(
-                            f"  {side} {name:7} c={conc:<3} {run['rps']:9.1f} req/s  "
-                            f"{run['cpu_us_per_request']:6.0f} µs CPU/request  "
-                            f"p99 {run['p99_ms']:7.2f} ms  non-2xx {run['non2xx']}",
-                            flush=True,
-                        )
+                for round_, side in in_turns(SIDES, args.rounds):
+                    run = cell(servers[side], name, body, conc, args.duration)
+                    runs.append({"side": side, "model": name, "conc": conc, "round": round_} | run)
+                    print(
+                        f"  {side} {name:7} c={conc:<3} {run['rps']:9.1f} req/s  "
+                        f"{run['cpu_us_per_request']:6.0f} µs CPU/request  "
+                        f"p99 {run['p99_ms']:7.2f} ms  non-2xx {run['non2xx']}",
+                        flush=True,
+                    )
     rows = summarize(runs)
     markdown = table(rows, base, head)
     print(f"\n{markdown}")

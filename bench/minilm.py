@@ -32,8 +32,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -48,6 +49,7 @@ from bench.launch import free_port, launch, registry_serve
 from bench.peers import ROOT, cache_dir
 from bench.peers.install import TORCH, ensure_venv, peer_env, venv_bin
 from bench.peers.run import QUIET_WAIT_S, cores, measure, other_cores
+from bench.rounds import in_turns, paired_ratios
 from registry.examples.minilm import MiniLMEncoder, token_batch
 from registry.threads import use_threads
 
@@ -66,7 +68,6 @@ LITSERVE_BATCH_MS = 2.0
 MIN_COSINE = 0.9999
 SETTLE_S = 1.0  # around a cell, so the passes of requests in flight land on the right side
 SERVERS = ("registry", "litserve")
-T = TypeVar("T")
 
 
 @dataclass
@@ -364,7 +365,8 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
             answers[server.name] = _check(server.target, body, want)
             checks[f"{server.name}_vs_in_process"] = round(cosine(answers[server.name], want), 7)
             load.run(server.target, body, 8, opts.warmup)
-        for rnd, conc, server in turns(servers, opts.concurrencies, opts.rounds):
+        # NOTE: every round of one concurrency, then the next, as bench.compare does
+        for conc, (rnd, server) in product(opts.concurrencies, in_turns(servers, opts.rounds)):
             with alone(server, servers):
                 r = _cell(server, body, conc, opts)
             results.append({"server": server.name, "model": NAME, "conc": conc, "round": rnd} | r)
@@ -403,16 +405,6 @@ def run(work: Path, opts: Options) -> dict[str, Any]:
         "split": split,
         "settings": settings,
     }
-
-
-def turns(servers: list[T], concurrencies: list[int], rounds: int) -> Iterator[tuple[int, int, T]]:
-    """(round, concurrency, server) in the order cells run: each concurrency on every
-    server before the next, the servers' order reversed every other round, so neither
-    always runs first after a change of load."""
-    for rnd in range(rounds):
-        for conc in concurrencies:
-            for server in servers if rnd % 2 == 0 else servers[::-1]:
-                yield rnd, conc, server
 
 
 @contextmanager
@@ -487,8 +479,12 @@ def report(section: Mapping[str, Any], concurrencies: list[int]) -> None:
     Over several rounds each cell shows its median round (by req/s), and the ratio is the
     median of the rounds' ratios, each of two cells run one after the other, with its range.
     """
-    cell = median_cells(section["results"])
-    ratios = round_ratios(section["results"])
+    rounds = _rounds(section["results"])
+    cell = {key: median_round(rows) for key, rows in rounds.items()}
+    ratios = {
+        conc: paired_ratios(rounds[("litserve", conc)], rounds[("registry", conc)])
+        for conc in concurrencies
+    }
     limits = section["forward_limit"]
     print(
         "\n| model | c | registry req/s | p50 ms | p99 ms | rows/pass | LitServe req/s "
@@ -544,35 +540,26 @@ def report(section: Mapping[str, Any], concurrencies: list[int]) -> None:
         if conc in ratios:
             ratio = statistics.median(ratios[conc])
             verdict = "holds" if ratio >= wanted else "MISSED"
-            rounds = f" (median of {len(ratios[conc])} rounds)" if len(ratios[conc]) > 1 else ""
+            of = f" (median of {len(ratios[conc])} rounds)" if len(ratios[conc]) > 1 else ""
             print(
-                f"target c={conc}: registry ÷ LitServe >= {wanted:g}x: "
-                f"{ratio:.2f}x{rounds}, {verdict}"
+                f"target c={conc}: registry ÷ LitServe >= {wanted:g}x: {ratio:.2f}x{of}, {verdict}"
             )
             if conc > 1:  # NOTE: one client waits on each answer: latency, not throughput
                 print(_headroom(wanted * float(cell[("litserve", conc)]["rps"]), limits))
 
 
-def median_cells(results: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Each (server, concurrency)'s round of median req/s (the lower of the two middle
-    ones for an even count): a real cell, so its latency and passes go with its req/s."""
+def _rounds(results: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Each (server, concurrency)'s rounds."""
     rounds: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
         rounds.setdefault((r["server"], r["conc"]), []).append(r)
-    return {
-        key: sorted(rows, key=lambda r: float(r["rps"]))[(len(rows) - 1) // 2]
-        for key, rows in rounds.items()
-    }
+    return rounds
 
 
-def round_ratios(results: list[dict[str, Any]]) -> dict[int, list[float]]:
-    """This project's req/s over LitServe's, per concurrency, one ratio per round."""
-    rps = {(r["server"], r["conc"], r["round"]): float(r["rps"]) for r in results}
-    ratios: dict[int, list[float]] = {}
-    for (server, conc, rnd), ours in sorted(rps.items()):
-        if server == "registry":
-            ratios.setdefault(conc, []).append(ours / max(rps[("litserve", conc, rnd)], 1e-9))
-    return ratios
+def median_round(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median req/s (the lower of the two middle ones for an even count): a
+    real cell, so its latency and passes go with its req/s."""
+    return sorted(rows, key=lambda r: float(r["rps"]))[(len(rows) - 1) // 2]
 
 
 def _headroom(needed: float, limits: list[dict[str, Any]]) -> str:

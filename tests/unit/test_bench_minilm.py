@@ -16,10 +16,9 @@ from bench.minilm import (
     Reference,
     _headroom,
     manifest,
-    median_cells,
-    round_ratios,
-    turns,
+    median_round,
 )
+from bench.rounds import in_turns, paired_ratios
 from registry.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,12 +112,15 @@ def test_headroom_is_the_target_against_the_best_in_process_rate() -> None:
     assert "(batch 16, 2 x 1 thread(s))" in line
 
 
-def test_the_servers_take_turns_and_swap_who_goes_first_each_round() -> None:
-    order = [(rnd, conc, server) for rnd, conc, server in turns(["a", "b"], [1, 64], 2)]
-    assert order == [
-        (0, 1, "a"), (0, 1, "b"), (0, 64, "a"), (0, 64, "b"),
-        (1, 1, "b"), (1, 1, "a"), (1, 64, "b"), (1, 64, "a"),
-    ]  # fmt: skip
+def test_the_sides_take_turns_and_swap_who_goes_first_each_round() -> None:
+    assert list(in_turns(["a", "b"], 3)) == [
+        (0, "a"),
+        (0, "b"),
+        (1, "b"),
+        (1, "a"),
+        (2, "a"),
+        (2, "b"),
+    ]
 
 
 def cell(server: str, rnd: int, rps: float, conc: int = 64) -> dict[str, object]:
@@ -126,18 +128,15 @@ def cell(server: str, rnd: int, rps: float, conc: int = 64) -> dict[str, object]
 
 
 def test_each_cell_shows_its_median_round_and_the_ratio_is_per_round() -> None:
-    results = [
-        *(cell("registry", rnd, rps) for rnd, rps in enumerate([300.0, 360.0, 340.0])),
-        *(cell("litserve", rnd, rps) for rnd, rps in enumerate([200.0, 150.0, 170.0])),
-    ]
-    medians = median_cells(results)
-    assert medians[("registry", 64)]["round"] == 2  # 340, between 300 and 360
-    assert medians[("litserve", 64)]["round"] == 2  # 170
+    ours = [cell("registry", rnd, rps) for rnd, rps in enumerate([300.0, 360.0, 340.0])]
+    theirs = [cell("litserve", rnd, rps) for rnd, rps in enumerate([200.0, 150.0, 170.0])]
+    assert median_round(ours)["round"] == 2  # 340, between 300 and 360
+    assert median_round(theirs)["round"] == 2  # 170
     # NOTE: 1.5, 2.4, 2.0: the median ratio of rounds, not a ratio of medians from
     # different rounds (340 / 170 happens to agree here; 360 / 150 would not)
-    assert round_ratios(results) == {64: [1.5, 2.4, 2.0]}
+    assert paired_ratios(theirs, ours) == [1.5, 2.4, 2.0]
 
 
 def test_an_even_count_of_rounds_shows_the_lower_middle_round() -> None:
-    results = [cell("registry", rnd, rps) for rnd, rps in enumerate([400.0, 100.0, 300.0, 200.0])]
-    assert median_cells(results)[("registry", 64)]["rps"] == 200.0
+    rows = [cell("registry", rnd, rps) for rnd, rps in enumerate([400.0, 100.0, 300.0, 200.0])]
+    assert median_round(rows)["rps"] == 200.0

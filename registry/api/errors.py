@@ -79,12 +79,13 @@ def render_registry_error(exc: RegistryError, request: Request) -> Response:
             extra={"request_id": request_id.get()},
         )
     return error_response(
-        exc.status_code, exc.code, exc.message, headers, path=_routed(request), **exc.details
+        exc.status_code,
+        exc.code,
+        exc.message,
+        headers,
+        path=get_route_path(request.scope),
+        **exc.details,
     )
-
-
-def _routed(request: Request) -> str:
-    return get_route_path(request.scope)
 
 
 async def _registry_error(request: Request, exc: RegistryError) -> Response:
@@ -96,7 +97,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
         {"loc": list(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
     ]
     return error_response(
-        422, "invalid_request", "the request is invalid", path=_routed(request), problems=problems
+        422,
+        "invalid_request",
+        "the request is invalid",
+        path=get_route_path(request.scope),
+        problems=problems,
     )
 
 
@@ -104,7 +109,9 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
-    return error_response(exc.status_code, code, message, exc.headers, path=_routed(request))
+    return error_response(
+        exc.status_code, code, message, exc.headers, path=get_route_path(request.scope)
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -116,7 +123,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
         exc_info=exc,
         extra={"request_id": request_id.get()},
     )
-    return error_response(500, "internal", "internal server error", path=_routed(request))
+    return error_response(
+        500, "internal", "internal server error", path=get_route_path(request.scope)
+    )
 
 
 ExceptionHandler = Callable[[Request, Any], Coroutine[Any, Any, Response]]

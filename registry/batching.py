@@ -23,8 +23,11 @@ their batches from the one queue, each gathering while the others compute. On a 
 the serving work (reading requests, writing answers, tokenizing) shares the cores with
 the forward passes, one pass computing while the next is gathered and the last answered
 keeps the cores busy. The first instance takes every batch it can; the others take one
-only while it is busy with one (``registry.instances`` says why). Before each pass the
-batcher says how many passes are running, counting waiting work as one more, and whether
+only while it is busy with one (``registry.instances`` says why). A pass takes at most
+its instance's share of ``max_batch_size`` (rounded up): were one to take all that
+waits, under steady load it would hold most clients in its passes while another ran the
+few left over, a row or two at a time, for a core's worth of work each. Before each pass
+the batcher says how many passes are running, counting waiting work as one more, and whether
 this pass may run on several threads (``share``); the model sets torch's threads from
 that: such a pass gets them all less one for each other pass, the others one each. With
 one instance, work waiting counts the same: while requests queue behind a pass the event
@@ -181,6 +184,7 @@ class Batcher(Generic[In, Out]):
         self._running = 0  # passes running now on the instances' threads, for ``share``
         self._running_lock = threading.Lock()
         self._run_batch = run
+        self._pass_rows = -(-config.max_batch_size // instances)  # NOTE: see the docstring
         self._rows_of = rows_of
         self._on_pass = on_pass
         self._config = config
@@ -386,7 +390,7 @@ class Batcher(Generic[In, Out]):
     ) -> tuple[list[_Pending[In, Out]], _Pending[In, Out] | None, bool]:
         """``first`` plus what is queued and fits; returns the batch, a carry-over, stop."""
         batch, rows = [first], first.rows
-        limit = self._config.max_batch_size
+        limit = self._pass_rows
         if self._config.max_delay_ms:
             wanted, linger_s = limit, self._config.max_delay_ms / 1000
         else:

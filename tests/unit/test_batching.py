@@ -491,6 +491,45 @@ async def test_with_several_instances_a_lone_request_always_runs_on_the_first() 
     assert not [t for t in threading.enumerate() if t.name.startswith("infer-m:1")]
 
 
+async def test_with_several_instances_a_pass_takes_its_share_of_max_batch_size() -> None:
+    """Six requests wait while both instances compute: at most 4 / 2 rows a pass, not
+    one instance's pass of 4 and the other's of 2 (or of 1 each, under steady load)."""
+    entered, release = threading.Semaphore(0), threading.Event()
+    sizes: list[int] = []
+
+    def forward(inputs: Array) -> Array:
+        sizes.append(len(inputs))
+        if len(sizes) <= 2:  # NOTE: the two first passes hold their instances
+            entered.release()
+            release.wait(timeout=10)
+        return inputs * 2
+
+    batcher: Batcher[Array, Array] = Batcher(
+        concatenated(forward),
+        BatchingSpec(max_batch_size=4),
+        key=VersionKey("m", "1"),
+        inline_max_s=0.0,
+        instances=2,
+    )
+    batcher.start()
+    try:
+        busy = []
+        for i in (0, 1):  # NOTE: one at a time, or the first instance takes both
+            busy.append(asyncio.create_task(batcher.submit(rows(i))))
+            assert await asyncio.to_thread(entered.acquire, timeout=10)
+        waiting = [asyncio.create_task(batcher.submit(rows(i))) for i in range(2, 8)]
+        await asyncio.sleep(0)  # NOTE: each task queues its request before it first waits
+        assert batcher.queue_depth == 6
+        release.set()
+        answers = await asyncio.gather(*busy, *waiting)
+    finally:
+        await batcher.stop()
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, rows(2 * i))
+    assert sizes[:2] == [1, 1]
+    assert sorted(sizes[2:]) == [2, 2, 2]
+
+
 async def doubles_lone_requests(batcher: Batcher[Array, Array], count: int) -> None:
     """Start ``batcher``, send ``count`` lone requests to a doubling model, stop it."""
     batcher.start()

@@ -1,10 +1,12 @@
 """Instructions per prediction, counted by callgrind: a figure the machine's noise can't move.
 
-``python -m bench.instructions --model tiny --requests 1000 [--stub] [--tree DIR]`` runs
-itself under ``valgrind --tool=callgrind`` (Debian's ``valgrind`` package), builds the
-bench's weights, starts the application in process, sends ``--requests`` sequential
-predictions through the whole ASGI app (every middleware, no uvicorn) after 300 warm-up
-ones, and counts only those: the counters are zeroed before them and dumped after.
+``python -m bench.instructions --model tiny --requests 1000 [--stub] [--concurrency N]
+[--tree DIR]`` runs itself under ``valgrind --tool=callgrind`` (Debian's ``valgrind``
+package), builds the bench's weights, starts the application in process, sends
+``--requests`` predictions through the whole ASGI app (every middleware, no uvicorn) after
+300 warm-up ones, and counts only those: the counters are zeroed before them and dumped
+after. They go one at a time, or ``--concurrency`` at once (awaited together, round after
+round), which takes the batcher's path of queued passes instead of the lone request's.
 ``--stub`` replaces ``Batcher.submit`` with a slice, leaving the app's own work;
 ``--tree`` measures another checkout (a ``git worktree`` of an older commit) with this
 driver.
@@ -32,12 +34,14 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", choices=["tiny", "medium"])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--stub", action="store_true", help="no model: the app's own work")
+    parser.add_argument("--concurrency", type=int, default=1, help="predictions at once")
     parser.add_argument("--tree", type=Path, default=None, help="checkout to measure")
     parser.add_argument("--inside", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside is not None:
         sys.path[:0] = [str(args.inside), str(Path(__file__).resolve().parents[1])]
-        asyncio.run(drive(args.model, args.requests, args.stub, Path(tempfile.mkdtemp())))
+        work = Path(tempfile.mkdtemp())
+        asyncio.run(drive(args.model, args.requests, args.stub, work, args.concurrency))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -47,13 +51,18 @@ def main() -> None:
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
             sys.executable, __file__, "--model", args.model, "--requests", str(args.requests),
-            "--inside", str(tree), *(["--stub"] if args.stub else []),
+            "--concurrency", str(args.concurrency), "--inside", str(tree),
+            *(["--stub"] if args.stub else []),
         ]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, cwd=scratch)
         (dump,) = Path(scratch).glob("callgrind.out.*")
         total = next(int(line.split()[1]) for line in dump.open() if line.startswith("totals:"))
     kind = "app only (stub)" if args.stub else "real model"
-    print(f"{tree.name} {args.model} {kind}: {total // args.requests:,} instructions/request")
+    sent = args.requests // args.concurrency * args.concurrency
+    print(
+        f"{tree.name} {args.model} {kind}, {args.concurrency} at once: "
+        f"{total // sent:,} instructions/request"
+    )
 
 
 def _callgrind(*command: str) -> None:
@@ -67,9 +76,9 @@ def _ok(status: int) -> None:
         raise RuntimeError(f"a prediction answered {status}")
 
 
-async def drive(name: str, requests: int, stub: bool, work: Path) -> None:
+async def drive(name: str, requests: int, stub: bool, work: Path, concurrency: int = 1) -> None:
     """In the measured process (the tree to measure first on the path): the app in
-    process, ``requests`` predictions counted."""
+    process, ``requests`` predictions counted, ``concurrency`` at a time."""
     from bench.__main__ import build
     from registry.app import create_app
     from registry.batching import Batcher
@@ -129,8 +138,9 @@ async def drive(name: str, requests: int, stub: bool, work: Path) -> None:
     for _ in range(WARMUP):
         _ok(await predict())
     _callgrind("-z")
-    for _ in range(requests):
-        _ok(await predict())
+    for _ in range(requests // concurrency):
+        for status in await asyncio.gather(*(predict() for _ in range(concurrency))):
+            _ok(status)
     _callgrind("-d", "measured")
     await inbox.put({"type": "lifespan.shutdown"})
     await life

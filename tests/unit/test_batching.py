@@ -407,12 +407,13 @@ def instances_batcher(
     share: Share | None = None,
     wide: WideThreads | None = None,
     name: str = "m",
+    spec: BatchingSpec | None = None,
 ) -> Batcher[Array, Array]:
     """Never inline, so every pass runs on an instance's thread, and the first instance's
     passes may run on several threads from the first, however short."""
     return Batcher(
         concatenated(forward),
-        BatchingSpec(),
+        spec or BatchingSpec(),
         key=VersionKey(name, "1"),
         inline_max_s=0.0,
         wide_after_s=0.0,
@@ -504,13 +505,7 @@ async def test_with_several_instances_a_pass_takes_its_share_of_max_batch_size()
             release.wait(timeout=10)
         return inputs * 2
 
-    batcher: Batcher[Array, Array] = Batcher(
-        concatenated(forward),
-        BatchingSpec(max_batch_size=4),
-        key=VersionKey("m", "1"),
-        inline_max_s=0.0,
-        instances=2,
-    )
+    batcher = instances_batcher(forward, 2, spec=BatchingSpec(max_batch_size=4))
     batcher.start()
     try:
         busy = []

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry.app import create_app
-from registry.inline import INLINE_EVIDENCE
+from registry.inline import INLINE_EVIDENCE, InlineGate
 from tests.factories import LIN_INPUT, model_entry, parameterless_version, write_manifest
 from tests.integration.server import serving
 from tests.slow_model import passes
@@ -130,11 +130,14 @@ def test_healthz_is_answered_while_a_handler_decodes_slowly(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("shape", "inline"), [([4], True), ([-1], False)])
 def test_a_variable_axis_never_runs_inline_however_fast_its_rows(
-    tmp_path: Path, shape: list[int], inline: bool
+    tmp_path: Path, shape: list[int], inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One row of a ``-1`` axis may be as long as the body limit allows: the fast short
     rows before it prove nothing. A fixed shape is the control: the same fast passes
-    send it inline, so the test can tell."""
+    send it inline, so the test can tell. A measured limit is raised to a second, so
+    that the shape decides, not how busy the machine is; a fixed limit of 0 stays 0."""
+    measured = InlineGate.limit_s
+    monkeypatch.setattr(InlineGate, "limit_s", lambda gate: 1.0 if measured(gate) else 0.0)
     weights = tmp_path / "weights"
     version = parameterless_version(weights, "where", "tests.handlers:OnWhichThread")
     write_manifest(tmp_path, [model_entry("where", [version], shape)])

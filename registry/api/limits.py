@@ -52,8 +52,7 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        length, encoding = framing(scope)
-        declared = parse_count(length) if length is not None else None
+        declared, encoding = framing(scope)
         if declared is not None and declared > limit:
             await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
@@ -138,14 +137,14 @@ class BodySizeLimit:
 _FRAMING = (b"content-length", b"content-encoding")
 
 
-def framing(scope: Scope) -> tuple[str | None, str | None]:
-    """The request's ``Content-Length`` and ``Content-Encoding`` (the first of each), in
-    one pass over its headers. The length is trusted only if it is a count
-    (``parse_count``); else the body is counted as it is read."""
+def framing(scope: Scope) -> tuple[int | None, str | None]:
+    """The request's declared ``Content-Length`` and its ``Content-Encoding`` (the first
+    of each), in one pass over its headers. A length that is not a count
+    (``parse_count``) is None, as is one not sent: the body is then counted as it is read."""
     length = encoding = None
     for key, value in scope["headers"]:
         if key == b"content-length" and length is None:
             length = value.decode("latin-1")
         elif key == b"content-encoding" and encoding is None:
             encoding = value.decode("latin-1")
-    return length, encoding
+    return (parse_count(length) if length is not None else None), encoding

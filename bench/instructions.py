@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=None, help="checkout to measure")
     parser.add_argument("--inside", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.concurrency < 1 or args.requests % args.concurrency:
+        parser.error("--requests must be a multiple of --concurrency (at least 1)")
     if args.inside is not None:
         sys.path[:0] = [str(args.inside), str(Path(__file__).resolve().parents[1])]
         work = Path(tempfile.mkdtemp())
@@ -58,10 +60,9 @@ def main() -> None:
         (dump,) = Path(scratch).glob("callgrind.out.*")
         total = next(int(line.split()[1]) for line in dump.open() if line.startswith("totals:"))
     kind = "app only (stub)" if args.stub else "real model"
-    sent = args.requests // args.concurrency * args.concurrency
     print(
         f"{tree.name} {args.model} {kind}, {args.concurrency} at once: "
-        f"{total // sent:,} instructions/request"
+        f"{total // args.requests:,} instructions/request"
     )
 
 

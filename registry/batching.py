@@ -24,10 +24,10 @@ the serving work (reading requests, writing answers, tokenizing) shares the core
 the forward passes, one pass computing while the next is gathered and the last answered
 keeps the cores busy. The first instance takes every batch it can; the others take one
 only while it is busy with one (``registry.instances`` says why). A pass takes at most
-its instance's share of ``max_batch_size`` (rounded up): were one to take all that
-waits, under steady load it would hold most clients in its passes while another ran the
-few left over, a row or two at a time, for a core's worth of work each. Before each pass
-the batcher says how many passes are running, counting waiting work as one more, and whether
+its instance's share of ``max_batch_size`` (rounded up): were one to take all that waits,
+under steady load it would hold most clients in its passes while another ran the few left
+over, a row or two at a time, for a core's worth of work each. Before each pass the
+batcher says how many passes are running, counting waiting work as one more, and whether
 this pass may run on several threads (``share``); the model sets torch's threads from
 that: such a pass gets them all less one for each other pass, the others one each. With
 one instance, work waiting counts the same: while requests queue behind a pass the event
